@@ -1,0 +1,43 @@
+//! The Raft consensus core: a pure, deterministic state machine.
+//!
+//! This module is the Rust counterpart of etcd's raft package. It implements
+//! the algorithm of the Raft paper and Diego Ongaro's thesis for one node and
+//! does nothing else: no files, sockets, threads, clocks or global randomness.
+//! Time arrives as `tick()`, the network as `step(message)`, clients as
+//! `propose(data)` and `read_index(context)`; everything the core wants done
+//! comes back out as a [`Ready`], and the application reports completion with
+//! `advance()`. The same inputs, including the seed in [`Config`], always give
+//! the same outputs, so whole clusters can be simulated and replayed.
+//!
+//! Layout, bottom up:
+//! - `types`, `message`: the data: entries, hard state, membership, messages;
+//! - `storage`: the [`Storage`] trait for the stable log, and [`MemStorage`];
+//! - `log_unstable`, `log`: the log as the core sees it, stable plus unstable;
+//! - `progress`: per-follower replication state and quorum counting;
+//! - `read_only`: the ReadIndex protocol;
+//! - `raft`: the role state machines and the term rule;
+//! - `rawnode`: the Ready/Advance contract the application programs against.
+//!
+//! See `raft.rs` for the paper sections followed and the implementation caveats.
+
+mod log;
+mod log_unstable;
+mod message;
+mod progress;
+mod raft;
+mod rawnode;
+mod read_only;
+mod rng;
+mod storage;
+mod types;
+
+pub use self::message::{Message, MessageBody};
+pub use self::progress::ProgressState;
+pub use self::raft::{Config, Error, NO_LEADER};
+pub use self::rawnode::{PeerProgress, RawNode, Ready, Status};
+pub use self::rng::Rng;
+pub use self::storage::{MemStorage, Storage, StorageError};
+pub use self::types::{
+    ConfChange, ConfChangeKind, ConfState, DecodeError, Entry, EntryKind, HardState, NodeId,
+    ReadState, Role, Snapshot, SnapshotMeta, SoftState, NO_NODE,
+};
