@@ -1,0 +1,225 @@
+//! Helpers shared by the integration tests: temp directories, a seeded PRNG,
+//! and an independent reader of the record format written from `FORMAT.md`
+//! (so the tests check the document as well as the code).
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use wal::{Entry, HardState, Options};
+
+/// A directory under the system temp dir, removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "wal-test-{}-{}-{name}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&p);
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// SplitMix64: tiny, seeded, good enough to drive tests.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[lo, hi]`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+
+    /// True with probability `pct` percent.
+    pub fn chance(&mut self, pct: u64) -> bool {
+        self.next_u64() % 100 < pct
+    }
+
+    /// `len` bytes, never all zero for len > 0.
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut v: Vec<u8> = (0..len).map(|_| self.next_u64() as u8).collect();
+        if let Some(b) = v.first_mut() {
+            *b |= 1;
+        }
+        v
+    }
+}
+
+/// Options with a small segment size, inline preallocation off by default.
+pub fn opts(segment_size: u64) -> Options {
+    Options {
+        segment_size,
+        ..Options::default()
+    }
+}
+
+/// An entry with `len` random bytes.
+pub fn entry(rng: &mut Rng, index: u64, term: u64, len: usize) -> Entry {
+    Entry {
+        index,
+        term,
+        kind: (index % 3) as u8,
+        data: rng.bytes(len),
+    }
+}
+
+/// Segment files in `dir`, oldest first.
+pub fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Files in `dir` whose name contains `pat`.
+pub fn files_matching(dir: &Path, pat: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().contains(pat))
+        .collect();
+    v.sort();
+    v
+}
+
+/// One record as `FORMAT.md` describes it.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    /// Offset of the frame in its segment.
+    pub offset: usize,
+    /// Total size including padding.
+    pub len: usize,
+    /// Offset just past the payload (padding starts here).
+    pub payload_end: usize,
+    pub record: Record,
+}
+
+#[derive(Clone, Debug)]
+pub enum Record {
+    Entries(Vec<Entry>),
+    HardState(HardState),
+    Snapshot { index: u64, term: u64, reset: bool },
+}
+
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+}
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+
+/// Reads the frames of a well-formed segment, following `FORMAT.md`.
+pub fn frames(seg: &[u8]) -> Vec<Frame> {
+    assert_eq!(&seg[0..8], b"RNWALSEG");
+    let mut out = Vec::new();
+    let mut off = 40;
+    while off + 8 <= seg.len() {
+        let word = u64_at(seg, off);
+        if word == 0 {
+            break;
+        }
+        let body = (word & 0xFFFF_FFFF) as usize;
+        assert_eq!((word >> 48) & 0xFF, 0x5A, "tag byte");
+        let pad = (word >> 56) as usize;
+        let len = 8 + body + pad;
+        assert_eq!(len % 8, 0);
+        let payload = &seg[off + 16..off + 8 + body];
+        let crc = {
+            let mut h = crc32fast::Hasher::new();
+            h.update(&seg[off..off + 8]);
+            h.update(&seg[off + 12..off + 8 + body]);
+            h.finalize()
+        };
+        assert_eq!(crc, u32_at(seg, off + 8), "crc at {off}");
+        let record = match seg[off + 12] {
+            1 => {
+                let first = u64_at(payload, 0);
+                let count = u32_at(payload, 8) as u64;
+                let mut pos = 12;
+                let mut es = Vec::new();
+                for i in 0..count {
+                    let term = u64_at(payload, pos);
+                    let n = u32_at(payload, pos + 8) as usize;
+                    let kind = payload[pos + 12];
+                    es.push(Entry {
+                        index: first + i,
+                        term,
+                        kind,
+                        data: payload[pos + 13..pos + 13 + n].to_vec(),
+                    });
+                    pos += 13 + n;
+                }
+                Record::Entries(es)
+            }
+            2 => Record::HardState(HardState {
+                term: u64_at(payload, 0),
+                vote: u64_at(payload, 8),
+                commit: u64_at(payload, 16),
+            }),
+            3 => Record::Snapshot {
+                index: u64_at(payload, 0),
+                term: u64_at(payload, 8),
+                reset: u32_at(payload, 16) & 1 == 1,
+            },
+            t => panic!("unknown type {t}"),
+        };
+        out.push(Frame {
+            offset: off,
+            len,
+            payload_end: off + 8 + body,
+            record,
+        });
+        off += len;
+    }
+    out
+}
+
+/// Applies records with raft's log rules (no snapshots): the expected
+/// recovery of a log made of `records`.
+pub fn apply(records: &[Record]) -> (HardState, Vec<Entry>) {
+    let mut hs = HardState::default();
+    let mut log: Vec<Entry> = Vec::new();
+    for r in records {
+        match r {
+            Record::Entries(es) => {
+                let first = es[0].index;
+                log.retain(|e| e.index < first);
+                log.extend(es.iter().cloned());
+            }
+            Record::HardState(h) => hs = *h,
+            Record::Snapshot { .. } => panic!("apply() does not model snapshots"),
+        }
+    }
+    (hs, log)
+}
