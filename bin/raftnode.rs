@@ -1,4 +1,138 @@
-fn main() {
-    eprintln!("raftnode: the node binary is not built yet (see issue 4)");
-    std::process::exit(2);
+//! The raftnode binary: parses the command line of INTERFACE.md §1 and runs
+//! one cluster member until it is killed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use raftnode::NodeConfig;
+
+/// One member of a raftnode cluster: a Raft-replicated key-value store.
+///
+/// Clients connect to --client-addr and speak a line protocol (PUT, GET, DEL,
+/// CAS, STATUS, ADD_NODE, REMOVE_NODE, TRANSFER_LEADER, SNAPSHOT, PING).
+/// With no flags, starts a one-node cluster: raft on 127.0.0.1:7001, clients
+/// on 127.0.0.1:8001, data in data/node-1.
+#[derive(Parser, Debug)]
+#[command(name = "raftnode", version, about, long_about)]
+struct Cli {
+    /// This node's id, an integer >= 1, unique for all time.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    id: u64,
+
+    /// Raft (peer-to-peer) address of every voting member, this node
+    /// included, as id=host:port,... This node listens on its own entry; the
+    /// others are where it dials them. Default: <id>=127.0.0.1:<7000+id>.
+    #[arg(long, value_name = "LIST")]
+    peers: Option<String>,
+
+    /// Where clients connect. Default: 127.0.0.1:<8000+id>.
+    #[arg(long, value_name = "HOST:PORT")]
+    client_addr: Option<String>,
+
+    /// Directory for WAL segments and snapshots; created if missing.
+    /// Default: data/node-<id>.
+    #[arg(long, value_name = "PATH")]
+    data_dir: Option<PathBuf>,
+
+    /// Start with an empty log as a new member of a running cluster, which
+    /// then adds it with ADD_NODE. Never bootstraps a cluster.
+    #[arg(long)]
+    join: bool,
+
+    /// Length of one logical tick, in milliseconds.
+    #[arg(long, default_value_t = 100, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    tick_ms: u64,
+
+    /// Election timeout in ticks (randomised in [N, 2N)).
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
+    election_ticks: u64,
+
+    /// Heartbeat interval in ticks; must be less than --election-ticks.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    heartbeat_ticks: u64,
+
+    /// Take a snapshot and compact the log after N applied entries since the
+    /// last one (0 disables automatic snapshots).
+    #[arg(long, default_value_t = 10000, value_name = "N")]
+    snapshot_entries: u64,
+
+    /// How long a client request may wait before ERR TIMEOUT.
+    #[arg(long, default_value_t = 5000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout_ms: u64,
+}
+
+/// Parses `1=127.0.0.1:7001,2=...`.
+fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| format!("--peers entry {item:?} is not id=host:port"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&i| i >= 1)
+            .ok_or_else(|| format!("--peers entry {item:?}: {id:?} is not a node id >= 1"))?;
+        let addr = addr.trim();
+        if addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(format!("--peers entry {item:?}: {addr:?} is not host:port"));
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(format!("--peers names node {id} twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("--peers is empty".into());
+    }
+    Ok(peers)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let id = cli.id;
+    let peers = match cli.peers.as_deref() {
+        Some(s) => match parse_peers(s) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("raftnode: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => BTreeMap::from([(id, format!("127.0.0.1:{}", 7000 + id))]),
+    };
+    let cfg = NodeConfig {
+        id,
+        peers,
+        client_addr: cli
+            .client_addr
+            .unwrap_or_else(|| format!("127.0.0.1:{}", 8000 + id)),
+        data_dir: cli
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("data/node-{id}"))),
+        join: cli.join,
+        tick_ms: cli.tick_ms,
+        election_ticks: cli.election_ticks as usize,
+        heartbeat_ticks: cli.heartbeat_ticks as usize,
+        snapshot_entries: cli.snapshot_entries,
+        request_timeout_ms: cli.request_timeout_ms,
+    };
+    match raftnode::start(cfg) {
+        Ok(running) => {
+            running.wait();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("raftnode: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

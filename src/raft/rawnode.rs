@@ -176,6 +176,11 @@ impl<S: Storage> RawNode<S> {
         self.raft.report_snapshot(id, success);
     }
 
+    /// The current role and known leader, cheaply.
+    pub fn soft_state(&self) -> SoftState {
+        self.raft.soft_state()
+    }
+
     /// The storage handle the core reads from.
     pub fn storage(&self) -> &S {
         &self.raft.log.storage

@@ -1,0 +1,600 @@
+//! The ready-handling thread and the node's durable storage.
+//!
+//! This is etcd's `raftNode.start` plus `applyAll`. For every Ready, in order:
+//!
+//! 1. send `messages` (a leader's appends go out before its own disk write,
+//!    thesis §10.2.1);
+//! 2. persist: the snapshot first, then entries and hard state in one WAL
+//!    write with one fdatasync when `must_sync` (group commit: every entry of
+//!    the Ready shares that fsync); then make them visible in `MemStorage`;
+//! 3. send `persisted_messages` (acknowledgements and votes, which promise
+//!    durability);
+//! 4. apply the snapshot and committed entries to the KV store, answering
+//!    the clients of this node; conf changes go to the node thread, which
+//!    owns the core, and their addresses to the transport;
+//! 5. serve reads whose read index is now applied, maybe take a snapshot,
+//!    and signal advance.
+//!
+//! A WAL write that fails stops the process: a node that cannot persist must
+//! not acknowledge anything, and a restart recovers from what is on disk.
+//!
+//! Data dir layout: `node-id` (the id this dir belongs to) and `wal/` (the
+//! `wal` crate's segments and snapshot files).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, select, Receiver, Sender};
+use log::{error, info, warn};
+
+use crate::kv::RequestId;
+use crate::kv::{decode_command, KvStore, Reply};
+use crate::node::{decode_conf_context, encode_conf_context, ReadWaiter, Shared};
+use crate::raft::{
+    ConfChange, ConfChangeKind, ConfState, Entry, EntryKind, HardState, MemStorage, NodeId, Ready,
+    Snapshot, SnapshotMeta, Storage,
+};
+use crate::transport::Transport;
+
+/// Entries kept in memory behind a snapshot, for slow followers.
+pub const KEEP_TAIL: u64 = 5000;
+
+/// Why the node could not start; printed as one line.
+pub type StartError = String;
+
+fn to_wal_entry(e: &Entry) -> wal::Entry {
+    wal::Entry {
+        index: e.index,
+        term: e.term,
+        kind: e.kind.to_byte(),
+        data: e.data.clone(),
+    }
+}
+
+fn to_wal_meta(m: &SnapshotMeta) -> wal::SnapshotMeta {
+    wal::SnapshotMeta {
+        index: m.index,
+        term: m.term,
+        voters: m.conf_state.voters.clone(),
+        learners: m.conf_state.learners.clone(),
+    }
+}
+
+/// What a node starts from.
+pub struct Recovered {
+    pub wal: wal::Wal,
+    pub storage: MemStorage,
+    pub kv: KvStore,
+    /// Index the KV store reflects (its snapshot's).
+    pub applied: u64,
+    pub conf_state: ConfState,
+    pub snapshot_index: u64,
+    /// True when the data dir was empty and this start created it.
+    pub fresh: bool,
+}
+
+/// Opens (or creates) the data dir of node `id`, recovering snapshot, hard
+/// state and log; on a fresh start without `join`, bootstraps the cluster
+/// from `peers` by writing one AddNode entry per member, committed at term 1.
+pub fn open_data_dir(
+    dir: &Path,
+    id: NodeId,
+    peers: &BTreeMap<NodeId, String>,
+    join: bool,
+) -> Result<Recovered, StartError> {
+    fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
+    let id_file = dir.join("node-id");
+    match fs::read_to_string(&id_file) {
+        Ok(s) => {
+            let found: NodeId = s.trim().parse().map_err(|_| {
+                format!(
+                    "{} is not a node id file (holds {:?})",
+                    id_file.display(),
+                    s.trim()
+                )
+            })?;
+            if found != id {
+                return Err(format!(
+                    "data dir {} belongs to node {found}, not node {id}",
+                    dir.display()
+                ));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            write_durably(&id_file, format!("{id}\n").as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", id_file.display()))?;
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", id_file.display())),
+    }
+    let wal_dir = dir.join("wal");
+    let (mut wal, rec) =
+        wal::Wal::open(&wal_dir, wal::Options::default()).map_err(|e| e.to_string())?;
+    if let Some(t) = &rec.torn_tail {
+        warn!(
+            "repaired a torn WAL tail in {} at offset {} ({} bytes kept in {})",
+            t.segment.display(),
+            t.offset,
+            t.bytes_cut,
+            t.side_file.display()
+        );
+    }
+    for p in &rec.set_aside {
+        warn!("a corrupt snapshot was set aside: {}", p.display());
+    }
+    let storage = MemStorage::new();
+    let mut kv = KvStore::new();
+    let mut applied = 0;
+    let mut conf_state = ConfState::default();
+    let mut snapshot_index = 0;
+    if rec.snapshot.is_some() {
+        let (meta, data) = match wal.load_snapshot().map_err(|e| e.to_string())? {
+            Some(s) => s,
+            None => {
+                return Err(format!(
+                    "snapshot in {} vanished during start-up",
+                    wal_dir.display()
+                ))
+            }
+        };
+        kv.restore(&mut &data[..])
+            .map_err(|e| format!("snapshot {} in {}: {e}", meta.index, wal_dir.display()))?;
+        conf_state = ConfState {
+            voters: meta.voters.clone(),
+            learners: meta.learners.clone(),
+        };
+        let snap = Snapshot {
+            meta: SnapshotMeta {
+                index: meta.index,
+                term: meta.term,
+                conf_state: conf_state.clone(),
+            },
+            data,
+        };
+        storage
+            .apply_snapshot(snap)
+            .map_err(|e| format!("installing snapshot: {e}"))?;
+        applied = meta.index;
+        snapshot_index = meta.index;
+    }
+    let entries: Vec<Entry> = rec
+        .entries
+        .iter()
+        .map(|e| {
+            let kind = EntryKind::from_byte(e.kind).ok_or_else(|| {
+                format!(
+                    "WAL in {} holds entry {} of unknown kind {}",
+                    wal_dir.display(),
+                    e.index,
+                    e.kind
+                )
+            })?;
+            Ok(Entry {
+                index: e.index,
+                term: e.term,
+                kind,
+                data: e.data.clone(),
+            })
+        })
+        .collect::<Result<_, StartError>>()?;
+    storage
+        .append(&entries)
+        .map_err(|e| format!("WAL entries do not follow the snapshot: {e}"))?;
+    let hs = rec.hard_state;
+    let fresh = rec.snapshot.is_none() && entries.is_empty() && hs == wal::HardState::default();
+    if fresh && !join {
+        // Bootstrap: every member started with the same list writes the same entries.
+        let boot: Vec<Entry> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, (&pid, addr))| {
+                let cc = ConfChange {
+                    kind: ConfChangeKind::AddNode,
+                    node_id: pid,
+                    context: encode_conf_context(RequestId { node: 0, seq: 0 }, addr),
+                };
+                Entry {
+                    index: i as u64 + 1,
+                    term: 1,
+                    kind: EntryKind::ConfChange,
+                    data: cc.encode(),
+                }
+            })
+            .collect();
+        let hs = HardState {
+            term: 1,
+            vote: 0,
+            commit: boot.len() as u64,
+        };
+        let whs = wal::HardState {
+            term: hs.term,
+            vote: hs.vote,
+            commit: hs.commit,
+        };
+        let went: Vec<wal::Entry> = boot.iter().map(to_wal_entry).collect();
+        wal.save(Some(&whs), &went, true)
+            .map_err(|e| e.to_string())?;
+        storage.append(&boot).map_err(|e| e.to_string())?;
+        storage.set_hard_state(hs);
+        info!(
+            "bootstrapped a new cluster of {:?}",
+            peers.keys().collect::<Vec<_>>()
+        );
+    } else {
+        let commit = hs.commit.max(snapshot_index);
+        storage.set_hard_state(HardState {
+            term: hs.term,
+            vote: hs.vote,
+            commit,
+        });
+        if !fresh {
+            info!(
+                "recovered: snapshot {}, log up to {}, term {}, commit {}",
+                snapshot_index,
+                storage.last_index(),
+                hs.term,
+                commit
+            );
+        }
+    }
+    // The core starts from the snapshot's membership; the bootstrap entries
+    // (or later conf changes) are re-applied as committed entries.
+    if fresh && !join {
+        conf_state = ConfState::with_voters(peers.keys().copied().collect());
+    }
+    storage.set_conf_state(conf_state.clone());
+    Ok(Recovered {
+        wal,
+        storage,
+        kv,
+        applied,
+        conf_state,
+        snapshot_index,
+        fresh,
+    })
+}
+
+/// Writes a small file so that it survives a crash: temp file, fsync, rename, fsync dir.
+fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp: PathBuf = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Channels of the ready-handling thread.
+pub struct ApplyChannels {
+    pub ready: Receiver<Ready>,
+    pub advance: Sender<()>,
+    pub conf: Sender<(ConfChange, Sender<ConfState>)>,
+    pub read_batches: Receiver<(Vec<u8>, Vec<ReadWaiter>)>,
+    pub snapshot_requests: Receiver<Sender<Reply>>,
+}
+
+pub struct Applier {
+    pub id: NodeId,
+    pub wal: wal::Wal,
+    pub storage: MemStorage,
+    pub kv: KvStore,
+    pub applied: u64,
+    pub conf_state: ConfState,
+    pub transport: Arc<Transport>,
+    pub shared: Arc<Shared>,
+    pub ch: ApplyChannels,
+    /// Addresses given on the command line; they win over the log's.
+    pub peer_overrides: BTreeMap<NodeId, String>,
+    pub snapshot_entries: u64,
+    pub snapshot_index: u64,
+    /// Index of the snapshot before the newest, which the WAL keeps entries for.
+    pub prev_snapshot_index: u64,
+    read_batches: HashMap<Vec<u8>, Vec<ReadWaiter>>,
+    /// Reads waiting for their index to be applied, in read-index order.
+    waiting_reads: Vec<(u64, Vec<ReadWaiter>)>,
+}
+
+/// Stops the process after a storage failure; see the module docs.
+fn fatal(what: &str, e: impl std::fmt::Display) -> ! {
+    error!("{what}: {e}; stopping (a restart recovers from the WAL)");
+    eprintln!("raftnode: {what}: {e}");
+    std::process::exit(1);
+}
+
+impl Applier {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: NodeId,
+        rec: Recovered,
+        transport: Arc<Transport>,
+        shared: Arc<Shared>,
+        ch: ApplyChannels,
+        peer_overrides: BTreeMap<NodeId, String>,
+        snapshot_entries: u64,
+    ) -> Applier {
+        shared
+            .snapshot_index
+            .store(rec.snapshot_index, Ordering::Relaxed);
+        let a = Applier {
+            id,
+            wal: rec.wal,
+            storage: rec.storage,
+            kv: rec.kv,
+            applied: rec.applied,
+            conf_state: rec.conf_state,
+            transport,
+            shared,
+            ch,
+            peer_overrides,
+            snapshot_entries,
+            snapshot_index: rec.snapshot_index,
+            prev_snapshot_index: 0,
+            read_batches: HashMap::new(),
+            waiting_reads: Vec::new(),
+        };
+        a.connect_members();
+        a
+    }
+
+    /// Points the transport at every member: command-line address first,
+    /// else the one recorded in the log or snapshot.
+    fn connect_members(&self) {
+        let mut ids: Vec<NodeId> = self.kv.members.keys().copied().collect();
+        ids.extend(
+            self.conf_state
+                .voters
+                .iter()
+                .chain(&self.conf_state.learners),
+        );
+        ids.extend(self.peer_overrides.keys());
+        for id in ids {
+            if let Some(addr) = self
+                .peer_overrides
+                .get(&id)
+                .or_else(|| self.kv.members.get(&id))
+            {
+                self.transport.add_peer(id, addr);
+            }
+        }
+    }
+
+    pub fn run(mut self) {
+        loop {
+            select! {
+                recv(self.ch.ready) -> rd => match rd {
+                    Ok(rd) => self.handle_ready(rd),
+                    Err(_) => return,
+                },
+                recv(self.ch.snapshot_requests) -> r => {
+                    if let Ok(reply) = r {
+                        let index = self.take_snapshot();
+                        let _ = reply.try_send(Reply::OkIndex(index));
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_ready(&mut self, rd: Ready) {
+        // 1. A leader's messages do not wait for its own disk.
+        self.transport.send(rd.messages);
+        // 2. Persist.
+        if let Some(snap) = &rd.snapshot {
+            if let Err(e) = self.wal.save_snapshot(&to_wal_meta(&snap.meta), &snap.data) {
+                fatal("saving a received snapshot", e);
+            }
+            if let Err(e) = self.storage.apply_snapshot(snap.clone()) {
+                fatal("installing a received snapshot", e);
+            }
+        }
+        if !rd.entries.is_empty() || rd.hard_state.is_some() {
+            let hs = rd.hard_state.map(|h| wal::HardState {
+                term: h.term,
+                vote: h.vote,
+                commit: h.commit,
+            });
+            let entries: Vec<wal::Entry> = rd.entries.iter().map(to_wal_entry).collect();
+            if let Err(e) = self.wal.save(hs.as_ref(), &entries, rd.must_sync) {
+                fatal("writing the WAL", e);
+            }
+            if let Err(e) = self.storage.append(&rd.entries) {
+                fatal("appending to the in-memory log", e);
+            }
+            if let Some(h) = rd.hard_state {
+                self.storage.set_hard_state(h);
+            }
+        }
+        // 3. What promises durability goes out only now.
+        self.transport.send(rd.persisted_messages);
+        // 4. Apply.
+        if let Some(snap) = rd.snapshot {
+            self.install_snapshot(snap);
+        }
+        for e in rd.committed_entries {
+            self.apply_entry(e);
+        }
+        // 5. Reads, snapshots, advance.
+        while let Ok((ctx, waiters)) = self.ch.read_batches.try_recv() {
+            self.read_batches.insert(ctx, waiters);
+        }
+        for rs in rd.read_states {
+            if let Some(w) = self.read_batches.remove(&rs.context) {
+                self.waiting_reads.push((rs.index, w));
+            }
+        }
+        self.serve_reads();
+        if self.snapshot_entries > 0 && self.applied >= self.snapshot_index + self.snapshot_entries
+        {
+            self.take_snapshot();
+        }
+        let _ = self.ch.advance.send(());
+    }
+
+    fn install_snapshot(&mut self, snap: Snapshot) {
+        let mut kv = KvStore::new();
+        if let Err(e) = kv.restore(&mut &snap.data[..]) {
+            fatal("decoding a received snapshot", e);
+        }
+        self.kv = kv;
+        self.applied = snap.meta.index;
+        self.conf_state = snap.meta.conf_state.clone();
+        self.prev_snapshot_index = self.snapshot_index;
+        self.snapshot_index = snap.meta.index;
+        self.shared
+            .snapshot_index
+            .store(snap.meta.index, Ordering::Relaxed);
+        self.connect_members();
+        info!("installed snapshot at {}", snap.meta.index);
+    }
+
+    fn apply_entry(&mut self, e: Entry) {
+        if e.index <= self.applied {
+            return;
+        }
+        self.applied = e.index;
+        match e.kind {
+            EntryKind::Normal if e.data.is_empty() => {} // a new leader's no-op
+            EntryKind::Normal => match decode_command(&e.data) {
+                Some((rid, cmd)) => {
+                    let reply = self.kv.apply(cmd);
+                    if rid.node == self.id {
+                        self.shared.answer(rid.seq, reply);
+                    }
+                }
+                None => warn!("skipping entry {}: not a valid command", e.index),
+            },
+            EntryKind::ConfChange => match ConfChange::decode(&e.data) {
+                Ok(cc) => self.apply_conf_change(cc),
+                Err(err) => warn!("skipping entry {}: {err}", e.index),
+            },
+        }
+    }
+
+    fn apply_conf_change(&mut self, cc: ConfChange) {
+        let (tx, rx) = bounded(1);
+        if self.ch.conf.send((cc.clone(), tx)).is_err() {
+            return;
+        }
+        let Ok(cs) = rx.recv() else { return };
+        self.conf_state = cs;
+        let ctx = decode_conf_context(&cc.context);
+        match cc.kind {
+            ConfChangeKind::AddNode | ConfChangeKind::AddLearner => {
+                if let Some((_, addr)) = &ctx {
+                    if !addr.is_empty() {
+                        self.kv.members.insert(cc.node_id, addr.clone());
+                    }
+                }
+                if let Some(addr) = self
+                    .peer_overrides
+                    .get(&cc.node_id)
+                    .or_else(|| self.kv.members.get(&cc.node_id))
+                {
+                    self.transport.add_peer(cc.node_id, addr);
+                }
+            }
+            ConfChangeKind::RemoveNode => {
+                self.kv.members.remove(&cc.node_id);
+                self.transport.remove_peer(cc.node_id);
+                if cc.node_id == self.id {
+                    warn!(
+                        "this node ({}) was removed from the cluster; it no longer takes part",
+                        self.id
+                    );
+                }
+            }
+        }
+        info!(
+            "membership now voters={:?} learners={:?}",
+            self.conf_state.voters, self.conf_state.learners
+        );
+        if let Some((rid, _)) = ctx {
+            if rid.node == self.id {
+                self.shared.answer(rid.seq, Reply::Ok);
+            }
+        }
+    }
+
+    fn serve_reads(&mut self) {
+        let now = Instant::now();
+        let applied = self.applied;
+        let kv = &self.kv;
+        self.waiting_reads.retain(|(index, waiters)| {
+            if *index > applied {
+                return true;
+            }
+            for w in waiters {
+                if w.deadline > now {
+                    let reply = match kv.get(&w.key) {
+                        Some(v) => Reply::Value(v.clone()),
+                        None => Reply::NotFound,
+                    };
+                    let _ = w.reply.try_send(reply);
+                }
+            }
+            false
+        });
+        // Batches whose read state never came (leader change) are dropped
+        // once all their clients have timed out.
+        self.read_batches
+            .retain(|_, ws| ws.iter().any(|w| w.deadline > now));
+    }
+
+    /// Snapshots the applied state, compacts the in-memory log behind it
+    /// (keeping a tail) and releases WAL segments. Returns the snapshot index.
+    fn take_snapshot(&mut self) -> u64 {
+        let index = self.applied;
+        if index <= self.snapshot_index {
+            return self.snapshot_index;
+        }
+        let term = match self.storage.term(index) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!("cannot snapshot at {index}: {e}");
+                return self.snapshot_index;
+            }
+        };
+        let data = self.kv.snapshot_bytes();
+        let meta = SnapshotMeta {
+            index,
+            term,
+            conf_state: self.conf_state.clone(),
+        };
+        if let Err(e) = self.wal.save_snapshot(&to_wal_meta(&meta), &data) {
+            fatal("saving a snapshot", e);
+        }
+        if let Err(e) = self
+            .storage
+            .create_snapshot(index, self.conf_state.clone(), data)
+        {
+            warn!("in-memory snapshot at {index}: {e}");
+        }
+        let compact_to = index.saturating_sub(KEEP_TAIL);
+        if compact_to >= self.storage.first_index() {
+            if let Err(e) = self.storage.compact(compact_to) {
+                warn!("compacting the in-memory log to {compact_to}: {e}");
+            }
+        }
+        self.prev_snapshot_index = self.snapshot_index;
+        self.snapshot_index = index;
+        self.shared.snapshot_index.store(index, Ordering::Relaxed);
+        // Keep the entries after the previous snapshot, so that recovery can
+        // fall back to it should the newest snapshot file be damaged.
+        if let Err(e) = self
+            .wal
+            .release_to(self.prev_snapshot_index.min(compact_to))
+        {
+            warn!("releasing WAL segments: {e}");
+        }
+        info!("snapshot at {index} ({} keys)", self.kv.len());
+        index
+    }
+}

@@ -1,0 +1,394 @@
+//! The node thread: the one thread that owns the consensus core.
+//!
+//! This is etcd's `node.run`, one to one. A single loop selects over
+//!
+//! - the tick channel (the only clock the core ever sees);
+//! - client requests: proposals, reads, conf changes, transfers. This arm is
+//!   switched off with `never()` while no leader is known, as etcd sets
+//!   `propc = nil`, so requests wait in the channel rather than being dropped;
+//! - inbound peer messages and transport reports;
+//! - advance, from the ready-handling thread (`apply.rs`), armed only while
+//!   a Ready is out;
+//! - conf-change applications from the ready-handling thread;
+//! - status requests and stop.
+//!
+//! At the top of every iteration, if the core has a Ready and none is out,
+//! it is handed to the ready-handling thread, so there is at most one Ready
+//! in flight and everything the core produced meanwhile (all proposals that
+//! arrived while the disk was busy) goes into the next one: group commit.
+//!
+//! Proposals are batched: the loop drains every request already queued and
+//! proposes all writes in one `propose_batch`, and all reads under one
+//! read-index context, so one heartbeat round confirms many reads.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{never, select, tick, Receiver, Sender};
+use log::{debug, info};
+
+use crate::kv::{ErrorCode, Reply, RequestId};
+use crate::raft::{
+    ConfChange, ConfState, Error as RaftError, MemStorage, Message, NodeId, RawNode, Ready, Role,
+    NO_LEADER, NO_NODE,
+};
+use crate::transport::Report;
+
+/// Reply channels of requests this node owns, by request sequence number.
+/// The ready-handling thread answers them when their entry is applied.
+#[derive(Default)]
+pub struct Shared {
+    /// Known leader, 0 if none (for `ERR NO_LEADER` decisions).
+    pub leader: AtomicU64,
+    /// Index of the newest snapshot, for STATUS.
+    pub snapshot_index: AtomicU64,
+    next_seq: AtomicU64,
+    pending: Mutex<HashMap<u64, Sender<Reply>>>,
+}
+
+impl Shared {
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Sender<Reply>>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a request that will be answered when its entry applies.
+    pub fn register(&self, seq: u64, reply: Sender<Reply>) {
+        self.pending().insert(seq, reply);
+    }
+
+    /// Answers request `seq`, if someone still waits for it.
+    pub fn answer(&self, seq: u64, reply: Reply) {
+        if let Some(tx) = self.pending().remove(&seq) {
+            let _ = tx.try_send(reply);
+        }
+    }
+
+    /// Forgets request `seq` (its client gave up).
+    pub fn forget(&self, seq: u64) {
+        self.pending().remove(&seq);
+    }
+}
+
+/// A client request for the node thread.
+pub enum NodeRequest {
+    /// An encoded command; answered through [`Shared`] when applied.
+    Propose {
+        data: Vec<u8>,
+        seq: u64,
+        deadline: Instant,
+    },
+    /// A linearizable read of `key`.
+    Read {
+        key: Vec<u8>,
+        reply: Sender<Reply>,
+        deadline: Instant,
+    },
+    /// A membership change; answered through [`Shared`] when applied.
+    ConfChange {
+        cc: ConfChange,
+        seq: u64,
+        deadline: Instant,
+    },
+    /// Move leadership; answered when `target` is known to lead.
+    Transfer {
+        target: NodeId,
+        reply: Sender<Reply>,
+        deadline: Instant,
+    },
+}
+
+/// A read waiting for its read index to be applied.
+pub struct ReadWaiter {
+    pub key: Vec<u8>,
+    pub reply: Sender<Reply>,
+    pub deadline: Instant,
+}
+
+/// The node's local view, for STATUS.
+#[derive(Clone, Debug)]
+pub struct StatusInfo {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: u64,
+    pub leader: NodeId,
+    pub commit: u64,
+    pub applied: u64,
+    pub last: u64,
+    pub conf_state: ConfState,
+}
+
+/// Channels between the node thread and everyone else.
+pub struct NodeChannels {
+    pub requests: Receiver<NodeRequest>,
+    pub inbound: Receiver<Message>,
+    pub reports: Receiver<Report>,
+    pub ready: Sender<Ready>,
+    pub advance: Receiver<()>,
+    pub conf: Receiver<(ConfChange, Sender<ConfState>)>,
+    pub read_batches: Sender<(Vec<u8>, Vec<ReadWaiter>)>,
+    pub status: Receiver<Sender<StatusInfo>>,
+    pub stop: Receiver<()>,
+}
+
+pub struct NodeLoop {
+    raw: RawNode<MemStorage>,
+    ch: NodeChannels,
+    shared: Arc<Shared>,
+    tick_ms: u64,
+    /// A Ready is with the ready-handling thread.
+    outstanding: bool,
+    read_seq: u64,
+    transfers: Vec<(NodeId, Sender<Reply>, Instant)>,
+}
+
+/// How many queued requests one iteration takes in at most.
+const MAX_BATCH: usize = 8192;
+
+impl NodeLoop {
+    pub fn new(
+        raw: RawNode<MemStorage>,
+        ch: NodeChannels,
+        shared: Arc<Shared>,
+        tick_ms: u64,
+    ) -> NodeLoop {
+        NodeLoop {
+            raw,
+            ch,
+            shared,
+            tick_ms,
+            outstanding: false,
+            read_seq: 0,
+            transfers: Vec::new(),
+        }
+    }
+
+    pub fn run(mut self) {
+        let ticker = tick(Duration::from_millis(self.tick_ms));
+        let never_req = never::<NodeRequest>();
+        let never_adv = never::<()>();
+        loop {
+            if !self.outstanding && self.raw.has_ready() {
+                let rd = self.raw.ready();
+                if let Some(ss) = rd.soft_state {
+                    self.shared.leader.store(ss.leader, Ordering::Relaxed);
+                    self.check_transfers(ss.leader);
+                }
+                if self.ch.ready.send(rd).is_err() {
+                    return; // ready-handling thread is gone: shutting down
+                }
+                self.outstanding = true;
+            }
+            let leader_known = self.raw.soft_state().leader != NO_NODE;
+            let requests = if leader_known {
+                &self.ch.requests
+            } else {
+                &never_req
+            };
+            let advance = if self.outstanding {
+                &self.ch.advance
+            } else {
+                &never_adv
+            };
+            select! {
+                recv(ticker) -> _ => {
+                    self.raw.tick();
+                    self.expire_transfers();
+                }
+                recv(requests) -> r => {
+                    if let Ok(r) = r {
+                        self.handle_requests(r);
+                    }
+                }
+                recv(self.ch.inbound) -> m => {
+                    if let Ok(m) = m {
+                        self.raw.step(m);
+                        // Take in everything already queued before building a Ready.
+                        for _ in 0..MAX_BATCH {
+                            match self.ch.inbound.try_recv() {
+                                Ok(m) => self.raw.step(m),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                recv(self.ch.reports) -> r => match r {
+                    Ok(Report::Unreachable(id)) => self.raw.report_unreachable(id),
+                    Ok(Report::Snapshot(id, ok)) => self.raw.report_snapshot(id, ok),
+                    Err(_) => {}
+                },
+                recv(advance) -> _ => {
+                    self.raw.advance();
+                    self.outstanding = false;
+                }
+                recv(self.ch.conf) -> c => {
+                    if let Ok((cc, reply)) = c {
+                        let cs = self.raw.apply_conf_change(&cc);
+                        let _ = reply.send(cs);
+                    }
+                }
+                recv(self.ch.status) -> s => {
+                    if let Ok(reply) = s {
+                        let _ = reply.send(self.status());
+                    }
+                }
+                recv(self.ch.stop) -> _ => return,
+            }
+        }
+    }
+
+    fn status(&self) -> StatusInfo {
+        let st = self.raw.status();
+        StatusInfo {
+            id: st.id,
+            role: st.soft_state.role,
+            term: st.hard_state.term,
+            leader: st.soft_state.leader,
+            commit: st.hard_state.commit,
+            applied: st.applied,
+            last: st.last_index,
+            conf_state: st.conf_state,
+        }
+    }
+
+    /// Takes `first` and every request already queued, and feeds them to
+    /// the core in as few calls as possible.
+    fn handle_requests(&mut self, first: NodeRequest) {
+        let now = Instant::now();
+        let mut writes: Vec<Vec<u8>> = Vec::new();
+        let mut seqs: Vec<u64> = Vec::new();
+        let mut reads: Vec<ReadWaiter> = Vec::new();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(req) = next.take() {
+            taken += 1;
+            match req {
+                // A request whose client already gave up is not proposed.
+                NodeRequest::Propose { deadline, seq, .. } if deadline <= now => {
+                    self.shared.forget(seq)
+                }
+                NodeRequest::Propose { data, seq, .. } => {
+                    writes.push(data);
+                    seqs.push(seq);
+                }
+                NodeRequest::Read {
+                    key,
+                    reply,
+                    deadline,
+                } => {
+                    if deadline > now {
+                        reads.push(ReadWaiter {
+                            key,
+                            reply,
+                            deadline,
+                        });
+                    }
+                }
+                NodeRequest::ConfChange { cc, seq, deadline } => {
+                    if deadline <= now {
+                        self.shared.forget(seq);
+                    } else if let Err(e) = self.raw.propose_conf_change(&cc) {
+                        self.shared.answer(seq, refusal(&e));
+                    }
+                }
+                NodeRequest::Transfer {
+                    target,
+                    reply,
+                    deadline,
+                } => {
+                    if self.raw.soft_state().leader == target {
+                        let _ = reply.try_send(Reply::Ok);
+                    } else if let Err(e) = self.raw.transfer_leader(target) {
+                        let _ = reply.try_send(refusal(&e));
+                    } else {
+                        self.transfers.push((target, reply, deadline));
+                    }
+                }
+            }
+            if taken < MAX_BATCH {
+                next = self.ch.requests.try_recv().ok();
+            }
+        }
+        if !writes.is_empty() {
+            debug!("proposing a batch of {}", writes.len());
+            if let Err(e) = self.raw.propose_batch(writes) {
+                let reply = refusal(&e);
+                for seq in seqs {
+                    self.shared.answer(seq, reply.clone());
+                }
+            }
+        }
+        if !reads.is_empty() {
+            self.read_seq += 1;
+            let mut ctx = self.raw.id().to_le_bytes().to_vec();
+            ctx.extend_from_slice(&self.read_seq.to_le_bytes());
+            match self.raw.read_index(ctx.clone()) {
+                Ok(()) => {
+                    // The batch reaches the ready-handling thread before the
+                    // Ready that carries its read state.
+                    let _ = self.ch.read_batches.send((ctx, reads));
+                }
+                Err(e) => {
+                    let reply = refusal(&e);
+                    for r in reads {
+                        let _ = r.reply.try_send(reply.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_transfers(&mut self, leader: NodeId) {
+        self.transfers.retain(|(target, reply, _)| {
+            if *target == leader {
+                info!("leadership transferred to {target}");
+                let _ = reply.try_send(Reply::Ok);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    fn expire_transfers(&mut self) {
+        let now = Instant::now();
+        self.transfers.retain(|(_, _, deadline)| *deadline > now);
+    }
+}
+
+/// The client-facing error for a request the core refused.
+pub fn refusal(e: &RaftError) -> Reply {
+    match e {
+        RaftError::ProposalDropped(why) if *why == NO_LEADER => {
+            Reply::error(ErrorCode::NoLeader, "no leader is known; retry shortly")
+        }
+        RaftError::ProposalDropped(why) => Reply::error(ErrorCode::Unavailable, *why),
+        RaftError::InvalidConfig(why) => Reply::error(ErrorCode::Internal, why.clone()),
+    }
+}
+
+/// Encodes the context of a conf-change entry: who waits for it, and the
+/// member's raft address (empty for a removal).
+pub fn encode_conf_context(id: RequestId, addr: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + addr.len());
+    out.extend_from_slice(&id.node.to_le_bytes());
+    out.extend_from_slice(&id.seq.to_le_bytes());
+    out.extend_from_slice(addr.as_bytes());
+    out
+}
+
+/// Decodes [`encode_conf_context`]; `None` if malformed.
+pub fn decode_conf_context(ctx: &[u8]) -> Option<(RequestId, String)> {
+    if ctx.len() < 16 {
+        return None;
+    }
+    let node = u64::from_le_bytes(ctx[..8].try_into().ok()?);
+    let seq = u64::from_le_bytes(ctx[8..16].try_into().ok()?);
+    let addr = String::from_utf8(ctx[16..].to_vec()).ok()?;
+    Some((RequestId { node, seq }, addr))
+}

@@ -1,0 +1,594 @@
+//! The peer wire format: length-prefixed binary frames (little-endian).
+//!
+//! ```text
+//! frame     := len u32 | kind u8 | body          (len counts kind + body, <= MAX_FRAME)
+//! kind 1    handshake: magic u32 "RFTN" | version u16 | from u64 | to u64
+//! kind 2    message:   from u64 | to u64 | term u64 | tag u8 | fields of the tag
+//! kind 3    snapshot header: from | to | term | index u64 | term u64
+//!                      | voters (count u32, ids u64...) | learners (same) | data len u64
+//! kind 4    snapshot chunk: bytes (the next part of the data)
+//! entries   := count u32, then per entry: index u64 | term u64 | kind u8 | len u32 | data
+//! bytes     := len u32 | data
+//! ```
+//!
+//! A connection opens with one handshake frame from the dialer, then carries
+//! message frames one way (dialer to listener). A snapshot is a header frame
+//! followed by chunk frames until `data len` bytes have arrived; no other
+//! frame may come in between. Every decode error is reported, never a panic:
+//! the reader closes the connection and the node keeps running.
+
+use byteorder::{ByteOrder, LittleEndian};
+
+use crate::raft::{
+    ConfState, Entry, EntryKind, Message, MessageBody, NodeId, Snapshot, SnapshotMeta,
+};
+
+pub const MAGIC: u32 = u32::from_le_bytes(*b"RFTN");
+pub const VERSION: u16 = 1;
+/// Largest frame accepted, kind byte included.
+pub const MAX_FRAME: usize = 16 << 20;
+/// Snapshot data is sent in chunks of this size.
+pub const CHUNK: usize = 1 << 20;
+
+pub const KIND_HANDSHAKE: u8 = 1;
+pub const KIND_MESSAGE: u8 = 2;
+pub const KIND_SNAPSHOT_HEADER: u8 = 3;
+pub const KIND_SNAPSHOT_CHUNK: u8 = 4;
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn bad<T>(what: &str) -> Result<T, DecodeError> {
+    Err(DecodeError(what.to_string()))
+}
+
+/// A cursor over a frame body that fails instead of panicking.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return bad("frame ends early");
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(LittleEndian::read_u16(self.take(2)?))
+    }
+    pub fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(LittleEndian::read_u32(self.take(4)?))
+    }
+    pub fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(LittleEndian::read_u64(self.take(8)?))
+    }
+    pub fn bool(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => bad("bad boolean"),
+        }
+    }
+    pub fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+    pub fn finish(&self) -> Result<(), DecodeError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            bad("trailing bytes in frame")
+        }
+    }
+}
+
+/// Starts a frame of `kind` in `out`; [`end_frame`] fills in its length.
+pub fn begin_frame(out: &mut Vec<u8>, kind: u8) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0, kind]);
+    start
+}
+
+pub fn end_frame(out: &mut [u8], start: usize) {
+    let len = (out.len() - start - 4) as u32;
+    LittleEndian::write_u32(&mut out[start..start + 4], len);
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_u32(out, b.len() as u32);
+    out.extend_from_slice(b);
+}
+fn put_ids(out: &mut Vec<u8>, ids: &[NodeId]) {
+    put_u32(out, ids.len() as u32);
+    for &id in ids {
+        put_u64(out, id);
+    }
+}
+
+pub fn encode_handshake(out: &mut Vec<u8>, from: NodeId, to: NodeId) {
+    let start = begin_frame(out, KIND_HANDSHAKE);
+    put_u32(out, MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    put_u64(out, from);
+    put_u64(out, to);
+    end_frame(out, start);
+}
+
+/// Checks a handshake body; returns the dialer's id.
+pub fn decode_handshake(body: &[u8], me: NodeId) -> Result<NodeId, DecodeError> {
+    let mut r = Reader::new(body);
+    if r.u32()? != MAGIC {
+        return bad("wrong magic: not a raftnode peer");
+    }
+    let version = r.u16()?;
+    if version != VERSION {
+        return Err(DecodeError(format!(
+            "protocol version {version}, this node speaks {VERSION}"
+        )));
+    }
+    let from = r.u64()?;
+    let to = r.u64()?;
+    r.finish()?;
+    if to != me {
+        return Err(DecodeError(format!(
+            "peer {from} dialled node {to}, but this is node {me}"
+        )));
+    }
+    if from == 0 {
+        return bad("peer id 0");
+    }
+    Ok(from)
+}
+
+const TAG_APPEND: u8 = 1;
+const TAG_APPEND_RESPONSE: u8 = 2;
+const TAG_HEARTBEAT: u8 = 3;
+const TAG_HEARTBEAT_RESPONSE: u8 = 4;
+const TAG_VOTE: u8 = 5;
+const TAG_VOTE_RESPONSE: u8 = 6;
+const TAG_TIMEOUT_NOW: u8 = 7;
+const TAG_PROPOSE: u8 = 8;
+const TAG_READ_INDEX: u8 = 9;
+const TAG_READ_INDEX_RESPONSE: u8 = 10;
+const TAG_TRANSFER_LEADER: u8 = 11;
+
+fn put_entries(out: &mut Vec<u8>, entries: &[Entry]) {
+    put_u32(out, entries.len() as u32);
+    for e in entries {
+        put_u64(out, e.index);
+        put_u64(out, e.term);
+        out.push(e.kind.to_byte());
+        put_bytes(out, &e.data);
+    }
+}
+
+fn get_entries(r: &mut Reader<'_>) -> Result<Vec<Entry>, DecodeError> {
+    let n = r.u32()? as usize;
+    // Each entry takes at least 21 bytes: don't trust the count for capacity.
+    let mut entries = Vec::with_capacity(n.min(r.buf.len() / 21));
+    for _ in 0..n {
+        let index = r.u64()?;
+        let term = r.u64()?;
+        let Some(kind) = EntryKind::from_byte(r.u8()?) else {
+            return bad("unknown entry kind");
+        };
+        let data = r.bytes()?;
+        entries.push(Entry {
+            index,
+            term,
+            kind,
+            data,
+        });
+    }
+    Ok(entries)
+}
+
+/// Appends the frames for `m` to `out`: one message frame, or for a
+/// snapshot a header frame and its chunk frames.
+pub fn encode_message(out: &mut Vec<u8>, m: &Message) {
+    if let MessageBody::Snapshot { snapshot } = &m.body {
+        let start = begin_frame(out, KIND_SNAPSHOT_HEADER);
+        put_u64(out, m.from);
+        put_u64(out, m.to);
+        put_u64(out, m.term);
+        put_u64(out, snapshot.meta.index);
+        put_u64(out, snapshot.meta.term);
+        put_ids(out, &snapshot.meta.conf_state.voters);
+        put_ids(out, &snapshot.meta.conf_state.learners);
+        put_u64(out, snapshot.data.len() as u64);
+        end_frame(out, start);
+        for chunk in snapshot.data.chunks(CHUNK) {
+            let start = begin_frame(out, KIND_SNAPSHOT_CHUNK);
+            out.extend_from_slice(chunk);
+            end_frame(out, start);
+        }
+        return;
+    }
+    let start = begin_frame(out, KIND_MESSAGE);
+    put_u64(out, m.from);
+    put_u64(out, m.to);
+    put_u64(out, m.term);
+    match &m.body {
+        MessageBody::Append {
+            prev_index,
+            prev_term,
+            entries,
+            commit,
+        } => {
+            out.push(TAG_APPEND);
+            put_u64(out, *prev_index);
+            put_u64(out, *prev_term);
+            put_u64(out, *commit);
+            put_entries(out, entries);
+        }
+        MessageBody::AppendResponse {
+            index,
+            reject,
+            reject_hint,
+            hint_term,
+        } => {
+            out.push(TAG_APPEND_RESPONSE);
+            put_u64(out, *index);
+            out.push(*reject as u8);
+            put_u64(out, *reject_hint);
+            put_u64(out, *hint_term);
+        }
+        MessageBody::Heartbeat { commit, context } => {
+            out.push(TAG_HEARTBEAT);
+            put_u64(out, *commit);
+            put_bytes(out, context);
+        }
+        MessageBody::HeartbeatResponse { context } => {
+            out.push(TAG_HEARTBEAT_RESPONSE);
+            put_bytes(out, context);
+        }
+        MessageBody::RequestVote {
+            pre,
+            last_index,
+            last_term,
+            transfer,
+        } => {
+            out.push(TAG_VOTE);
+            out.push(*pre as u8);
+            put_u64(out, *last_index);
+            put_u64(out, *last_term);
+            out.push(*transfer as u8);
+        }
+        MessageBody::RequestVoteResponse { pre, reject } => {
+            out.push(TAG_VOTE_RESPONSE);
+            out.push(*pre as u8);
+            out.push(*reject as u8);
+        }
+        MessageBody::TimeoutNow => out.push(TAG_TIMEOUT_NOW),
+        MessageBody::Propose { entries } => {
+            out.push(TAG_PROPOSE);
+            put_entries(out, entries);
+        }
+        MessageBody::ReadIndex { context } => {
+            out.push(TAG_READ_INDEX);
+            put_bytes(out, context);
+        }
+        MessageBody::ReadIndexResponse { index, context } => {
+            out.push(TAG_READ_INDEX_RESPONSE);
+            put_u64(out, *index);
+            put_bytes(out, context);
+        }
+        MessageBody::TransferLeader { target } => {
+            out.push(TAG_TRANSFER_LEADER);
+            put_u64(out, *target);
+        }
+        MessageBody::Snapshot { .. } => unreachable!("handled above"),
+    }
+    end_frame(out, start);
+}
+
+/// Decodes a message frame body.
+pub fn decode_message(body: &[u8]) -> Result<Message, DecodeError> {
+    let mut r = Reader::new(body);
+    let from = r.u64()?;
+    let to = r.u64()?;
+    let term = r.u64()?;
+    let body = match r.u8()? {
+        TAG_APPEND => {
+            let prev_index = r.u64()?;
+            let prev_term = r.u64()?;
+            let commit = r.u64()?;
+            let entries = get_entries(&mut r)?;
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            }
+        }
+        TAG_APPEND_RESPONSE => MessageBody::AppendResponse {
+            index: r.u64()?,
+            reject: r.bool()?,
+            reject_hint: r.u64()?,
+            hint_term: r.u64()?,
+        },
+        TAG_HEARTBEAT => MessageBody::Heartbeat {
+            commit: r.u64()?,
+            context: r.bytes()?,
+        },
+        TAG_HEARTBEAT_RESPONSE => MessageBody::HeartbeatResponse {
+            context: r.bytes()?,
+        },
+        TAG_VOTE => MessageBody::RequestVote {
+            pre: r.bool()?,
+            last_index: r.u64()?,
+            last_term: r.u64()?,
+            transfer: r.bool()?,
+        },
+        TAG_VOTE_RESPONSE => MessageBody::RequestVoteResponse {
+            pre: r.bool()?,
+            reject: r.bool()?,
+        },
+        TAG_TIMEOUT_NOW => MessageBody::TimeoutNow,
+        TAG_PROPOSE => MessageBody::Propose {
+            entries: get_entries(&mut r)?,
+        },
+        TAG_READ_INDEX => MessageBody::ReadIndex {
+            context: r.bytes()?,
+        },
+        TAG_READ_INDEX_RESPONSE => MessageBody::ReadIndexResponse {
+            index: r.u64()?,
+            context: r.bytes()?,
+        },
+        TAG_TRANSFER_LEADER => MessageBody::TransferLeader { target: r.u64()? },
+        t => return Err(DecodeError(format!("unknown message tag {t}"))),
+    };
+    r.finish()?;
+    Ok(Message {
+        from,
+        to,
+        term,
+        body,
+    })
+}
+
+/// A snapshot whose header arrived and whose data is still coming.
+pub struct PartialSnapshot {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub term: u64,
+    pub meta: SnapshotMeta,
+    pub total: u64,
+    pub data: Vec<u8>,
+}
+
+/// Largest snapshot a peer may announce.
+pub const MAX_SNAPSHOT: u64 = 64 << 30;
+
+pub fn decode_snapshot_header(body: &[u8]) -> Result<PartialSnapshot, DecodeError> {
+    let mut r = Reader::new(body);
+    let from = r.u64()?;
+    let to = r.u64()?;
+    let term = r.u64()?;
+    let index = r.u64()?;
+    let sterm = r.u64()?;
+    let ids = |r: &mut Reader<'_>| -> Result<Vec<NodeId>, DecodeError> {
+        let n = r.u32()? as usize;
+        if n > 4096 {
+            return bad("too many members");
+        }
+        (0..n).map(|_| r.u64()).collect()
+    };
+    let voters = ids(&mut r)?;
+    let learners = ids(&mut r)?;
+    let total = r.u64()?;
+    r.finish()?;
+    if total > MAX_SNAPSHOT {
+        return bad("snapshot too large");
+    }
+    let meta = SnapshotMeta {
+        index,
+        term: sterm,
+        conf_state: ConfState { voters, learners },
+    };
+    Ok(PartialSnapshot {
+        from,
+        to,
+        term,
+        meta,
+        total,
+        data: Vec::with_capacity(total.min(CHUNK as u64 * 4) as usize),
+    })
+}
+
+impl PartialSnapshot {
+    /// Adds a chunk; returns the complete message once all data arrived.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Option<Message>, DecodeError> {
+        if self.data.len() as u64 + chunk.len() as u64 > self.total {
+            return bad("snapshot chunk past the announced size");
+        }
+        self.data.extend_from_slice(chunk);
+        Ok(self.complete())
+    }
+
+    /// The message, if no (more) data is expected.
+    pub fn complete(&mut self) -> Option<Message> {
+        if (self.data.len() as u64) < self.total {
+            return None;
+        }
+        let snapshot = Snapshot {
+            meta: self.meta.clone(),
+            data: std::mem::take(&mut self.data),
+        };
+        Some(Message {
+            from: self.from,
+            to: self.to,
+            term: self.term,
+            body: MessageBody::Snapshot { snapshot },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(buf: &[u8]) -> Vec<(u8, &[u8])> {
+        let mut out = Vec::new();
+        let mut r = buf;
+        while !r.is_empty() {
+            let len = LittleEndian::read_u32(&r[..4]) as usize;
+            out.push((r[4], &r[5..4 + len]));
+            r = &r[4 + len..];
+        }
+        out
+    }
+
+    fn sample_messages() -> Vec<Message> {
+        let e = Entry {
+            index: 5,
+            term: 2,
+            kind: EntryKind::Normal,
+            data: b"xyz".to_vec(),
+        };
+        let bodies = vec![
+            MessageBody::Append {
+                prev_index: 4,
+                prev_term: 1,
+                entries: vec![e.clone()],
+                commit: 3,
+            },
+            MessageBody::AppendResponse {
+                index: 5,
+                reject: true,
+                reject_hint: 2,
+                hint_term: 1,
+            },
+            MessageBody::Heartbeat {
+                commit: 3,
+                context: b"c".to_vec(),
+            },
+            MessageBody::HeartbeatResponse { context: vec![] },
+            MessageBody::RequestVote {
+                pre: true,
+                last_index: 9,
+                last_term: 2,
+                transfer: false,
+            },
+            MessageBody::RequestVoteResponse {
+                pre: false,
+                reject: true,
+            },
+            MessageBody::TimeoutNow,
+            MessageBody::Propose { entries: vec![e] },
+            MessageBody::ReadIndex {
+                context: b"r".to_vec(),
+            },
+            MessageBody::ReadIndexResponse {
+                index: 7,
+                context: b"r".to_vec(),
+            },
+            MessageBody::TransferLeader { target: 3 },
+        ];
+        bodies
+            .into_iter()
+            .map(|body| Message {
+                from: 1,
+                to: 2,
+                term: 4,
+                body,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in sample_messages() {
+            let mut buf = Vec::new();
+            encode_message(&mut buf, &m);
+            let f = frames(&buf);
+            assert_eq!(f.len(), 1);
+            assert_eq!(f[0].0, KIND_MESSAGE);
+            assert_eq!(decode_message(f[0].1), Ok(m));
+        }
+    }
+
+    #[test]
+    fn snapshot_is_sent_in_chunks_and_reassembled() {
+        let data: Vec<u8> = (0..(CHUNK * 2 + 10)).map(|i| i as u8).collect();
+        let meta = SnapshotMeta {
+            index: 9,
+            term: 3,
+            conf_state: ConfState::with_voters(vec![1, 2, 3]),
+        };
+        let m = Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            body: MessageBody::Snapshot {
+                snapshot: Snapshot { meta, data },
+            },
+        };
+        let mut buf = Vec::new();
+        encode_message(&mut buf, &m);
+        let f = frames(&buf);
+        assert_eq!(f.len(), 4);
+        let mut p = decode_snapshot_header(f[0].1).unwrap();
+        assert_eq!(p.push(f[1].1).unwrap(), None);
+        assert_eq!(p.push(f[2].1).unwrap(), None);
+        assert_eq!(p.push(f[3].1).unwrap(), Some(m));
+    }
+
+    #[test]
+    fn truncated_or_garbled_frames_are_errors_not_panics() {
+        for m in sample_messages() {
+            let mut buf = Vec::new();
+            encode_message(&mut buf, &m);
+            let body = &buf[5..];
+            for cut in 0..body.len() {
+                assert!(decode_message(&body[..cut]).is_err());
+            }
+            let mut rng = crate::raft::Rng::new(7);
+            for _ in 0..200 {
+                let mut g = body.to_vec();
+                let i = rng.below(g.len() as u64) as usize;
+                g[i] ^= 1 << rng.below(8);
+                let _ = decode_message(&g); // must not panic
+            }
+        }
+        assert!(decode_handshake(b"garbage", 1).is_err());
+    }
+
+    #[test]
+    fn handshake_checks_magic_version_and_target() {
+        let mut buf = Vec::new();
+        encode_handshake(&mut buf, 3, 1);
+        assert_eq!(decode_handshake(&buf[5..], 1), Ok(3));
+        assert!(decode_handshake(&buf[5..], 2).is_err());
+        let mut wrong = buf[5..].to_vec();
+        wrong[4] = 9; // version
+        assert!(decode_handshake(&wrong, 1).is_err());
+    }
+}

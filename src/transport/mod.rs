@@ -1,0 +1,359 @@
+//! Peer-to-peer transport: one listener, a reader thread per inbound
+//! connection, and a sender thread per peer, all plain OS threads.
+//!
+//! ```text
+//!             node thread ──send()──► [bounded queue] ─► sender thread ─► TCP ─► peer
+//!  peer ─► TCP ─► reader thread ─► inbound channel ─► node thread
+//! ```
+//!
+//! Each connection carries messages one way, from dialer to listener, after
+//! a handshake naming both ids (`codec.rs` has the frame format). Identity is
+//! the id in the handshake, never the address.
+//!
+//! Sending never blocks the node thread: a full queue drops the message (Raft
+//! retransmits), and a sender that cannot reach its peer drops what it has,
+//! reports the peer unreachable, and redials with exponential backoff. A
+//! sender writes every queued message into one buffer and flushes once per
+//! batch, with `TCP_NODELAY`, so a burst costs one syscall.
+//!
+//! Readers treat the network as hostile: a bad handshake, an unknown frame,
+//! a frame over the size limit or a message that claims another sender
+//! closes that connection with a warning; the node keeps running.
+
+pub mod codec;
+
+use std::collections::HashMap;
+use std::io::{self, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use log::{debug, info, warn};
+
+use crate::raft::{Message, MessageBody, NodeId};
+use codec::{DecodeError, PartialSnapshot};
+
+/// Messages waiting for one peer; beyond this they are dropped.
+const QUEUE: usize = 4096;
+/// Longest wait for a TCP connect or a blocked write.
+const IO_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+/// What the transport tells the node about delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// Messages to this peer were dropped: it is unreachable.
+    Unreachable(NodeId),
+    /// A snapshot to this peer was written out (true) or lost (false).
+    Snapshot(NodeId, bool),
+}
+
+struct Peer {
+    queue: Sender<Message>,
+    addr: Arc<Mutex<String>>,
+}
+
+/// The transport of one node. Cheap to share: all methods take `&self`.
+pub struct Transport {
+    id: NodeId,
+    peers: Mutex<HashMap<NodeId, Peer>>,
+    reports: Sender<Report>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Transport {
+    /// Binds `listen` and starts accepting peers; inbound messages go to `inbound`.
+    pub fn start(
+        id: NodeId,
+        listen: &str,
+        inbound: Sender<Message>,
+        reports: Sender<Report>,
+    ) -> io::Result<Arc<Transport>> {
+        let listener = TcpListener::bind(listen)?;
+        info!("listening for peers on {}", listener.local_addr()?);
+        let t = Arc::new(Transport {
+            id,
+            peers: Mutex::new(HashMap::new()),
+            reports,
+        });
+        thread::Builder::new()
+            .name("peer-listener".into())
+            .spawn(move || accept_loop(id, listener, inbound))?;
+        Ok(t)
+    }
+
+    /// Starts (or re-addresses) the sender for peer `id`.
+    pub fn add_peer(&self, id: NodeId, addr: &str) {
+        if id == self.id {
+            return;
+        }
+        let mut peers = lock(&self.peers);
+        if let Some(p) = peers.get(&id) {
+            *lock(&p.addr) = addr.to_string();
+            return;
+        }
+        let (tx, rx) = bounded(QUEUE);
+        let addr = Arc::new(Mutex::new(addr.to_string()));
+        let me = self.id;
+        let reports = self.reports.clone();
+        let a = addr.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("peer-send-{id}"))
+            .spawn(move || send_loop(me, id, a, rx, reports));
+        match spawned {
+            Ok(_) => {
+                peers.insert(id, Peer { queue: tx, addr });
+            }
+            Err(e) => warn!("cannot start sender thread for peer {id}: {e}"),
+        }
+    }
+
+    /// Stops sending to `id` (its thread ends when its queue is dropped).
+    pub fn remove_peer(&self, id: NodeId) {
+        lock(&self.peers).remove(&id);
+    }
+
+    pub fn has_peer(&self, id: NodeId) -> bool {
+        lock(&self.peers).contains_key(&id)
+    }
+
+    /// Queues messages for their peers without blocking.
+    pub fn send(&self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let peers = lock(&self.peers);
+        for m in msgs {
+            let to = m.to;
+            let Some(p) = peers.get(&to) else {
+                debug!("no address for node {to}; dropping {}", m.body.name());
+                continue;
+            };
+            match p.queue.try_send(m) {
+                Ok(()) => {}
+                Err(TrySendError::Full(m)) | Err(TrySendError::Disconnected(m)) => {
+                    debug!("queue to node {to} is full; dropping {}", m.body.name());
+                    let report = match m.body {
+                        MessageBody::Snapshot { .. } => Report::Snapshot(to, false),
+                        _ => Report::Unreachable(to),
+                    };
+                    let _ = self.reports.try_send(report);
+                }
+            }
+        }
+    }
+}
+
+fn resolve(addr: &str) -> io::Result<SocketAddr> {
+    addr.to_socket_addrs()?.next().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{addr} resolves to nothing"),
+        )
+    })
+}
+
+fn dial(me: NodeId, to: NodeId, addr: &str) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&resolve(addr)?, IO_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut hello = Vec::new();
+    codec::encode_handshake(&mut hello, me, to);
+    (&stream).write_all(&hello)?;
+    Ok(stream)
+}
+
+fn send_loop(
+    me: NodeId,
+    to: NodeId,
+    addr: Arc<Mutex<String>>,
+    rx: Receiver<Message>,
+    reports: Sender<Report>,
+) {
+    let mut conn: Option<TcpStream> = None;
+    let mut backoff = Duration::from_millis(20);
+    let mut next_dial = Instant::now();
+    let mut buf = Vec::with_capacity(64 << 10);
+    let mut batch = Vec::new();
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        if conn.is_none() && Instant::now() >= next_dial {
+            let a = lock(&addr).clone();
+            match dial(me, to, &a) {
+                Ok(s) => {
+                    info!("connected to peer {to} at {a}");
+                    conn = Some(s);
+                    backoff = Duration::from_millis(20);
+                }
+                Err(e) => {
+                    debug!("cannot reach peer {to} at {a}: {e}");
+                    next_dial = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        let ok = match conn.as_mut() {
+            Some(stream) => {
+                buf.clear();
+                for m in &batch {
+                    codec::encode_message(&mut buf, m);
+                }
+                match stream.write_all(&buf) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!("lost connection to peer {to}: {e}");
+                        conn = None;
+                        false
+                    }
+                }
+            }
+            None => false,
+        };
+        let mut unreachable = !ok;
+        for m in batch.drain(..) {
+            if let MessageBody::Snapshot { .. } = m.body {
+                let _ = reports.try_send(Report::Snapshot(to, ok));
+                unreachable = false;
+            }
+        }
+        if unreachable {
+            let _ = reports.try_send(Report::Unreachable(to));
+        }
+        if buf.capacity() > (8 << 20) {
+            buf = Vec::with_capacity(64 << 10); // don't keep a snapshot-sized buffer
+        }
+    }
+}
+
+fn accept_loop(me: NodeId, listener: TcpListener, inbound: Sender<Message>) {
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("accepting a peer connection failed: {e}");
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let inbound = inbound.clone();
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let spawned = thread::Builder::new()
+            .name("peer-recv".into())
+            .spawn(move || {
+                if let Err(e) = read_loop(me, stream, &inbound) {
+                    warn!("closed peer connection from {peer}: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            warn!("cannot start a reader thread: {e}");
+        }
+    }
+}
+
+/// Why a reader stopped.
+enum ReadError {
+    Io(io::Error),
+    Decode(DecodeError),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(e) => write!(f, "{e}"),
+            ReadError::Decode(e) => write!(f, "bad data: {e}"),
+        }
+    }
+}
+
+impl From<DecodeError> for ReadError {
+    fn from(e: DecodeError) -> Self {
+        ReadError::Decode(e)
+    }
+}
+
+/// Reads one frame into `buf`; returns its kind, or `None` at a clean end.
+fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Option<u8>, ReadError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(ReadError::Io(e)),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len == 0 || len > codec::MAX_FRAME {
+        return Err(DecodeError(format!("frame length {len} out of range")).into());
+    }
+    buf.resize(len, 0);
+    r.read_exact(buf).map_err(ReadError::Io)?;
+    Ok(Some(buf[0]))
+}
+
+fn read_loop(me: NodeId, stream: TcpStream, inbound: &Sender<Message>) -> Result<(), ReadError> {
+    let _ = stream.set_nodelay(true);
+    let mut r = BufReader::with_capacity(64 << 10, stream);
+    let mut buf = Vec::new();
+    let from = match read_frame(&mut r, &mut buf)? {
+        Some(codec::KIND_HANDSHAKE) => codec::decode_handshake(&buf[1..], me)?,
+        Some(k) => {
+            return Err(DecodeError(format!("expected a handshake, got frame kind {k}")).into())
+        }
+        None => return Ok(()),
+    };
+    debug!("peer {from} connected");
+    let mut partial: Option<PartialSnapshot> = None;
+    while let Some(kind) = read_frame(&mut r, &mut buf)? {
+        let body = &buf[1..];
+        let msg = match kind {
+            codec::KIND_MESSAGE if partial.is_none() => Some(codec::decode_message(body)?),
+            codec::KIND_SNAPSHOT_HEADER if partial.is_none() => {
+                let mut p = codec::decode_snapshot_header(body)?;
+                let done = p.complete();
+                if done.is_none() {
+                    partial = Some(p);
+                }
+                done
+            }
+            codec::KIND_SNAPSHOT_CHUNK => match partial.as_mut() {
+                Some(p) => {
+                    let done = p.push(body)?;
+                    if done.is_some() {
+                        partial = None;
+                    }
+                    done
+                }
+                None => return Err(DecodeError("snapshot chunk without a header".into()).into()),
+            },
+            k => return Err(DecodeError(format!("unexpected frame kind {k}")).into()),
+        };
+        if let Some(m) = msg {
+            if m.from != from || m.to != me {
+                return Err(DecodeError(format!(
+                    "message {}->{} on the connection from {from}",
+                    m.from, m.to
+                ))
+                .into());
+            }
+            if inbound.send(m).is_err() {
+                return Ok(()); // node is shutting down
+            }
+        }
+        if buf.capacity() > (8 << 20) {
+            buf = Vec::new();
+        }
+    }
+    Ok(())
+}
