@@ -14,9 +14,17 @@ use wal::{Entry, HardState, Options};
 pub struct TempDir(PathBuf);
 
 impl TempDir {
+    /// Under `$WAL_TEST_TMPDIR` if set, else `/dev/shm` if present (the
+    /// brute-force tests reopen the log thousands of times, and each cut and
+    /// repair fsyncs; on tmpfs that is free), else the system temp dir.
     pub fn new(name: &str) -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
+        let base = match std::env::var_os("WAL_TEST_TMPDIR") {
+            Some(d) => PathBuf::from(d),
+            None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
+            None => std::env::temp_dir(),
+        };
+        let p = base.join(format!(
             "wal-test-{}-{}-{name}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
