@@ -106,6 +106,9 @@ pub(crate) fn parse_segment_header(bytes: &[u8]) -> Result<(u64, u64), String> {
             "segment header CRC mismatch (stored {stored:#010x}, computed {computed:#010x})"
         ));
     }
+    if h[36..40] != [0u8; 4] {
+        return Err("segment header reserved bytes 36..40 are not zero".into());
+    }
     let version = LE::read_u32(&h[8..12]);
     if version != FORMAT_VERSION {
         return Err(format!(

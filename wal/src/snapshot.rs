@@ -152,6 +152,11 @@ fn read_layout(file: &mut File, path: &Path) -> Result<Result<Layout, String>, E
             "header CRC mismatch (stored {stored:#010x}, computed {computed:#010x})"
         )));
     }
+    if rest[crc_at + 4..] != [0u8; 4] {
+        return Ok(Err(
+            "header reserved bytes after the CRC are not zero".into()
+        ));
+    }
     let version = LE::read_u32(&fixed[8..12]);
     if version != FORMAT_VERSION {
         return Ok(Err(format!(
