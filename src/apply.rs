@@ -32,9 +32,10 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use log::{error, info, warn};
 
+use crate::kv::ErrorCode;
 use crate::kv::RequestId;
 use crate::kv::{decode_command, KvStore, Reply};
-use crate::node::{decode_conf_context, encode_conf_context, ReadWaiter, Shared};
+use crate::node::{decode_conf_context, encode_conf_context, ReadNotice, ReadWaiter, Shared};
 use crate::raft::{
     ConfChange, ConfChangeKind, ConfState, Entry, EntryKind, HardState, MemStorage, NodeId, Ready,
     Snapshot, SnapshotMeta, Storage,
@@ -277,7 +278,7 @@ pub struct ApplyChannels {
     pub ready: Receiver<Ready>,
     pub advance: Sender<()>,
     pub conf: Sender<(ConfChange, Sender<ConfState>)>,
-    pub read_batches: Receiver<(Vec<u8>, Vec<ReadWaiter>)>,
+    pub read_batches: Receiver<ReadNotice>,
     pub snapshot_requests: Receiver<Sender<Reply>>,
 }
 
@@ -422,8 +423,23 @@ impl Applier {
             self.apply_entry(e);
         }
         // 5. Reads, snapshots, advance.
-        while let Ok((ctx, waiters)) = self.ch.read_batches.try_recv() {
-            self.read_batches.insert(ctx, waiters);
+        while let Ok(notice) = self.ch.read_batches.try_recv() {
+            match notice {
+                ReadNotice::Batch(ctx, waiters) => {
+                    self.read_batches.insert(ctx, waiters);
+                }
+                ReadNotice::LeaderChanged => {
+                    // Read states already received stay valid; requests
+                    // whose answer has not come may never come.
+                    let msg = "leader changed while the read was in flight; retry";
+                    let reply = Reply::error(ErrorCode::LeaderChanged, msg);
+                    for (_, ws) in self.read_batches.drain() {
+                        for w in ws {
+                            let _ = w.reply.try_send(reply.clone());
+                        }
+                    }
+                }
+            }
         }
         for rs in rd.read_states {
             if let Some(w) = self.read_batches.remove(&rs.context) {

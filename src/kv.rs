@@ -76,6 +76,8 @@ pub enum ErrorCode {
     BadRequest,
     Timeout,
     NoLeader,
+    /// The leader changed while the request was in flight.
+    LeaderChanged,
     /// The request was refused by Raft (e.g. a conf change is pending).
     Unavailable,
     /// The node failed internally (e.g. a disk error).
@@ -88,6 +90,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "BAD_REQUEST",
             ErrorCode::Timeout => "TIMEOUT",
             ErrorCode::NoLeader => "NO_LEADER",
+            ErrorCode::LeaderChanged => "LEADER_CHANGED",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
         }

@@ -69,6 +69,14 @@ impl Shared {
         }
     }
 
+    /// Answers every waiting request with `reply` (used when the leader
+    /// changes: forwarded proposals may have been lost with the old leader).
+    pub fn answer_all(&self, reply: &Reply) {
+        for (_, tx) in self.pending().drain() {
+            let _ = tx.try_send(reply.clone());
+        }
+    }
+
     /// Forgets request `seq` (its client gave up).
     pub fn forget(&self, seq: u64) {
         self.pending().remove(&seq);
@@ -103,6 +111,14 @@ pub enum NodeRequest {
     },
 }
 
+/// What the node thread tells the ready thread about reads.
+pub enum ReadNotice {
+    /// Reads issued under read-index context `ctx`.
+    Batch(Vec<u8>, Vec<ReadWaiter>),
+    /// The leader changed: read-index requests in flight may be lost.
+    LeaderChanged,
+}
+
 /// A read waiting for its read index to be applied.
 pub struct ReadWaiter {
     pub key: Vec<u8>,
@@ -131,7 +147,7 @@ pub struct NodeChannels {
     pub ready: Sender<Ready>,
     pub advance: Receiver<()>,
     pub conf: Receiver<(ConfChange, Sender<ConfState>)>,
-    pub read_batches: Sender<(Vec<u8>, Vec<ReadWaiter>)>,
+    pub read_batches: Sender<ReadNotice>,
     pub status: Receiver<Sender<StatusInfo>>,
     pub stop: Receiver<()>,
 }
@@ -145,6 +161,8 @@ pub struct NodeLoop {
     outstanding: bool,
     read_seq: u64,
     transfers: Vec<(NodeId, Sender<Reply>, Instant)>,
+    /// Leader as of the last Ready handed out.
+    leader: NodeId,
 }
 
 /// How many queued requests one iteration takes in at most.
@@ -165,6 +183,7 @@ impl NodeLoop {
             outstanding: false,
             read_seq: 0,
             transfers: Vec::new(),
+            leader: NO_NODE,
         }
     }
 
@@ -177,6 +196,9 @@ impl NodeLoop {
                 let rd = self.raw.ready();
                 if let Some(ss) = rd.soft_state {
                     self.shared.leader.store(ss.leader, Ordering::Relaxed);
+                    if ss.leader != self.leader {
+                        self.leader_changed(ss.leader);
+                    }
                     self.check_transfers(ss.leader);
                 }
                 if self.ch.ready.send(rd).is_err() {
@@ -331,7 +353,7 @@ impl NodeLoop {
                 Ok(()) => {
                     // The batch reaches the ready-handling thread before the
                     // Ready that carries its read state.
-                    let _ = self.ch.read_batches.send((ctx, reads));
+                    let _ = self.ch.read_batches.send(ReadNotice::Batch(ctx, reads));
                 }
                 Err(e) => {
                     let reply = refusal(&e);
@@ -340,6 +362,22 @@ impl NodeLoop {
                     }
                 }
             }
+        }
+    }
+
+    /// Requests forwarded to (or accepted by) the old leader may be lost or
+    /// may still commit: answer them now, as etcd does, with an error that
+    /// says the outcome is unknown, rather than let them wait for the timeout.
+    /// Requests still queued in the channel are not affected.
+    fn leader_changed(&mut self, leader: NodeId) {
+        let had_leader = self.leader != NO_NODE;
+        self.leader = leader;
+        if had_leader {
+            info!("leader changed to {leader}; failing requests in flight");
+            let msg = "leader changed while the request was in flight; the outcome is unknown";
+            self.shared
+                .answer_all(&Reply::error(ErrorCode::LeaderChanged, msg));
+            let _ = self.ch.read_batches.send(ReadNotice::LeaderChanged);
         }
     }
 

@@ -1,0 +1,353 @@
+//! The node as a program: real `raftnode` processes on loopback, driven
+//! through the client protocol of INTERFACE.md.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::{free_port, serial, Client, Cluster, TempDir};
+
+const FAST: &[&str] = &["--tick-ms", "20"];
+
+#[test]
+fn three_nodes_serve_1000_puts_spread_over_all_nodes_and_every_node_reads_them_back() {
+    let _g = serial();
+    let c = Cluster::start(3, FAST);
+    c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    let mut clients: Vec<Client> = (1..=3).map(|id| c.node(id).client().unwrap()).collect();
+    for i in 0..1000 {
+        let r = clients[i % 3]
+            .request(&format!("PUT key-{i} value {i}"))
+            .unwrap();
+        assert_eq!(r, "OK", "PUT key-{i} via node {}\n{}", i % 3 + 1, c.logs());
+    }
+    for (n, cl) in clients.iter_mut().enumerate() {
+        for i in 0..1000 {
+            let r = cl.request(&format!("GET key-{i}")).unwrap();
+            assert_eq!(
+                r,
+                format!("VALUE value {i}"),
+                "GET key-{i} on node {}",
+                n + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn killing_the_leader_elects_a_new_one_that_serves_writes_within_2s_and_the_old_one_catches_up() {
+    let _g = serial();
+    let mut c = Cluster::start(3, FAST);
+    let old = c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    let mut cl = c.node(old).client().unwrap();
+    for i in 0..50 {
+        assert_eq!(cl.request(&format!("PUT before-{i} x")).unwrap(), "OK");
+    }
+    c.node_mut(old).kill();
+    let killed_at = Instant::now();
+    let other = if old == 1 { 2 } else { 1 };
+    let r = c.request_until(
+        other,
+        "PUT after-failover yes",
+        |r| r == "OK",
+        Duration::from_secs(5),
+    );
+    let failover = killed_at.elapsed();
+    assert_eq!(
+        r.as_deref(),
+        Some("OK"),
+        "no write served after the leader died\n{}",
+        c.logs()
+    );
+    println!("failover: first write acknowledged {failover:?} after kill -9 of leader {old}");
+    assert!(
+        failover < Duration::from_secs(2),
+        "failover took {failover:?}"
+    );
+
+    c.node_mut(old).spawn();
+    let applied = c.wait_converged(52, Duration::from_secs(10));
+    assert!(
+        applied.is_some(),
+        "old leader did not catch up\n{}",
+        c.logs()
+    );
+    let mut back = c.node(old).client().unwrap();
+    assert_eq!(back.request("GET after-failover").unwrap(), "VALUE yes");
+    for i in 0..50 {
+        assert_eq!(back.request(&format!("GET before-{i}")).unwrap(), "VALUE x");
+    }
+}
+
+#[test]
+fn kill_9_of_all_nodes_mid_stream_loses_no_acknowledged_write() {
+    let _g = serial();
+    let mut c = Cluster::start(3, FAST);
+    c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..6u64 {
+        let addr = c.node(w % 3 + 1).client_addr.clone();
+        let (acked, stop) = (acked.clone(), stop.clone());
+        writers.push(thread::spawn(move || {
+            let Ok(mut cl) = Client::connect(&addr) else {
+                return;
+            };
+            cl.set_timeout(Duration::from_secs(2));
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let key = format!("w{w}-{i}");
+                match cl.request(&format!("PUT {key} v-{key}")) {
+                    Ok(r) if r == "OK" => acked.lock().unwrap().push(key),
+                    Ok(_) => {}
+                    Err(_) => return, // node died: outcome unknown
+                }
+            }
+        }));
+    }
+    thread::sleep(Duration::from_millis(800));
+    for id in 1..=3 {
+        c.node_mut(id).kill();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let _ = w.join();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 50,
+        "too few writes before the crash: {}",
+        acked.len()
+    );
+    for id in 1..=3 {
+        c.node_mut(id).spawn();
+    }
+    c.wait_leader(Duration::from_secs(10))
+        .expect("a leader after restart");
+    let mut cl = c.node(1).client().unwrap();
+    for key in &acked {
+        let r = cl.request(&format!("GET {key}")).unwrap();
+        assert_eq!(
+            r,
+            format!("VALUE v-{key}"),
+            "acknowledged write {key} lost\n{}",
+            c.logs()
+        );
+    }
+    println!(
+        "{} acknowledged writes survived kill -9 of all three nodes",
+        acked.len()
+    );
+}
+
+#[test]
+fn bad_client_input_gets_bad_request_and_the_connection_stays_usable() {
+    let _g = serial();
+    let c = Cluster::start(1, FAST);
+    c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    let mut cl = c.node(1).client().unwrap();
+    let cases: &[&[u8]] = &[
+        b"\x01\x02garbage\xff\n",
+        b"FROBNICATE x\n",
+        b"GET\n",
+        b"PUT onlykey\n",
+        b"CAS k v\n",
+        b"GET k\x00ey\n",
+        b"PUT \xc3\x28 v\n",
+        b"\n",
+        b"ADD_NODE zero 1.2.3.4:1\n",
+    ];
+    for raw in cases {
+        cl.send_raw(raw).unwrap();
+        let r = cl.read_line().unwrap();
+        assert!(r.starts_with("ERR BAD_REQUEST "), "{raw:?} got {r:?}");
+        assert!(
+            r.len() > "ERR BAD_REQUEST ".len(),
+            "error without a message: {r:?}"
+        );
+    }
+    assert_eq!(cl.request("PUT k fine").unwrap(), "OK");
+    assert_eq!(cl.request("GET k").unwrap(), "VALUE fine");
+
+    // A 2 MiB line: refused, then the connection is closed.
+    let mut big = b"PUT big ".to_vec();
+    big.extend(std::iter::repeat(b'x').take(2 << 20));
+    big.push(b'\n');
+    let _ = cl.send_raw(&big);
+    let r = cl.read_line().unwrap();
+    assert!(r.starts_with("ERR BAD_REQUEST "), "{r}");
+    assert!(
+        cl.read_line().is_err(),
+        "connection should close after an over-long line"
+    );
+
+    // The node keeps serving.
+    let mut fresh = c.node(1).client().unwrap();
+    assert_eq!(fresh.request("PING").unwrap(), "PONG");
+    assert_eq!(fresh.request("GET k").unwrap(), "VALUE fine");
+}
+
+#[test]
+fn random_bytes_on_the_peer_port_do_not_disturb_the_cluster() {
+    let _g = serial();
+    let c = Cluster::start(3, FAST);
+    let leader = c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    let mut rng = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for id in 1..=3 {
+        let addr = c.node(id).peer_addr.clone();
+        for round in 0..20 {
+            let Ok(mut s) = TcpStream::connect(&addr) else {
+                continue;
+            };
+            let len = (next() % 4096) as usize + 1;
+            let mut junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if round % 4 == 0 {
+                // A valid-looking length prefix followed by garbage.
+                junk[..4].copy_from_slice(&64u32.to_le_bytes());
+            }
+            let _ = s.write_all(&junk);
+            let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+            let _ = s.read(&mut [0u8; 16]);
+        }
+    }
+    let mut cl = c.node(leader).client().unwrap();
+    assert_eq!(cl.request("PUT after-junk ok").unwrap(), "OK");
+    for id in 1..=3 {
+        let mut cl = c.node(id).client().unwrap();
+        assert_eq!(
+            cl.request("GET after-junk").unwrap(),
+            "VALUE ok",
+            "node {id}\n{}",
+            c.logs()
+        );
+    }
+}
+
+fn run_expect_failure(args: &[&str]) -> String {
+    let out = Command::new(support::binary())
+        .args(args)
+        .output()
+        .expect("run raftnode");
+    assert!(!out.status.success(), "raftnode {args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    err.lines()
+        .filter(|l| l.starts_with("raftnode:") || l.starts_with("error:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_second_raftnode_on_the_same_data_dir_fails_with_a_clear_error() {
+    let _g = serial();
+    let c = Cluster::start(1, FAST);
+    c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    let n = c.node(1);
+    let data = n.data_dir.to_string_lossy().into_owned();
+    let peers = format!("1=127.0.0.1:{}", free_port());
+    let client = format!("127.0.0.1:{}", free_port());
+    let err = run_expect_failure(&[
+        "--id",
+        "1",
+        "--peers",
+        &peers,
+        "--client-addr",
+        &client,
+        "--data-dir",
+        &data,
+    ]);
+    assert!(
+        err.to_lowercase().contains("lock"),
+        "unclear error: {err:?}"
+    );
+
+    // Same client address: refused before touching the disk.
+    let other = TempDir::new("second");
+    let d2 = other.0.join("d").to_string_lossy().into_owned();
+    let err = run_expect_failure(&[
+        "--id",
+        "1",
+        "--peers",
+        &peers,
+        "--client-addr",
+        &n.client_addr,
+        "--data-dir",
+        &d2,
+    ]);
+    assert!(
+        err.contains("in use") || err.contains("Address"),
+        "unclear error: {err:?}"
+    );
+}
+
+#[test]
+fn start_up_errors_are_one_clear_line() {
+    let dir = TempDir::new("cli");
+    let d = dir.0.join("node").to_string_lossy().into_owned();
+    let p = free_port();
+    // A data dir of another node.
+    let peers1 = format!("1=127.0.0.1:{p}");
+    let mut first = Command::new(support::binary())
+        .args([
+            "--id",
+            "1",
+            "--peers",
+            &peers1,
+            "--client-addr",
+            &format!("127.0.0.1:{}", free_port()),
+            "--data-dir",
+            &d,
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let _ = first.kill();
+    let _ = first.wait();
+    let peers2 = format!("2=127.0.0.1:{p}");
+    let err = run_expect_failure(&[
+        "--id",
+        "2",
+        "--peers",
+        &peers2,
+        "--client-addr",
+        &format!("127.0.0.1:{}", free_port()),
+        "--data-dir",
+        &d,
+    ]);
+    assert!(err.contains("belongs to node 1"), "{err:?}");
+    // Bad flags.
+    assert!(!run_expect_failure(&["--peers", "1=nonsense"]).is_empty());
+    assert!(!run_expect_failure(&["--id", "0"]).is_empty());
+    assert!(!run_expect_failure(&["--peers", "2=127.0.0.1:1"]).is_empty()); // own id missing
+                                                                            // --help explains the flags.
+    let out = Command::new(support::binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for flag in [
+        "--peers",
+        "--join",
+        "--tick-ms",
+        "--snapshot-entries",
+        "--request-timeout-ms",
+    ] {
+        assert!(help.contains(flag), "--help does not mention {flag}");
+    }
+}
