@@ -18,7 +18,6 @@ thread_local! {
 
 /// Arms `name` on this thread: the next [`hit`] of that name fails (once).
 #[cfg(test)]
-#[allow(dead_code)] // used by crash_tests
 pub(crate) fn arm(name: &'static str) {
     ARMED.with(|a| a.set(Some(name)));
 }

@@ -77,12 +77,12 @@ fn a_large_snapshot_streams_in_and_out_with_bounded_buffers() {
         if n == 0 {
             break;
         }
-        for k in 0..n {
-            let pos = total + k;
-            if pos % (1 << 20) == 0 {
-                firsts.push(buf[k]);
+        for (k, &b) in buf[..n].iter().enumerate() {
+            let pos = (total + k) % (1 << 20);
+            if pos == 0 {
+                firsts.push(b);
             } else {
-                assert_eq!(buf[k], chunk[pos % (1 << 20)]);
+                assert_eq!(b, chunk[pos]);
             }
         }
         total += n;
