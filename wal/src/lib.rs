@@ -95,7 +95,7 @@ mod crash_tests;
 use std::path::PathBuf;
 
 pub use crate::error::Error;
-pub use crate::snapshot::{SnapshotReader, SnapshotWriter};
+pub use crate::snapshot::{open_snapshot_file, SnapshotReader, SnapshotWriter};
 pub use crate::wal::Wal;
 
 /// Settings for [`Wal::open`].

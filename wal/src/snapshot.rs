@@ -440,3 +440,14 @@ impl Drop for SnapshotWriter {
         }
     }
 }
+
+/// Opens the snapshot file at `path` for streaming its data, e.g. to send it
+/// to a peer while the `Wal` that wrote it goes on. The reader checks the
+/// data CRC when it reaches the end; a damaged header or trailer is an
+/// [`Error::Corrupt`].
+pub fn open_snapshot_file(path: &Path) -> Result<SnapshotReader, Error> {
+    match SnapshotReader::open(path)? {
+        Ok(r) => Ok(r),
+        Err(reason) => Err(Error::corrupt(path, 0, reason)),
+    }
+}
