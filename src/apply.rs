@@ -18,14 +18,20 @@
 //! A WAL write that fails stops the process: a node that cannot persist must
 //! not acknowledge anything, and a restart recovers from what is on disk.
 //!
-//! Data dir layout: `node-id` (the id this dir belongs to) and `wal/` (the
-//! `wal` crate's segments and snapshot files).
+//! Snapshots stream: taking one writes the KV state straight into the WAL's
+//! snapshot file, installing one received from the leader reads the file the
+//! transport wrote and feeds it to the WAL and the KV store in one pass, and
+//! a restart restores from the file. None of them holds the serialised state
+//! in memory, and the in-memory log's snapshot carries metadata only.
+//!
+//! Data dir layout: `node-id` (the id this dir belongs to), `wal/` (the
+//! `wal` crate's segments and snapshot files) and `incoming/` (snapshots
+//! being received; emptied at start-up).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -44,6 +50,24 @@ use crate::transport::Transport;
 
 /// Entries kept in memory behind a snapshot, for slow followers.
 pub const KEEP_TAIL: u64 = 5000;
+
+/// Subdirectory of the data dir for snapshots being received.
+pub const INCOMING_DIR: &str = "incoming";
+
+/// A reader that copies everything it reads into a writer: a received
+/// snapshot goes to the WAL and the KV store in one pass.
+struct Tee<'a, R, W> {
+    r: R,
+    w: &'a mut W,
+}
+
+impl<R: std::io::Read, W: Write> std::io::Read for Tee<'_, R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.w.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
 
 /// Why the node could not start; printed as one line.
 pub type StartError = String;
@@ -75,6 +99,7 @@ pub struct Recovered {
     pub applied: u64,
     pub conf_state: ConfState,
     pub snapshot_index: u64,
+    pub snapshot_path: Option<PathBuf>,
     /// True when the data dir was empty and this start created it.
     pub fresh: bool,
 }
@@ -133,36 +158,31 @@ pub fn open_data_dir(
     let mut applied = 0;
     let mut conf_state = ConfState::default();
     let mut snapshot_index = 0;
+    let mut snapshot_path = None;
     if rec.snapshot.is_some() {
-        let (meta, data) = match wal.load_snapshot().map_err(|e| e.to_string())? {
-            Some(s) => s,
-            None => {
-                return Err(format!(
-                    "snapshot in {} vanished during start-up",
-                    wal_dir.display()
-                ))
-            }
+        let mut r = match wal.snapshot_reader().map_err(|e| e.to_string())? {
+            Some(r) => r,
+            None => return Err(format!("snapshot in {} vanished during start-up", wal_dir.display())),
         };
-        kv.restore(&mut &data[..])
-            .map_err(|e| format!("snapshot {} in {}: {e}", meta.index, wal_dir.display()))?;
-        conf_state = ConfState {
-            voters: meta.voters.clone(),
-            learners: meta.learners.clone(),
-        };
+        let meta = r.meta().clone();
+        let path = r.path().to_path_buf();
+        let mut br = std::io::BufReader::with_capacity(256 << 10, &mut r);
+        kv.restore(&mut br).map_err(|e| format!("snapshot {}: {e}", path.display()))?;
+        drop(br);
+        // Read to the end so the reader verifies the data CRC.
+        std::io::copy(&mut r, &mut std::io::sink()).map_err(|e| format!("snapshot {}: {e}", path.display()))?;
+        conf_state = ConfState { voters: meta.voters.clone(), learners: meta.learners.clone() };
         let snap = Snapshot {
-            meta: SnapshotMeta {
-                index: meta.index,
-                term: meta.term,
-                conf_state: conf_state.clone(),
-            },
-            data,
+            meta: SnapshotMeta { index: meta.index, term: meta.term, conf_state: conf_state.clone() },
+            data: Vec::new(),
         };
-        storage
-            .apply_snapshot(snap)
-            .map_err(|e| format!("installing snapshot: {e}"))?;
+        storage.apply_snapshot(snap).map_err(|e| format!("installing snapshot: {e}"))?;
         applied = meta.index;
         snapshot_index = meta.index;
+        snapshot_path = Some(path);
     }
+    // Transfers a crash interrupted are of no use.
+    let _ = fs::remove_dir_all(dir.join(INCOMING_DIR));
     let entries: Vec<Entry> = rec
         .entries
         .iter()
@@ -256,8 +276,23 @@ pub fn open_data_dir(
         applied,
         conf_state,
         snapshot_index,
+        snapshot_path,
         fresh,
     })
+}
+
+/// WAL settings. `RAFTNODE_WAL_SEGMENT_BYTES` overrides the segment size
+/// (64 MiB), for tests that need to see segments roll over and be released.
+fn wal_options() -> Result<wal::Options, StartError> {
+    let mut opts = wal::Options::default();
+    if let Ok(v) = std::env::var("RAFTNODE_WAL_SEGMENT_BYTES") {
+        opts.segment_size = v
+            .parse()
+            .ok()
+            .filter(|&n: &u64| n >= 4096 && n % 8 == 0)
+            .ok_or_else(|| format!("RAFTNODE_WAL_SEGMENT_BYTES={v:?}: need a multiple of 8, at least 4096"))?;
+    }
+    Ok(opts)
 }
 
 /// Writes a small file so that it survives a crash: temp file, fsync, rename, fsync dir.
@@ -321,9 +356,7 @@ impl Applier {
         peer_overrides: BTreeMap<NodeId, String>,
         snapshot_entries: u64,
     ) -> Applier {
-        shared
-            .snapshot_index
-            .store(rec.snapshot_index, Ordering::Relaxed);
+        shared.set_snapshot(rec.snapshot_index, rec.snapshot_path.clone());
         let a = Applier {
             id,
             wal: rec.wal,
@@ -342,6 +375,7 @@ impl Applier {
             waiting_reads: Vec::new(),
         };
         a.connect_members();
+        a.track_learners();
         a
     }
 
@@ -389,12 +423,7 @@ impl Applier {
         self.transport.send(rd.messages);
         // 2. Persist.
         if let Some(snap) = &rd.snapshot {
-            if let Err(e) = self.wal.save_snapshot(&to_wal_meta(&snap.meta), &snap.data) {
-                fatal("saving a received snapshot", e);
-            }
-            if let Err(e) = self.storage.apply_snapshot(snap.clone()) {
-                fatal("installing a received snapshot", e);
-            }
+            self.persist_received_snapshot(snap);
         }
         if !rd.entries.is_empty() || rd.hard_state.is_some() {
             let hs = rd.hard_state.map(|h| wal::HardState {
@@ -417,7 +446,7 @@ impl Applier {
         self.transport.send(rd.persisted_messages);
         // 4. Apply.
         if let Some(snap) = rd.snapshot {
-            self.install_snapshot(snap);
+            self.installed_snapshot(snap.meta);
         }
         for e in rd.committed_entries {
             self.apply_entry(e);
@@ -454,21 +483,56 @@ impl Applier {
         let _ = self.ch.advance.send(());
     }
 
-    fn install_snapshot(&mut self, snap: Snapshot) {
+    /// Makes a snapshot received from the leader durable and loads it into
+    /// the KV store, reading the received file once. Its `data` is the path
+    /// of that file (see `transport`).
+    fn persist_received_snapshot(&mut self, snap: &Snapshot) {
+        let path = PathBuf::from(String::from_utf8_lossy(&snap.data).into_owned());
+        let file = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => fatal(&format!("opening received snapshot {}", path.display()), e),
+        };
+        let mut writer = match self.wal.snapshot_writer(&to_wal_meta(&snap.meta)) {
+            Ok(w) => w,
+            Err(e) => fatal("starting a snapshot file", e),
+        };
         let mut kv = KvStore::new();
-        if let Err(e) = kv.restore(&mut &snap.data[..]) {
-            fatal("decoding a received snapshot", e);
+        {
+            let tee = Tee { r: std::io::BufReader::with_capacity(256 << 10, file), w: &mut writer };
+            let mut tee = std::io::BufReader::with_capacity(256 << 10, tee);
+            if let Err(e) = kv.restore(&mut tee) {
+                fatal("loading a received snapshot", e);
+            }
+            if let Err(e) = std::io::copy(&mut tee, &mut std::io::sink()) {
+                fatal("copying a received snapshot", e);
+            }
+        }
+        if let Err(e) = self.wal.commit_snapshot(writer) {
+            fatal("saving a received snapshot", e);
+        }
+        let _ = fs::remove_file(&path);
+        let meta = snap.meta.clone();
+        if let Err(e) = self.storage.apply_snapshot(Snapshot { meta, data: Vec::new() }) {
+            fatal("installing a received snapshot", e);
         }
         self.kv = kv;
-        self.applied = snap.meta.index;
-        self.conf_state = snap.meta.conf_state.clone();
+    }
+
+    /// Bookkeeping once a received snapshot is persisted and loaded.
+    fn installed_snapshot(&mut self, meta: SnapshotMeta) {
+        self.applied = meta.index;
+        self.conf_state = meta.conf_state.clone();
         self.prev_snapshot_index = self.snapshot_index;
-        self.snapshot_index = snap.meta.index;
-        self.shared
-            .snapshot_index
-            .store(snap.meta.index, Ordering::Relaxed);
+        self.snapshot_index = meta.index;
+        self.publish_snapshot();
         self.connect_members();
-        info!("installed snapshot at {}", snap.meta.index);
+        self.track_learners();
+        info!("installed snapshot at {} from the leader", meta.index);
+    }
+
+    fn publish_snapshot(&self) {
+        let path = self.wal.snapshot_reader().ok().flatten().map(|r| r.path().to_path_buf());
+        self.shared.set_snapshot(self.snapshot_index, path);
     }
 
     fn apply_entry(&mut self, e: Entry) {
@@ -501,41 +565,58 @@ impl Applier {
         }
         let Ok(cs) = rx.recv() else { return };
         self.conf_state = cs;
+        let id = cc.node_id;
         let ctx = decode_conf_context(&cc.context);
-        match cc.kind {
-            ConfChangeKind::AddNode | ConfChangeKind::AddLearner => {
-                if let Some((_, addr)) = &ctx {
-                    if !addr.is_empty() {
-                        self.kv.members.insert(cc.node_id, addr.clone());
-                    }
-                }
-                if let Some(addr) = self
-                    .peer_overrides
-                    .get(&cc.node_id)
-                    .or_else(|| self.kv.members.get(&cc.node_id))
-                {
-                    self.transport.add_peer(cc.node_id, addr);
-                }
-            }
-            ConfChangeKind::RemoveNode => {
-                self.kv.members.remove(&cc.node_id);
-                self.transport.remove_peer(cc.node_id);
-                if cc.node_id == self.id {
-                    warn!(
-                        "this node ({}) was removed from the cluster; it no longer takes part",
-                        self.id
-                    );
-                }
+        if let Some((_, addr)) = &ctx {
+            if !addr.is_empty() && cc.kind != ConfChangeKind::RemoveNode {
+                self.kv.members.insert(id, addr.clone());
             }
         }
-        info!(
-            "membership now voters={:?} learners={:?}",
-            self.conf_state.voters, self.conf_state.learners
-        );
+        // Whether the client that asked for this change can be answered now.
+        let done = match cc.kind {
+            ConfChangeKind::AddLearner => {
+                if self.conf_state.voters.contains(&id) {
+                    true // already a voter: nothing to promote
+                } else {
+                    self.shared.promotions().insert(id, cc.context.clone());
+                    false // answered when the promotion applies
+                }
+            }
+            ConfChangeKind::AddNode => {
+                self.shared.promotions().remove(&id);
+                true
+            }
+            ConfChangeKind::RemoveNode => {
+                self.shared.promotions().remove(&id);
+                self.kv.members.remove(&id);
+                self.transport.remove_peer(id);
+                if id == self.id {
+                    warn!("this node ({}) was removed from the cluster; it no longer takes part", self.id);
+                }
+                true
+            }
+        };
+        if cc.kind != ConfChangeKind::RemoveNode {
+            if let Some(addr) = self.peer_overrides.get(&id).or_else(|| self.kv.members.get(&id)) {
+                self.transport.add_peer(id, addr);
+            }
+        }
+        info!("membership now voters={:?} learners={:?}", self.conf_state.voters, self.conf_state.learners);
         if let Some((rid, _)) = ctx {
-            if rid.node == self.id {
+            if done && rid.node == self.id {
                 self.shared.answer(rid.seq, Reply::Ok);
             }
+        }
+    }
+
+    /// After a restart or a snapshot install, learners named by the
+    /// snapshot are still to be promoted; their ADD_NODE clients are gone.
+    fn track_learners(&self) {
+        let mut p = self.shared.promotions();
+        p.retain(|id, _| self.conf_state.learners.contains(id));
+        for id in &self.conf_state.learners {
+            let addr = self.kv.members.get(id).cloned().unwrap_or_default();
+            p.entry(*id).or_insert_with(|| encode_conf_context(RequestId { node: 0, seq: 0 }, &addr));
         }
     }
 
@@ -578,19 +659,18 @@ impl Applier {
                 return self.snapshot_index;
             }
         };
-        let data = self.kv.snapshot_bytes();
-        let meta = SnapshotMeta {
-            index,
-            term,
-            conf_state: self.conf_state.clone(),
+        let meta = SnapshotMeta { index, term, conf_state: self.conf_state.clone() };
+        let mut writer = match self.wal.snapshot_writer(&to_wal_meta(&meta)) {
+            Ok(w) => w,
+            Err(e) => fatal("starting a snapshot file", e),
         };
-        if let Err(e) = self.wal.save_snapshot(&to_wal_meta(&meta), &data) {
+        if let Err(e) = self.kv.write_snapshot(&mut writer) {
+            fatal("writing a snapshot", e);
+        }
+        if let Err(e) = self.wal.commit_snapshot(writer) {
             fatal("saving a snapshot", e);
         }
-        if let Err(e) = self
-            .storage
-            .create_snapshot(index, self.conf_state.clone(), data)
-        {
+        if let Err(e) = self.storage.create_snapshot(index, self.conf_state.clone(), Vec::new()) {
             warn!("in-memory snapshot at {index}: {e}");
         }
         let compact_to = index.saturating_sub(KEEP_TAIL);
@@ -601,7 +681,7 @@ impl Applier {
         }
         self.prev_snapshot_index = self.snapshot_index;
         self.snapshot_index = index;
-        self.shared.snapshot_index.store(index, Ordering::Relaxed);
+        self.publish_snapshot();
         // Keep the entries after the previous snapshot, so that recovery can
         // fall back to it should the newest snapshot file be damaged.
         if let Err(e) = self

@@ -83,9 +83,17 @@ pub fn start(cfg: NodeConfig) -> Result<Running, String> {
         .map_err(|e| format!("cannot listen for clients on {}: {e}", cfg.client_addr))?;
     let rec = apply::open_data_dir(&cfg.data_dir, cfg.id, &cfg.peers, cfg.join)?;
 
+    let shared = Arc::new(node::Shared::default());
     let (inbound_tx, inbound_rx) = bounded(8192);
     let (report_tx, report_rx) = bounded(1024);
-    let transport = transport::Transport::start(cfg.id, &own, inbound_tx, report_tx)
+    let snapshots = {
+        let shared = shared.clone();
+        transport::SnapshotFiles {
+            current: Arc::new(move || shared.snapshot_file()),
+            incoming: cfg.data_dir.join(apply::INCOMING_DIR),
+        }
+    };
+    let transport = transport::Transport::start(cfg.id, &own, inbound_tx, report_tx, snapshots)
         .map_err(|e| format!("cannot listen for peers on {own}: {e}"))?;
 
     let mut rc = Config::new(cfg.id);
@@ -95,7 +103,6 @@ pub fn start(cfg: NodeConfig) -> Result<Running, String> {
     rc.seed = cfg.id ^ std::process::id() as u64 ^ (rec.storage.hard_state().term << 32);
     let raw = RawNode::new(&rc, rec.storage.clone()).map_err(|e| e.to_string())?;
 
-    let shared = Arc::new(node::Shared::default());
     let (req_tx, req_rx) = unbounded();
     let (ready_tx, ready_rx) = bounded(1);
     let (advance_tx, advance_rx) = bounded(1);

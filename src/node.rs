@@ -21,7 +21,7 @@
 //! proposes all writes in one `propose_batch`, and all reads under one
 //! read-index context, so one heartbeat round confirms many reads.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,6 +44,12 @@ pub struct Shared {
     pub leader: AtomicU64,
     /// Index of the newest snapshot, for STATUS.
     pub snapshot_index: AtomicU64,
+    /// Learners waiting to be promoted to voters, with the context (client
+    /// request and address) of the ADD_NODE that added them. Kept by the ready
+    /// thread as conf changes apply; read by the leader's node thread.
+    pub promotions: Mutex<BTreeMap<NodeId, Vec<u8>>>,
+    /// The newest snapshot file, which peer senders stream from.
+    pub snapshot_path: Mutex<Option<std::path::PathBuf>>,
     next_seq: AtomicU64,
     pending: Mutex<HashMap<u64, Sender<Reply>>>,
 }
@@ -75,6 +81,19 @@ impl Shared {
         for (_, tx) in self.pending().drain() {
             let _ = tx.try_send(reply.clone());
         }
+    }
+
+    pub fn set_snapshot(&self, index: u64, path: Option<std::path::PathBuf>) {
+        self.snapshot_index.store(index, Ordering::Relaxed);
+        *self.snapshot_path.lock().unwrap_or_else(|e| e.into_inner()) = path;
+    }
+
+    pub fn promotions(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Vec<u8>>> {
+        self.promotions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn snapshot_file(&self) -> Option<std::path::PathBuf> {
+        self.snapshot_path.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Forgets request `seq` (its client gave up).
@@ -163,7 +182,13 @@ pub struct NodeLoop {
     transfers: Vec<(NodeId, Sender<Reply>, Instant)>,
     /// Leader as of the last Ready handed out.
     leader: NodeId,
+    /// Promotions proposed and when, so they are not proposed every tick.
+    promoting: HashMap<NodeId, Instant>,
 }
+
+/// A learner is promoted once its log is within this many entries of the
+/// leader's (and it is being replicated to normally).
+pub const PROMOTE_GAP: u64 = 100;
 
 /// How many queued requests one iteration takes in at most.
 const MAX_BATCH: usize = 8192;
@@ -184,6 +209,7 @@ impl NodeLoop {
             read_seq: 0,
             transfers: Vec::new(),
             leader: NO_NODE,
+            promoting: HashMap::new(),
         }
     }
 
@@ -221,6 +247,7 @@ impl NodeLoop {
                 recv(ticker) -> _ => {
                     self.raw.tick();
                     self.expire_transfers();
+                    self.maybe_promote_learners();
                 }
                 recv(requests) -> r => {
                     if let Ok(r) = r {
@@ -378,6 +405,39 @@ impl NodeLoop {
             self.shared
                 .answer_all(&Reply::error(ErrorCode::LeaderChanged, msg));
             let _ = self.ch.read_batches.send(ReadNotice::LeaderChanged);
+        }
+    }
+
+    /// On the leader: proposes to promote every learner whose log has caught
+    /// up (etcd leaves this to the operator; here ADD_NODE does it).
+    fn maybe_promote_learners(&mut self) {
+        if self.raw.soft_state().role != Role::Leader {
+            return;
+        }
+        let waiting: Vec<(NodeId, Vec<u8>)> =
+            self.shared.promotions().iter().map(|(id, ctx)| (*id, ctx.clone())).collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let st = self.raw.status();
+        let now = Instant::now();
+        for (id, context) in waiting {
+            let Some(p) = st.progress.get(&id) else { continue };
+            let caught_up = p.is_learner
+                && p.state == crate::raft::ProgressState::Replicate
+                && p.matched + PROMOTE_GAP >= st.last_index;
+            let recently = self.promoting.get(&id).is_some_and(|t| now.duration_since(*t) < Duration::from_secs(1));
+            if !caught_up || recently {
+                continue;
+            }
+            let cc = ConfChange { kind: crate::raft::ConfChangeKind::AddNode, node_id: id, context };
+            match self.raw.propose_conf_change(&cc) {
+                Ok(()) => {
+                    info!("learner {id} caught up (match {} of {}); promoting it to voter", p.matched, st.last_index);
+                    self.promoting.insert(id, now);
+                }
+                Err(e) => debug!("cannot promote learner {id} yet: {e}"),
+            }
         }
     }
 

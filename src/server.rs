@@ -324,7 +324,9 @@ fn start_request(line: &[u8], ctx: &ClientContext, writes: &Writes) -> Pending {
             }
         }
         Request::AddNode { id, addr } => {
-            conf_change(ctx, ConfChangeKind::AddNode, id, &addr, deadline)
+            // Joins as a learner; the leader promotes it once it caught up,
+            // and the reply comes when the promotion is applied.
+            conf_change(ctx, ConfChangeKind::AddLearner, id, &addr, deadline)
         }
         Request::RemoveNode { id } => {
             conf_change(ctx, ConfChangeKind::RemoveNode, id, "", deadline)

@@ -7,15 +7,18 @@
 //! kind 3    snapshot header: from | to | term | index u64 | term u64
 //!                      | voters (count u32, ids u64...) | learners (same) | data len u64
 //! kind 4    snapshot chunk: bytes (the next part of the data)
+//! kind 5    snapshot end: crc32 u32 of all data bytes
 //! entries   := count u32, then per entry: index u64 | term u64 | kind u8 | len u32 | data
 //! bytes     := len u32 | data
 //! ```
 //!
 //! A connection opens with one handshake frame from the dialer, then carries
-//! message frames one way (dialer to listener). A snapshot is a header frame
-//! followed by chunk frames until `data len` bytes have arrived; no other
-//! frame may come in between. Every decode error is reported, never a panic:
-//! the reader closes the connection and the node keeps running.
+//! message frames one way (dialer to listener). A snapshot is a header frame,
+//! chunk frames until `data len` bytes have arrived, and an end frame with the
+//! CRC of the data; no other frame may come in between. The sender streams the
+//! chunks from its snapshot file and the receiver writes them to a file, so
+//! neither side holds the snapshot in memory. Every decode error is reported,
+//! never a panic: the reader closes the connection and the node keeps running.
 
 use byteorder::{ByteOrder, LittleEndian};
 
@@ -34,6 +37,7 @@ pub const KIND_HANDSHAKE: u8 = 1;
 pub const KIND_MESSAGE: u8 = 2;
 pub const KIND_SNAPSHOT_HEADER: u8 = 3;
 pub const KIND_SNAPSHOT_CHUNK: u8 = 4;
+pub const KIND_SNAPSHOT_END: u8 = 5;
 
 /// Why a frame could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,25 +214,40 @@ fn get_entries(r: &mut Reader<'_>) -> Result<Vec<Entry>, DecodeError> {
     Ok(entries)
 }
 
-/// Appends the frames for `m` to `out`: one message frame, or for a
-/// snapshot a header frame and its chunk frames.
+/// Appends the header frame of a snapshot of `total` data bytes.
+pub fn encode_snapshot_header(out: &mut Vec<u8>, from: NodeId, to: NodeId, term: u64, meta: &SnapshotMeta, total: u64) {
+    let start = begin_frame(out, KIND_SNAPSHOT_HEADER);
+    put_u64(out, from);
+    put_u64(out, to);
+    put_u64(out, term);
+    put_u64(out, meta.index);
+    put_u64(out, meta.term);
+    put_ids(out, &meta.conf_state.voters);
+    put_ids(out, &meta.conf_state.learners);
+    put_u64(out, total);
+    end_frame(out, start);
+}
+
+/// The 5-byte frame header of a chunk of `len` bytes (the bytes follow).
+pub fn chunk_frame_header(len: usize) -> [u8; 5] {
+    let mut h = [0u8; 5];
+    LittleEndian::write_u32(&mut h[..4], len as u32 + 1);
+    h[4] = KIND_SNAPSHOT_CHUNK;
+    h
+}
+
+/// Appends the end frame of a snapshot whose data has CRC32 `crc`.
+pub fn encode_snapshot_end(out: &mut Vec<u8>, crc: u32) {
+    let start = begin_frame(out, KIND_SNAPSHOT_END);
+    put_u32(out, crc);
+    end_frame(out, start);
+}
+
+/// Appends the frame for `m` to `out`. Snapshot messages are not encoded
+/// here: the transport streams them from the snapshot file (see above).
 pub fn encode_message(out: &mut Vec<u8>, m: &Message) {
-    if let MessageBody::Snapshot { snapshot } = &m.body {
-        let start = begin_frame(out, KIND_SNAPSHOT_HEADER);
-        put_u64(out, m.from);
-        put_u64(out, m.to);
-        put_u64(out, m.term);
-        put_u64(out, snapshot.meta.index);
-        put_u64(out, snapshot.meta.term);
-        put_ids(out, &snapshot.meta.conf_state.voters);
-        put_ids(out, &snapshot.meta.conf_state.learners);
-        put_u64(out, snapshot.data.len() as u64);
-        end_frame(out, start);
-        for chunk in snapshot.data.chunks(CHUNK) {
-            let start = begin_frame(out, KIND_SNAPSHOT_CHUNK);
-            out.extend_from_slice(chunk);
-            end_frame(out, start);
-        }
+    if let MessageBody::Snapshot { .. } = &m.body {
+        debug_assert!(false, "snapshots are streamed, not encoded");
         return;
     }
     let start = begin_frame(out, KIND_MESSAGE);
@@ -304,7 +323,7 @@ pub fn encode_message(out: &mut Vec<u8>, m: &Message) {
             out.push(TAG_TRANSFER_LEADER);
             put_u64(out, *target);
         }
-        MessageBody::Snapshot { .. } => unreachable!("handled above"),
+        MessageBody::Snapshot { .. } => {}
     }
     end_frame(out, start);
 }
@@ -374,20 +393,20 @@ pub fn decode_message(body: &[u8]) -> Result<Message, DecodeError> {
     })
 }
 
-/// A snapshot whose header arrived and whose data is still coming.
-pub struct PartialSnapshot {
+/// A snapshot header: who sends it, what it covers, how much data follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotHeader {
     pub from: NodeId,
     pub to: NodeId,
     pub term: u64,
     pub meta: SnapshotMeta,
     pub total: u64,
-    pub data: Vec<u8>,
 }
 
 /// Largest snapshot a peer may announce.
 pub const MAX_SNAPSHOT: u64 = 64 << 30;
 
-pub fn decode_snapshot_header(body: &[u8]) -> Result<PartialSnapshot, DecodeError> {
+pub fn decode_snapshot_header(body: &[u8]) -> Result<SnapshotHeader, DecodeError> {
     let mut r = Reader::new(body);
     let from = r.u64()?;
     let to = r.u64()?;
@@ -408,47 +427,23 @@ pub fn decode_snapshot_header(body: &[u8]) -> Result<PartialSnapshot, DecodeErro
     if total > MAX_SNAPSHOT {
         return bad("snapshot too large");
     }
-    let meta = SnapshotMeta {
-        index,
-        term: sterm,
-        conf_state: ConfState { voters, learners },
-    };
-    Ok(PartialSnapshot {
-        from,
-        to,
-        term,
-        meta,
-        total,
-        data: Vec::with_capacity(total.min(CHUNK as u64 * 4) as usize),
-    })
+    let meta = SnapshotMeta { index, term: sterm, conf_state: ConfState { voters, learners } };
+    Ok(SnapshotHeader { from, to, term, meta, total })
 }
 
-impl PartialSnapshot {
-    /// Adds a chunk; returns the complete message once all data arrived.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Option<Message>, DecodeError> {
-        if self.data.len() as u64 + chunk.len() as u64 > self.total {
-            return bad("snapshot chunk past the announced size");
-        }
-        self.data.extend_from_slice(chunk);
-        Ok(self.complete())
-    }
+pub fn decode_snapshot_end(body: &[u8]) -> Result<u32, DecodeError> {
+    let mut r = Reader::new(body);
+    let crc = r.u32()?;
+    r.finish()?;
+    Ok(crc)
+}
 
-    /// The message, if no (more) data is expected.
-    pub fn complete(&mut self) -> Option<Message> {
-        if (self.data.len() as u64) < self.total {
-            return None;
-        }
-        let snapshot = Snapshot {
-            meta: self.meta.clone(),
-            data: std::mem::take(&mut self.data),
-        };
-        Some(Message {
-            from: self.from,
-            to: self.to,
-            term: self.term,
-            body: MessageBody::Snapshot { snapshot },
-        })
-    }
+/// The message that hands a received snapshot to the core: its data is the
+/// path of the file holding the snapshot data, for the ready thread.
+pub fn snapshot_message(h: &SnapshotHeader, path: &std::path::Path) -> Message {
+    let data = path.to_string_lossy().into_owned().into_bytes();
+    let snapshot = Snapshot { meta: h.meta.clone(), data };
+    Message { from: h.from, to: h.to, term: h.term, body: MessageBody::Snapshot { snapshot } }
 }
 
 #[cfg(test)]
@@ -536,29 +531,20 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_is_sent_in_chunks_and_reassembled() {
-        let data: Vec<u8> = (0..(CHUNK * 2 + 10)).map(|i| i as u8).collect();
-        let meta = SnapshotMeta {
-            index: 9,
-            term: 3,
-            conf_state: ConfState::with_voters(vec![1, 2, 3]),
-        };
-        let m = Message {
-            from: 1,
-            to: 2,
-            term: 3,
-            body: MessageBody::Snapshot {
-                snapshot: Snapshot { meta, data },
-            },
-        };
+    fn snapshot_header_and_end_round_trip() {
+        let meta = SnapshotMeta { index: 9, term: 3, conf_state: ConfState::with_voters(vec![1, 2, 3]) };
         let mut buf = Vec::new();
-        encode_message(&mut buf, &m);
+        encode_snapshot_header(&mut buf, 1, 2, 3, &meta, 12345);
+        encode_snapshot_end(&mut buf, 0xdead_beef);
         let f = frames(&buf);
-        assert_eq!(f.len(), 4);
-        let mut p = decode_snapshot_header(f[0].1).unwrap();
-        assert_eq!(p.push(f[1].1).unwrap(), None);
-        assert_eq!(p.push(f[2].1).unwrap(), None);
-        assert_eq!(p.push(f[3].1).unwrap(), Some(m));
+        assert_eq!(f[0].0, KIND_SNAPSHOT_HEADER);
+        let h = decode_snapshot_header(f[0].1).unwrap();
+        assert_eq!(h, SnapshotHeader { from: 1, to: 2, term: 3, meta, total: 12345 });
+        assert_eq!(decode_snapshot_end(f[1].1), Ok(0xdead_beef));
+        for cut in 0..f[0].1.len() {
+            assert!(decode_snapshot_header(&f[0].1[..cut]).is_err());
+        }
+        assert_eq!(chunk_frame_header(10), [11, 0, 0, 0, KIND_SNAPSHOT_CHUNK]);
     }
 
     #[test]

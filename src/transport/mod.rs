@@ -16,6 +16,12 @@
 //! sender writes every queued message into one buffer and flushes once per
 //! batch, with `TCP_NODELAY`, so a burst costs one syscall.
 //!
+//! Snapshots never pass through memory whole: a sender streams the node's
+//! current snapshot file in 1 MiB chunks (whatever snapshot the core asked
+//! for, the newest one on disk is at least as good), and a reader writes the
+//! chunks to a file under the incoming dir, checks the CRC, and hands the
+//! core a snapshot message whose data is that file's path.
+//!
 //! Readers treat the network as hostile: a bad handshake, an unknown frame,
 //! a frame over the size limit or a message that claims another sender
 //! closes that connection with a warning; the node keeps running.
@@ -23,8 +29,10 @@
 pub mod codec;
 
 use std::collections::HashMap;
-use std::io::{self, BufReader, Read, Write};
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -32,8 +40,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use log::{debug, info, warn};
 
-use crate::raft::{Message, MessageBody, NodeId};
-use codec::{DecodeError, PartialSnapshot};
+use crate::raft::{ConfState, Message, MessageBody, NodeId, SnapshotMeta};
+use codec::{DecodeError, SnapshotHeader};
 
 /// Messages waiting for one peer; beyond this they are dropped.
 const QUEUE: usize = 4096;
@@ -50,6 +58,15 @@ pub enum Report {
     Snapshot(NodeId, bool),
 }
 
+/// Where snapshots come from and go to.
+#[derive(Clone)]
+pub struct SnapshotFiles {
+    /// The current snapshot file of this node, if any.
+    pub current: Arc<dyn Fn() -> Option<PathBuf> + Send + Sync>,
+    /// Where received snapshots are written.
+    pub incoming: PathBuf,
+}
+
 struct Peer {
     queue: Sender<Message>,
     addr: Arc<Mutex<String>>,
@@ -60,6 +77,9 @@ pub struct Transport {
     id: NodeId,
     peers: Mutex<HashMap<NodeId, Peer>>,
     reports: Sender<Report>,
+    snapshots: SnapshotFiles,
+    /// Nodes we were asked to message but have no address for (warned once).
+    unknown: Mutex<std::collections::HashSet<NodeId>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -73,17 +93,21 @@ impl Transport {
         listen: &str,
         inbound: Sender<Message>,
         reports: Sender<Report>,
+        snapshots: SnapshotFiles,
     ) -> io::Result<Arc<Transport>> {
         let listener = TcpListener::bind(listen)?;
         info!("listening for peers on {}", listener.local_addr()?);
+        let incoming = snapshots.incoming.clone();
         let t = Arc::new(Transport {
             id,
             peers: Mutex::new(HashMap::new()),
             reports,
+            snapshots,
+            unknown: Mutex::default(),
         });
         thread::Builder::new()
             .name("peer-listener".into())
-            .spawn(move || accept_loop(id, listener, inbound))?;
+            .spawn(move || accept_loop(id, listener, inbound, incoming))?;
         Ok(t)
     }
 
@@ -102,9 +126,10 @@ impl Transport {
         let me = self.id;
         let reports = self.reports.clone();
         let a = addr.clone();
+        let snaps = self.snapshots.clone();
         let spawned = thread::Builder::new()
             .name(format!("peer-send-{id}"))
-            .spawn(move || send_loop(me, id, a, rx, reports));
+            .spawn(move || send_loop(me, id, a, rx, reports, snaps));
         match spawned {
             Ok(_) => {
                 peers.insert(id, Peer { queue: tx, addr });
@@ -131,7 +156,12 @@ impl Transport {
         for m in msgs {
             let to = m.to;
             let Some(p) = peers.get(&to) else {
-                debug!("no address for node {to}; dropping {}", m.body.name());
+                if lock(&self.unknown).insert(to) {
+                    warn!(
+                        "no address for node {to}: cannot answer it; give its address in --peers \
+                         (a joining node needs every member's address)"
+                    );
+                }
                 continue;
             };
             match p.queue.try_send(m) {
@@ -174,6 +204,7 @@ fn send_loop(
     addr: Arc<Mutex<String>>,
     rx: Receiver<Message>,
     reports: Sender<Report>,
+    snaps: SnapshotFiles,
 ) {
     let mut conn: Option<TcpStream> = None;
     let mut backoff = Duration::from_millis(20);
@@ -203,40 +234,91 @@ fn send_loop(
                 }
             }
         }
-        let ok = match conn.as_mut() {
-            Some(stream) => {
-                buf.clear();
-                for m in &batch {
-                    codec::encode_message(&mut buf, m);
-                }
-                match stream.write_all(&buf) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        warn!("lost connection to peer {to}: {e}");
-                        conn = None;
-                        false
+        let mut unreachable = false;
+        buf.clear();
+        for m in batch.drain(..) {
+            let MessageBody::Snapshot { .. } = m.body else {
+                codec::encode_message(&mut buf, &m);
+                continue;
+            };
+            // Flush what came before, then stream the snapshot.
+            let ok = match conn.as_mut() {
+                Some(stream) => {
+                    let r = stream.write_all(&buf).and_then(|_| stream_snapshot(stream, &m, &snaps));
+                    buf.clear();
+                    match r {
+                        Ok(bytes) => {
+                            info!("sent snapshot to peer {to} ({bytes} bytes)");
+                            true
+                        }
+                        Err(e) => {
+                            warn!("sending a snapshot to peer {to} failed: {e}");
+                            conn = None;
+                            false
+                        }
                     }
                 }
-            }
-            None => false,
-        };
-        let mut unreachable = !ok;
-        for m in batch.drain(..) {
-            if let MessageBody::Snapshot { .. } = m.body {
-                let _ = reports.try_send(Report::Snapshot(to, ok));
-                unreachable = false;
+                None => false,
+            };
+            let _ = reports.try_send(Report::Snapshot(to, ok));
+        }
+        if !buf.is_empty() {
+            match conn.as_mut() {
+                Some(stream) => {
+                    if let Err(e) = stream.write_all(&buf) {
+                        warn!("lost connection to peer {to}: {e}");
+                        conn = None;
+                        unreachable = true;
+                    }
+                }
+                None => unreachable = true,
             }
         }
         if unreachable {
             let _ = reports.try_send(Report::Unreachable(to));
         }
         if buf.capacity() > (8 << 20) {
-            buf = Vec::with_capacity(64 << 10); // don't keep a snapshot-sized buffer
+            buf = Vec::with_capacity(64 << 10); // don't keep a huge buffer around
         }
     }
 }
 
-fn accept_loop(me: NodeId, listener: TcpListener, inbound: Sender<Message>) {
+/// Streams the node's current snapshot file to `stream`: header, chunks,
+/// end. Returns the number of data bytes sent.
+fn stream_snapshot(stream: &mut TcpStream, m: &Message, snaps: &SnapshotFiles) -> io::Result<u64> {
+    let path = (snaps.current)().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no snapshot file"))?;
+    let mut r = wal::open_snapshot_file(&path).map_err(|e| io::Error::other(e.to_string()))?;
+    let wm = r.meta().clone();
+    let meta = SnapshotMeta {
+        index: wm.index,
+        term: wm.term,
+        conf_state: ConfState { voters: wm.voters, learners: wm.learners },
+    };
+    let total = r.len();
+    let mut head = Vec::new();
+    codec::encode_snapshot_header(&mut head, m.from, m.to, m.term, &meta, total);
+    stream.write_all(&head)?;
+    let mut chunk = vec![0u8; codec::CHUNK];
+    let mut hasher = crc32fast::Hasher::new();
+    let mut sent = 0u64;
+    while sent < total {
+        let want = ((total - sent) as usize).min(chunk.len());
+        r.read_exact(&mut chunk[..want])?;
+        hasher.update(&chunk[..want]);
+        stream.write_all(&codec::chunk_frame_header(want))?;
+        stream.write_all(&chunk[..want])?;
+        sent += want as u64;
+    }
+    // Reading to the end makes the reader verify the file's own CRC.
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest)?;
+    let mut end = Vec::new();
+    codec::encode_snapshot_end(&mut end, hasher.finalize());
+    stream.write_all(&end)?;
+    Ok(total)
+}
+
+fn accept_loop(me: NodeId, listener: TcpListener, inbound: Sender<Message>, incoming: PathBuf) {
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(s) => s,
@@ -247,6 +329,7 @@ fn accept_loop(me: NodeId, listener: TcpListener, inbound: Sender<Message>) {
             }
         };
         let inbound = inbound.clone();
+        let incoming = incoming.clone();
         let peer = stream
             .peer_addr()
             .map(|a| a.to_string())
@@ -254,7 +337,7 @@ fn accept_loop(me: NodeId, listener: TcpListener, inbound: Sender<Message>) {
         let spawned = thread::Builder::new()
             .name("peer-recv".into())
             .spawn(move || {
-                if let Err(e) = read_loop(me, stream, &inbound) {
+                if let Err(e) = read_loop(me, stream, &inbound, &incoming) {
                     warn!("closed peer connection from {peer}: {e}");
                 }
             });
@@ -302,50 +385,99 @@ fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Option<u8>, ReadEr
     Ok(Some(buf[0]))
 }
 
-fn read_loop(me: NodeId, stream: TcpStream, inbound: &Sender<Message>) -> Result<(), ReadError> {
+/// A snapshot being received into a file.
+struct Receiving {
+    header: SnapshotHeader,
+    path: PathBuf,
+    file: BufWriter<File>,
+    hasher: crc32fast::Hasher,
+    received: u64,
+}
+
+impl Receiving {
+    fn start(header: SnapshotHeader, dir: &Path) -> Result<Receiving, ReadError> {
+        std::fs::create_dir_all(dir).map_err(ReadError::Io)?;
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("snap-{}-{}-{}-{n}.part", header.from, header.meta.index, std::process::id());
+        let path = dir.join(name);
+        let file = BufWriter::with_capacity(256 << 10, File::create(&path).map_err(ReadError::Io)?);
+        Ok(Receiving { header, path, file, hasher: crc32fast::Hasher::new(), received: 0 })
+    }
+
+    fn push(&mut self, chunk: &[u8]) -> Result<(), ReadError> {
+        if self.received + chunk.len() as u64 > self.header.total {
+            return Err(DecodeError("snapshot chunk past the announced size".into()).into());
+        }
+        self.hasher.update(chunk);
+        self.file.write_all(chunk).map_err(ReadError::Io)?;
+        self.received += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Checks size and CRC; on success the file is complete and closed.
+    fn finish(mut self, crc: u32) -> Result<(SnapshotHeader, PathBuf), ReadError> {
+        if self.received != self.header.total {
+            return Err(DecodeError(format!("snapshot ended after {} of {} bytes", self.received, self.header.total)).into());
+        }
+        let computed = self.hasher.clone().finalize();
+        if computed != crc {
+            return Err(DecodeError(format!("snapshot CRC mismatch: sent {crc:#010x}, received {computed:#010x}")).into());
+        }
+        self.file.flush().map_err(ReadError::Io)?;
+        let path = std::mem::take(&mut self.path);
+        Ok((self.header.clone(), path))
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        // An interrupted or rejected transfer leaves nothing behind.
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn read_loop(me: NodeId, stream: TcpStream, inbound: &Sender<Message>, incoming: &Path) -> Result<(), ReadError> {
     let _ = stream.set_nodelay(true);
     let mut r = BufReader::with_capacity(64 << 10, stream);
     let mut buf = Vec::new();
     let from = match read_frame(&mut r, &mut buf)? {
         Some(codec::KIND_HANDSHAKE) => codec::decode_handshake(&buf[1..], me)?,
-        Some(k) => {
-            return Err(DecodeError(format!("expected a handshake, got frame kind {k}")).into())
-        }
+        Some(k) => return Err(DecodeError(format!("expected a handshake, got frame kind {k}")).into()),
         None => return Ok(()),
     };
     debug!("peer {from} connected");
-    let mut partial: Option<PartialSnapshot> = None;
+    let mut receiving: Option<Receiving> = None;
     while let Some(kind) = read_frame(&mut r, &mut buf)? {
         let body = &buf[1..];
-        let msg = match kind {
-            codec::KIND_MESSAGE if partial.is_none() => Some(codec::decode_message(body)?),
-            codec::KIND_SNAPSHOT_HEADER if partial.is_none() => {
-                let mut p = codec::decode_snapshot_header(body)?;
-                let done = p.complete();
-                if done.is_none() {
-                    partial = Some(p);
+        let msg = match (kind, receiving.as_mut()) {
+            (codec::KIND_MESSAGE, None) => Some(codec::decode_message(body)?),
+            (codec::KIND_SNAPSHOT_HEADER, None) => {
+                let h = codec::decode_snapshot_header(body)?;
+                if h.from != from || h.to != me {
+                    return Err(DecodeError(format!("snapshot {}->{} on the connection from {from}", h.from, h.to)).into());
                 }
-                done
+                info!("receiving snapshot {} ({} bytes) from peer {from}", h.meta.index, h.total);
+                receiving = Some(Receiving::start(h, incoming)?);
+                None
             }
-            codec::KIND_SNAPSHOT_CHUNK => match partial.as_mut() {
-                Some(p) => {
-                    let done = p.push(body)?;
-                    if done.is_some() {
-                        partial = None;
-                    }
-                    done
-                }
-                None => return Err(DecodeError("snapshot chunk without a header".into()).into()),
-            },
-            k => return Err(DecodeError(format!("unexpected frame kind {k}")).into()),
+            (codec::KIND_SNAPSHOT_CHUNK, Some(rcv)) => {
+                rcv.push(body)?;
+                None
+            }
+            (codec::KIND_SNAPSHOT_END, Some(_)) => {
+                let crc = codec::decode_snapshot_end(body)?;
+                let rcv = receiving.take().ok_or_else(|| DecodeError("no snapshot".into()))?;
+                let (h, path) = rcv.finish(crc)?;
+                Some(codec::snapshot_message(&h, &path))
+            }
+            (k, _) => return Err(DecodeError(format!("unexpected frame kind {k}")).into()),
         };
         if let Some(m) = msg {
             if m.from != from || m.to != me {
-                return Err(DecodeError(format!(
-                    "message {}->{} on the connection from {from}",
-                    m.from, m.to
-                ))
-                .into());
+                return Err(DecodeError(format!("message {}->{} on the connection from {from}", m.from, m.to)).into());
             }
             if inbound.send(m).is_err() {
                 return Ok(()); // node is shutting down
