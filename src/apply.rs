@@ -140,7 +140,7 @@ pub fn open_data_dir(
     }
     let wal_dir = dir.join("wal");
     let (mut wal, rec) =
-        wal::Wal::open(&wal_dir, wal::Options::default()).map_err(|e| e.to_string())?;
+        wal::Wal::open(&wal_dir, wal_options()?).map_err(|e| e.to_string())?;
     if let Some(t) = &rec.torn_tail {
         warn!(
             "repaired a torn WAL tail in {} at offset {} ({} bytes kept in {})",
