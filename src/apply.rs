@@ -139,8 +139,7 @@ pub fn open_data_dir(
         Err(e) => return Err(format!("cannot read {}: {e}", id_file.display())),
     }
     let wal_dir = dir.join("wal");
-    let (mut wal, rec) =
-        wal::Wal::open(&wal_dir, wal_options()?).map_err(|e| e.to_string())?;
+    let (mut wal, rec) = wal::Wal::open(&wal_dir, wal_options()?).map_err(|e| e.to_string())?;
     if let Some(t) = &rec.torn_tail {
         warn!(
             "repaired a torn WAL tail in {} at offset {} ({} bytes kept in {})",
@@ -162,21 +161,37 @@ pub fn open_data_dir(
     if rec.snapshot.is_some() {
         let mut r = match wal.snapshot_reader().map_err(|e| e.to_string())? {
             Some(r) => r,
-            None => return Err(format!("snapshot in {} vanished during start-up", wal_dir.display())),
+            None => {
+                return Err(format!(
+                    "snapshot in {} vanished during start-up",
+                    wal_dir.display()
+                ))
+            }
         };
         let meta = r.meta().clone();
         let path = r.path().to_path_buf();
         let mut br = std::io::BufReader::with_capacity(256 << 10, &mut r);
-        kv.restore(&mut br).map_err(|e| format!("snapshot {}: {e}", path.display()))?;
+        kv.restore(&mut br)
+            .map_err(|e| format!("snapshot {}: {e}", path.display()))?;
         drop(br);
         // Read to the end so the reader verifies the data CRC.
-        std::io::copy(&mut r, &mut std::io::sink()).map_err(|e| format!("snapshot {}: {e}", path.display()))?;
-        conf_state = ConfState { voters: meta.voters.clone(), learners: meta.learners.clone() };
+        std::io::copy(&mut r, &mut std::io::sink())
+            .map_err(|e| format!("snapshot {}: {e}", path.display()))?;
+        conf_state = ConfState {
+            voters: meta.voters.clone(),
+            learners: meta.learners.clone(),
+        };
         let snap = Snapshot {
-            meta: SnapshotMeta { index: meta.index, term: meta.term, conf_state: conf_state.clone() },
+            meta: SnapshotMeta {
+                index: meta.index,
+                term: meta.term,
+                conf_state: conf_state.clone(),
+            },
             data: Vec::new(),
         };
-        storage.apply_snapshot(snap).map_err(|e| format!("installing snapshot: {e}"))?;
+        storage
+            .apply_snapshot(snap)
+            .map_err(|e| format!("installing snapshot: {e}"))?;
         applied = meta.index;
         snapshot_index = meta.index;
         snapshot_path = Some(path);
@@ -290,7 +305,9 @@ fn wal_options() -> Result<wal::Options, StartError> {
             .parse()
             .ok()
             .filter(|&n: &u64| n >= 4096 && n % 8 == 0)
-            .ok_or_else(|| format!("RAFTNODE_WAL_SEGMENT_BYTES={v:?}: need a multiple of 8, at least 4096"))?;
+            .ok_or_else(|| {
+                format!("RAFTNODE_WAL_SEGMENT_BYTES={v:?}: need a multiple of 8, at least 4096")
+            })?;
     }
     Ok(opts)
 }
@@ -498,7 +515,10 @@ impl Applier {
         };
         let mut kv = KvStore::new();
         {
-            let tee = Tee { r: std::io::BufReader::with_capacity(256 << 10, file), w: &mut writer };
+            let tee = Tee {
+                r: std::io::BufReader::with_capacity(256 << 10, file),
+                w: &mut writer,
+            };
             let mut tee = std::io::BufReader::with_capacity(256 << 10, tee);
             if let Err(e) = kv.restore(&mut tee) {
                 fatal("loading a received snapshot", e);
@@ -512,7 +532,10 @@ impl Applier {
         }
         let _ = fs::remove_file(&path);
         let meta = snap.meta.clone();
-        if let Err(e) = self.storage.apply_snapshot(Snapshot { meta, data: Vec::new() }) {
+        if let Err(e) = self.storage.apply_snapshot(Snapshot {
+            meta,
+            data: Vec::new(),
+        }) {
             fatal("installing a received snapshot", e);
         }
         self.kv = kv;
@@ -531,7 +554,12 @@ impl Applier {
     }
 
     fn publish_snapshot(&self) {
-        let path = self.wal.snapshot_reader().ok().flatten().map(|r| r.path().to_path_buf());
+        let path = self
+            .wal
+            .snapshot_reader()
+            .ok()
+            .flatten()
+            .map(|r| r.path().to_path_buf());
         self.shared.set_snapshot(self.snapshot_index, path);
     }
 
@@ -591,17 +619,27 @@ impl Applier {
                 self.kv.members.remove(&id);
                 self.transport.remove_peer(id);
                 if id == self.id {
-                    warn!("this node ({}) was removed from the cluster; it no longer takes part", self.id);
+                    warn!(
+                        "this node ({}) was removed from the cluster; it no longer takes part",
+                        self.id
+                    );
                 }
                 true
             }
         };
         if cc.kind != ConfChangeKind::RemoveNode {
-            if let Some(addr) = self.peer_overrides.get(&id).or_else(|| self.kv.members.get(&id)) {
+            if let Some(addr) = self
+                .peer_overrides
+                .get(&id)
+                .or_else(|| self.kv.members.get(&id))
+            {
                 self.transport.add_peer(id, addr);
             }
         }
-        info!("membership now voters={:?} learners={:?}", self.conf_state.voters, self.conf_state.learners);
+        info!(
+            "membership now voters={:?} learners={:?}",
+            self.conf_state.voters, self.conf_state.learners
+        );
         if let Some((rid, _)) = ctx {
             if done && rid.node == self.id {
                 self.shared.answer(rid.seq, Reply::Ok);
@@ -616,7 +654,8 @@ impl Applier {
         p.retain(|id, _| self.conf_state.learners.contains(id));
         for id in &self.conf_state.learners {
             let addr = self.kv.members.get(id).cloned().unwrap_or_default();
-            p.entry(*id).or_insert_with(|| encode_conf_context(RequestId { node: 0, seq: 0 }, &addr));
+            p.entry(*id)
+                .or_insert_with(|| encode_conf_context(RequestId { node: 0, seq: 0 }, &addr));
         }
     }
 
@@ -659,7 +698,11 @@ impl Applier {
                 return self.snapshot_index;
             }
         };
-        let meta = SnapshotMeta { index, term, conf_state: self.conf_state.clone() };
+        let meta = SnapshotMeta {
+            index,
+            term,
+            conf_state: self.conf_state.clone(),
+        };
         let mut writer = match self.wal.snapshot_writer(&to_wal_meta(&meta)) {
             Ok(w) => w,
             Err(e) => fatal("starting a snapshot file", e),
@@ -670,7 +713,10 @@ impl Applier {
         if let Err(e) = self.wal.commit_snapshot(writer) {
             fatal("saving a snapshot", e);
         }
-        if let Err(e) = self.storage.create_snapshot(index, self.conf_state.clone(), Vec::new()) {
+        if let Err(e) = self
+            .storage
+            .create_snapshot(index, self.conf_state.clone(), Vec::new())
+        {
             warn!("in-memory snapshot at {index}: {e}");
         }
         let compact_to = index.saturating_sub(KEEP_TAIL);

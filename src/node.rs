@@ -93,7 +93,10 @@ impl Shared {
     }
 
     pub fn snapshot_file(&self) -> Option<std::path::PathBuf> {
-        self.snapshot_path.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.snapshot_path
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Forgets request `seq` (its client gave up).
@@ -414,26 +417,42 @@ impl NodeLoop {
         if self.raw.soft_state().role != Role::Leader {
             return;
         }
-        let waiting: Vec<(NodeId, Vec<u8>)> =
-            self.shared.promotions().iter().map(|(id, ctx)| (*id, ctx.clone())).collect();
+        let waiting: Vec<(NodeId, Vec<u8>)> = self
+            .shared
+            .promotions()
+            .iter()
+            .map(|(id, ctx)| (*id, ctx.clone()))
+            .collect();
         if waiting.is_empty() {
             return;
         }
         let st = self.raw.status();
         let now = Instant::now();
         for (id, context) in waiting {
-            let Some(p) = st.progress.get(&id) else { continue };
+            let Some(p) = st.progress.get(&id) else {
+                continue;
+            };
             let caught_up = p.is_learner
                 && p.state == crate::raft::ProgressState::Replicate
                 && p.matched + PROMOTE_GAP >= st.last_index;
-            let recently = self.promoting.get(&id).is_some_and(|t| now.duration_since(*t) < Duration::from_secs(1));
+            let recently = self
+                .promoting
+                .get(&id)
+                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(1));
             if !caught_up || recently {
                 continue;
             }
-            let cc = ConfChange { kind: crate::raft::ConfChangeKind::AddNode, node_id: id, context };
+            let cc = ConfChange {
+                kind: crate::raft::ConfChangeKind::AddNode,
+                node_id: id,
+                context,
+            };
             match self.raw.propose_conf_change(&cc) {
                 Ok(()) => {
-                    info!("learner {id} caught up (match {} of {}); promoting it to voter", p.matched, st.last_index);
+                    info!(
+                        "learner {id} caught up (match {} of {}); promoting it to voter",
+                        p.matched, st.last_index
+                    );
                     self.promoting.insert(id, now);
                 }
                 Err(e) => debug!("cannot promote learner {id} yet: {e}"),

@@ -215,7 +215,14 @@ fn get_entries(r: &mut Reader<'_>) -> Result<Vec<Entry>, DecodeError> {
 }
 
 /// Appends the header frame of a snapshot of `total` data bytes.
-pub fn encode_snapshot_header(out: &mut Vec<u8>, from: NodeId, to: NodeId, term: u64, meta: &SnapshotMeta, total: u64) {
+pub fn encode_snapshot_header(
+    out: &mut Vec<u8>,
+    from: NodeId,
+    to: NodeId,
+    term: u64,
+    meta: &SnapshotMeta,
+    total: u64,
+) {
     let start = begin_frame(out, KIND_SNAPSHOT_HEADER);
     put_u64(out, from);
     put_u64(out, to);
@@ -427,8 +434,18 @@ pub fn decode_snapshot_header(body: &[u8]) -> Result<SnapshotHeader, DecodeError
     if total > MAX_SNAPSHOT {
         return bad("snapshot too large");
     }
-    let meta = SnapshotMeta { index, term: sterm, conf_state: ConfState { voters, learners } };
-    Ok(SnapshotHeader { from, to, term, meta, total })
+    let meta = SnapshotMeta {
+        index,
+        term: sterm,
+        conf_state: ConfState { voters, learners },
+    };
+    Ok(SnapshotHeader {
+        from,
+        to,
+        term,
+        meta,
+        total,
+    })
 }
 
 pub fn decode_snapshot_end(body: &[u8]) -> Result<u32, DecodeError> {
@@ -442,8 +459,16 @@ pub fn decode_snapshot_end(body: &[u8]) -> Result<u32, DecodeError> {
 /// path of the file holding the snapshot data, for the ready thread.
 pub fn snapshot_message(h: &SnapshotHeader, path: &std::path::Path) -> Message {
     let data = path.to_string_lossy().into_owned().into_bytes();
-    let snapshot = Snapshot { meta: h.meta.clone(), data };
-    Message { from: h.from, to: h.to, term: h.term, body: MessageBody::Snapshot { snapshot } }
+    let snapshot = Snapshot {
+        meta: h.meta.clone(),
+        data,
+    };
+    Message {
+        from: h.from,
+        to: h.to,
+        term: h.term,
+        body: MessageBody::Snapshot { snapshot },
+    }
 }
 
 #[cfg(test)]
@@ -532,14 +557,27 @@ mod tests {
 
     #[test]
     fn snapshot_header_and_end_round_trip() {
-        let meta = SnapshotMeta { index: 9, term: 3, conf_state: ConfState::with_voters(vec![1, 2, 3]) };
+        let meta = SnapshotMeta {
+            index: 9,
+            term: 3,
+            conf_state: ConfState::with_voters(vec![1, 2, 3]),
+        };
         let mut buf = Vec::new();
         encode_snapshot_header(&mut buf, 1, 2, 3, &meta, 12345);
         encode_snapshot_end(&mut buf, 0xdead_beef);
         let f = frames(&buf);
         assert_eq!(f[0].0, KIND_SNAPSHOT_HEADER);
         let h = decode_snapshot_header(f[0].1).unwrap();
-        assert_eq!(h, SnapshotHeader { from: 1, to: 2, term: 3, meta, total: 12345 });
+        assert_eq!(
+            h,
+            SnapshotHeader {
+                from: 1,
+                to: 2,
+                term: 3,
+                meta,
+                total: 12345
+            }
+        );
         assert_eq!(decode_snapshot_end(f[1].1), Ok(0xdead_beef));
         for cut in 0..f[0].1.len() {
             assert!(decode_snapshot_header(&f[0].1[..cut]).is_err());

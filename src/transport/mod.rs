@@ -244,7 +244,9 @@ fn send_loop(
             // Flush what came before, then stream the snapshot.
             let ok = match conn.as_mut() {
                 Some(stream) => {
-                    let r = stream.write_all(&buf).and_then(|_| stream_snapshot(stream, &m, &snaps));
+                    let r = stream
+                        .write_all(&buf)
+                        .and_then(|_| stream_snapshot(stream, &m, &snaps));
                     buf.clear();
                     match r {
                         Ok(bytes) => {
@@ -286,13 +288,17 @@ fn send_loop(
 /// Streams the node's current snapshot file to `stream`: header, chunks,
 /// end. Returns the number of data bytes sent.
 fn stream_snapshot(stream: &mut TcpStream, m: &Message, snaps: &SnapshotFiles) -> io::Result<u64> {
-    let path = (snaps.current)().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no snapshot file"))?;
+    let path = (snaps.current)()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no snapshot file"))?;
     let mut r = wal::open_snapshot_file(&path).map_err(|e| io::Error::other(e.to_string()))?;
     let wm = r.meta().clone();
     let meta = SnapshotMeta {
         index: wm.index,
         term: wm.term,
-        conf_state: ConfState { voters: wm.voters, learners: wm.learners },
+        conf_state: ConfState {
+            voters: wm.voters,
+            learners: wm.learners,
+        },
     };
     let total = r.len();
     let mut head = Vec::new();
@@ -399,10 +405,21 @@ impl Receiving {
         std::fs::create_dir_all(dir).map_err(ReadError::Io)?;
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("snap-{}-{}-{}-{n}.part", header.from, header.meta.index, std::process::id());
+        let name = format!(
+            "snap-{}-{}-{}-{n}.part",
+            header.from,
+            header.meta.index,
+            std::process::id()
+        );
         let path = dir.join(name);
         let file = BufWriter::with_capacity(256 << 10, File::create(&path).map_err(ReadError::Io)?);
-        Ok(Receiving { header, path, file, hasher: crc32fast::Hasher::new(), received: 0 })
+        Ok(Receiving {
+            header,
+            path,
+            file,
+            hasher: crc32fast::Hasher::new(),
+            received: 0,
+        })
     }
 
     fn push(&mut self, chunk: &[u8]) -> Result<(), ReadError> {
@@ -418,11 +435,18 @@ impl Receiving {
     /// Checks size and CRC; on success the file is complete and closed.
     fn finish(mut self, crc: u32) -> Result<(SnapshotHeader, PathBuf), ReadError> {
         if self.received != self.header.total {
-            return Err(DecodeError(format!("snapshot ended after {} of {} bytes", self.received, self.header.total)).into());
+            return Err(DecodeError(format!(
+                "snapshot ended after {} of {} bytes",
+                self.received, self.header.total
+            ))
+            .into());
         }
         let computed = self.hasher.clone().finalize();
         if computed != crc {
-            return Err(DecodeError(format!("snapshot CRC mismatch: sent {crc:#010x}, received {computed:#010x}")).into());
+            return Err(DecodeError(format!(
+                "snapshot CRC mismatch: sent {crc:#010x}, received {computed:#010x}"
+            ))
+            .into());
         }
         self.file.flush().map_err(ReadError::Io)?;
         let path = std::mem::take(&mut self.path);
@@ -439,13 +463,20 @@ impl Drop for Receiving {
     }
 }
 
-fn read_loop(me: NodeId, stream: TcpStream, inbound: &Sender<Message>, incoming: &Path) -> Result<(), ReadError> {
+fn read_loop(
+    me: NodeId,
+    stream: TcpStream,
+    inbound: &Sender<Message>,
+    incoming: &Path,
+) -> Result<(), ReadError> {
     let _ = stream.set_nodelay(true);
     let mut r = BufReader::with_capacity(64 << 10, stream);
     let mut buf = Vec::new();
     let from = match read_frame(&mut r, &mut buf)? {
         Some(codec::KIND_HANDSHAKE) => codec::decode_handshake(&buf[1..], me)?,
-        Some(k) => return Err(DecodeError(format!("expected a handshake, got frame kind {k}")).into()),
+        Some(k) => {
+            return Err(DecodeError(format!("expected a handshake, got frame kind {k}")).into())
+        }
         None => return Ok(()),
     };
     debug!("peer {from} connected");
@@ -457,9 +488,16 @@ fn read_loop(me: NodeId, stream: TcpStream, inbound: &Sender<Message>, incoming:
             (codec::KIND_SNAPSHOT_HEADER, None) => {
                 let h = codec::decode_snapshot_header(body)?;
                 if h.from != from || h.to != me {
-                    return Err(DecodeError(format!("snapshot {}->{} on the connection from {from}", h.from, h.to)).into());
+                    return Err(DecodeError(format!(
+                        "snapshot {}->{} on the connection from {from}",
+                        h.from, h.to
+                    ))
+                    .into());
                 }
-                info!("receiving snapshot {} ({} bytes) from peer {from}", h.meta.index, h.total);
+                info!(
+                    "receiving snapshot {} ({} bytes) from peer {from}",
+                    h.meta.index, h.total
+                );
                 receiving = Some(Receiving::start(h, incoming)?);
                 None
             }
@@ -469,7 +507,9 @@ fn read_loop(me: NodeId, stream: TcpStream, inbound: &Sender<Message>, incoming:
             }
             (codec::KIND_SNAPSHOT_END, Some(_)) => {
                 let crc = codec::decode_snapshot_end(body)?;
-                let rcv = receiving.take().ok_or_else(|| DecodeError("no snapshot".into()))?;
+                let rcv = receiving
+                    .take()
+                    .ok_or_else(|| DecodeError("no snapshot".into()))?;
                 let (h, path) = rcv.finish(crc)?;
                 Some(codec::snapshot_message(&h, &path))
             }
@@ -477,7 +517,11 @@ fn read_loop(me: NodeId, stream: TcpStream, inbound: &Sender<Message>, incoming:
         };
         if let Some(m) = msg {
             if m.from != from || m.to != me {
-                return Err(DecodeError(format!("message {}->{} on the connection from {from}", m.from, m.to)).into());
+                return Err(DecodeError(format!(
+                    "message {}->{} on the connection from {from}",
+                    m.from, m.to
+                ))
+                .into());
             }
             if inbound.send(m).is_err() {
                 return Ok(()); // node is shutting down
