@@ -56,11 +56,22 @@ pub(crate) struct Prepared {
     size: u64,
 }
 
+/// How many zeros [`prepare`] writes between two syncs. Flushing a whole
+/// 64 MiB segment at once would hold up the appender's `fdatasync`s behind
+/// ~100 ms of device writes; flushing in slices bounds that wait.
+const PREPARE_SLICE: u64 = 2 << 20;
+
 /// Creates the temp file for segment `seq` and fills it with `size` zeros.
 pub(crate) fn prepare(dir: &Path, seq: u64, size: u64) -> Result<Prepared, Error> {
     let path = dir.join(temp_segment_name(seq));
     let file = fsutil::create_rw(&path)?;
-    fsutil::write_zeros(&file, &path, 0, size)?;
+    let mut off = 0;
+    while off < size {
+        let end = (off + PREPARE_SLICE).min(size);
+        fsutil::write_zeros(&file, &path, off, end)?;
+        fsutil::sync_data(&file, &path)?;
+        off = end;
+    }
     file.sync_all().map_err(Error::io("fsync", &path))?;
     Ok(Prepared { file, path, size })
 }
@@ -88,7 +99,8 @@ pub(crate) fn install(
         path: tmp,
         mut size,
     } = prepared;
-    if size < min_size {
+    let grown = size < min_size;
+    if grown {
         fsutil::write_zeros(&file, &tmp, size, min_size)?;
         size = min_size;
     }
@@ -96,8 +108,11 @@ pub(crate) fn install(
     first.extend_from_slice(&segment_header(seq, first_index));
     first.extend_from_slice(head);
     fsutil::write_at(&file, &tmp, &first, 0)?;
-    // sync_all rather than sync_data: the size may have changed above.
-    file.sync_all().map_err(Error::io("fsync", &tmp))?;
+    if grown {
+        file.sync_all().map_err(Error::io("fsync", &tmp))?;
+    } else {
+        fsutil::sync_data(&file, &tmp)?;
+    }
     failpoint::hit("segment:before-rename")?;
     let path = dir.join(segment_file_name(seq, first_index));
     fsutil::rename_durable(&tmp, &path, dir)?;
