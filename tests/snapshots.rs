@@ -171,7 +171,7 @@ fn the_data_dir_stays_bounded_during_a_long_write_stream() {
     let mut max = 0u64;
     let mut sizes = Vec::new();
     for round in 0..12 {
-        let replies = pipeline(&mut cl, &puts(&format!("b{round}-"), 3000, 300, 512));
+        let replies = pipeline(&mut cl, &puts(&format!("b{}-", round % 2), 3000, 300, 512));
         assert!(replies.iter().all(|r| r == "OK"));
         let size = (1..=3)
             .map(|id| dir_size(&c.node(id).data_dir))
@@ -191,7 +191,7 @@ fn the_data_dir_stays_bounded_during_a_long_write_stream() {
     );
     let late = sizes[6..].iter().max().copied().unwrap_or(0);
     let early = sizes[..6].iter().max().copied().unwrap_or(0);
-    assert!(late <= early + 3 * 1024, "still growing: {sizes:?}");
+    assert!(late <= early + 1024, "still growing: {sizes:?}");
 }
 
 // ---- measurements, run by hand ------------------------------------------

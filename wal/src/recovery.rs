@@ -115,6 +115,17 @@ fn load(path: &Path) -> Result<SegBytes, Error> {
     Ok(SegBytes::Map(map))
 }
 
+/// Reads the first [`SEGMENT_HEADER_LEN`] bytes of a file (fewer if shorter).
+fn read_header(path: &Path) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    let file = File::open(path).map_err(Error::io("open", path))?;
+    let mut buf = Vec::with_capacity(SEGMENT_HEADER_LEN);
+    file.take(SEGMENT_HEADER_LEN as u64)
+        .read_to_end(&mut buf)
+        .map_err(Error::io("read", path))?;
+    Ok(buf)
+}
+
 /// Whether `bytes` is all zeros (written to vectorise).
 fn all_zero(bytes: &[u8]) -> bool {
     bytes
@@ -250,8 +261,8 @@ fn inventory(dir: &Path) -> Result<Vec<SegmentInfo>, Error> {
         .collect();
     segs.sort_by_key(|s| s.seq);
     if let Some(last) = segs.last() {
-        let bytes = load(&last.path)?;
-        if parse_segment_header(&bytes).is_err() {
+        if parse_segment_header(&read_header(&last.path)?).is_err() {
+            let bytes = load(&last.path)?;
             let body = bytes.get(SEGMENT_HEADER_LEN..).unwrap_or(&[]);
             if all_zero(body) {
                 log::warn!(
@@ -402,7 +413,9 @@ pub(crate) fn recover(
     let tail_end = scans[last_pos].end as u64;
     let mut torn_tail = None;
     if let Some((at, to)) = torn {
-        let side = PathBuf::from(format!("{}.torn-{at}", tail.path.display()));
+        let mut side = tail.path.clone().into_os_string();
+        side.push(format!(".torn-{at}"));
+        let side = PathBuf::from(side);
         let cut = &maps[last_pos][at..to];
         log::warn!(
             "{}: torn tail of {} bytes at offset {at} (an unfinished write from a crash); \

@@ -20,6 +20,8 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::format::{segment_header, SEGMENT_HEADER_LEN};
@@ -63,10 +65,26 @@ const PREPARE_SLICE: u64 = 2 << 20;
 
 /// Creates the temp file for segment `seq` and fills it with `size` zeros.
 pub(crate) fn prepare(dir: &Path, seq: u64, size: u64) -> Result<Prepared, Error> {
+    prepare_cancellable(dir, seq, size, &AtomicBool::new(false))
+}
+
+/// [`prepare`] that gives up (leaving a temp file for the next open to
+/// remove) when `cancel` is set between two slices.
+fn prepare_cancellable(
+    dir: &Path,
+    seq: u64,
+    size: u64,
+    cancel: &AtomicBool,
+) -> Result<Prepared, Error> {
     let path = dir.join(temp_segment_name(seq));
     let file = fsutil::create_rw(&path)?;
     let mut off = 0;
     while off < size {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Broken {
+                reason: "segment preparation cancelled".into(),
+            });
+        }
         let end = (off + PREPARE_SLICE).min(size);
         fsutil::write_zeros(&file, &path, off, end)?;
         fsutil::sync_data(&file, &path)?;
@@ -124,6 +142,8 @@ pub(crate) fn install(
 pub(crate) struct Preallocator {
     background: bool,
     pending: Option<(u64, JoinHandle<Result<Prepared, Error>>)>,
+    /// Tells the background thread to stop early (when the `Wal` is dropped).
+    cancel: Arc<AtomicBool>,
 }
 
 impl Preallocator {
@@ -131,6 +151,7 @@ impl Preallocator {
         Preallocator {
             background,
             pending: None,
+            cancel: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -141,9 +162,10 @@ impl Preallocator {
         }
         self.wait();
         let dir = dir.to_path_buf();
+        let cancel = Arc::clone(&self.cancel);
         let spawned = std::thread::Builder::new()
             .name("wal-prealloc".into())
-            .spawn(move || prepare(&dir, seq, size));
+            .spawn(move || prepare_cancellable(&dir, seq, size, &cancel));
         match spawned {
             Ok(handle) => self.pending = Some((seq, handle)),
             Err(e) => log::warn!(
@@ -180,6 +202,8 @@ impl Preallocator {
 
 impl Drop for Preallocator {
     fn drop(&mut self) {
+        // Do not make the owner of a closing Wal wait for 64 MiB of zeros.
+        self.cancel.store(true, Ordering::Relaxed);
         self.wait();
     }
 }

@@ -443,9 +443,10 @@ impl Wal {
         // be deleted; they must be durable first.
         self.sync()?;
         while self.segments.len() > 1 && self.segments[1].first_index <= floor + 1 {
-            let seg = self.segments.remove(0);
-            log::debug!("releasing {}", seg.path.display());
-            std::fs::remove_file(&seg.path).map_err(Error::io("remove", &seg.path))?;
+            let path = &self.segments[0].path;
+            log::debug!("releasing {}", path.display());
+            std::fs::remove_file(path).map_err(Error::io("remove", path))?;
+            self.segments.remove(0);
             // One directory fsync per deletion, so that deletions become
             // durable oldest first and never leave a hole in the sequence.
             fsutil::fsync_dir(&self.dir)?;
