@@ -513,7 +513,8 @@ impl Applier {
             Ok(w) => w,
             Err(e) => fatal("starting a snapshot file", e),
         };
-        let mut kv = KvStore::new();
+        // Restored in place: the old state is dropped before the new one is built.
+        let kv = &mut self.kv;
         {
             let tee = Tee {
                 r: std::io::BufReader::with_capacity(256 << 10, file),
@@ -538,7 +539,6 @@ impl Applier {
         }) {
             fatal("installing a received snapshot", e);
         }
-        self.kv = kv;
     }
 
     /// Bookkeeping once a received snapshot is persisted and loaded.

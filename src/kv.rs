@@ -291,7 +291,9 @@ impl KvStore {
         out
     }
 
-    /// Rebuilds the state from a snapshot; on error the store is unchanged.
+    /// Replaces the state with a snapshot's. The old state is dropped first,
+    /// so memory never holds both; on error the store is left empty or
+    /// partial and the caller must not serve from it (the node stops).
     pub fn restore(&mut self, r: &mut impl Read) -> io::Result<()> {
         fn bad(what: &str) -> io::Error {
             io::Error::new(io::ErrorKind::InvalidData, format!("snapshot data: {what}"))
@@ -310,21 +312,22 @@ impl KvStore {
         if &magic != b"RNKV" || r.read_u32::<LittleEndian>()? != 1 {
             return Err(bad("unknown format"));
         }
+        self.map = HashMap::new();
+        self.members.clear();
         let mut members = BTreeMap::new();
         for _ in 0..r.read_u64::<LittleEndian>()? {
             let id = r.read_u64::<LittleEndian>()?;
             let addr = String::from_utf8(read_vec(r, 4096)?).map_err(|_| bad("address"))?;
             members.insert(id, addr);
         }
+        self.members = members;
         let n = r.read_u64::<LittleEndian>()?;
-        let mut map = HashMap::with_capacity(n.min(1 << 20) as usize);
+        self.map.reserve(n.min(1 << 20) as usize);
         for _ in 0..n {
             let k = read_vec(r, 1 << 16)?;
             let v = read_vec(r, 1 << 24)?;
-            map.insert(k, v);
+            self.map.insert(k, v);
         }
-        self.map = map;
-        self.members = members;
         Ok(())
     }
 }

@@ -169,7 +169,6 @@ struct Scan {
     /// Offset just past the last valid record.
     end: usize,
     records: usize,
-    entries: usize,
     markers: Vec<Marker>,
     tail: Tail,
 }
@@ -179,7 +178,6 @@ struct Scan {
 fn scan(bytes: &[u8]) -> Result<Scan, (usize, String)> {
     let mut off = SEGMENT_HEADER_LEN;
     let mut records = 0;
-    let mut entries = 0;
     let mut markers = Vec::new();
     let bad = loop {
         if bytes.len() - off < 8 {
@@ -194,7 +192,9 @@ fn scan(bytes: &[u8]) -> Result<Scan, (usize, String)> {
         };
         let payload = &bytes[f.payload_start..f.payload_start + f.payload_len];
         match f.kind {
-            REC_ENTRIES => entries += parse_entries(payload).map_err(|r| (off, r))?.1 as usize,
+            REC_ENTRIES => {
+                parse_entries(payload).map_err(|r| (off, r))?;
+            }
             REC_HARD_STATE => {
                 parse_hard_state(payload).map_err(|r| (off, r))?;
             }
@@ -225,7 +225,6 @@ fn scan(bytes: &[u8]) -> Result<Scan, (usize, String)> {
     Ok(Scan {
         end: off,
         records,
-        entries,
         markers,
         tail,
     })
@@ -319,12 +318,9 @@ pub(crate) fn recover(
         return Ok(None);
     }
 
-    // Pass 1: map and check every segment.
-    let mut maps = Vec::with_capacity(segs.len());
-    let mut scans = Vec::with_capacity(segs.len());
-    let last_pos = segs.len() - 1;
-    let mut torn: Option<(usize, usize)> = None;
-    for (pos, seg) in segs.iter().enumerate() {
+    // Pass 1: map and check every segment, several at a time.
+    let checked = parallel(segs.len(), |pos| -> Result<(SegBytes, Scan), Error> {
+        let seg = &segs[pos];
         let bytes = load(&seg.path)?;
         let (seq, first) =
             parse_segment_header(&bytes).map_err(|reason| Error::corrupt(&seg.path, 0, reason))?;
@@ -340,6 +336,14 @@ pub(crate) fn recover(
             ));
         }
         let s = scan(&bytes).map_err(|(off, r)| Error::corrupt(&seg.path, off as u64, r))?;
+        Ok((bytes, s))
+    });
+    let mut maps = Vec::with_capacity(segs.len());
+    let mut scans = Vec::with_capacity(segs.len());
+    let last_pos = segs.len() - 1;
+    let mut torn: Option<(usize, usize)> = None;
+    for (pos, (seg, result)) in segs.iter().zip(checked).enumerate() {
+        let (bytes, s) = result?;
         if let Tail::Bad {
             at,
             to,
@@ -378,11 +382,12 @@ pub(crate) fn recover(
     let (snapshot, set_aside, fallback_note) = choose_snapshot(snap_dir, newest)?;
     let base = snapshot.as_ref().map_or(0, |(m, _)| m.index);
 
-    // Pass 2: replay.
-    let capacity: usize = scans.iter().map(|s| s.entries).sum();
+    // Pass 2: replay the log rules record by record, tracking which entries
+    // survive as runs; then copy the surviving entries out, several runs at
+    // a time (allocating the entries' memory is most of the cost).
     let mut st = Replay {
         base,
-        entries: Vec::with_capacity(capacity),
+        runs: Vec::new(),
         hard_state: HardState::default(),
         log_last: segs[0].first_index.saturating_sub(1),
         note: fallback_note,
@@ -398,13 +403,10 @@ pub(crate) fn recover(
                 ),
             ));
         }
-        st.segment(&maps[pos], scans[pos].end, &seg.path)?;
+        st.segment(pos, &maps[pos], scans[pos].end, &seg.path)?;
     }
-    let Replay {
-        entries,
-        hard_state,
-        ..
-    } = st;
+    let hard_state = st.hard_state;
+    let entries = materialise(&st.runs, &maps);
 
     // Step 4: cut the torn tail, now that the directory is known to be usable.
     let tail = &segs[last_pos];
@@ -543,12 +545,24 @@ fn choose_snapshot(snap_dir: &Path, newest: Option<Marker>) -> Result<Chosen, Er
     Ok((chosen, set_aside, note))
 }
 
+/// The surviving entries of one entries record: `take` entries starting
+/// `skip` entries into the record, the first of them at index `first`.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    seg: usize,
+    payload_start: usize,
+    payload_len: usize,
+    first: u64,
+    skip: u32,
+    take: u32,
+}
+
 /// Pass-2 state.
 struct Replay {
     /// Index of the chosen snapshot; entries at or below it are skipped.
     base: u64,
-    /// Live entries above `base`, contiguous.
-    entries: Vec<Entry>,
+    /// Live entries above `base`, contiguous, as runs of records.
+    runs: Vec<Run>,
     hard_state: HardState,
     /// Last index of the raw log (including skipped entries).
     log_last: u64,
@@ -564,14 +578,14 @@ impl Replay {
         }
     }
 
-    /// Replays the frames of one segment in `[header, end)`, which pass 1 checked.
-    fn segment(&mut self, bytes: &[u8], end: usize, path: &Path) -> Result<(), Error> {
+    /// Replays the frames of segment `seg` in `[header, end)`, which pass 1 checked.
+    fn segment(&mut self, seg: usize, bytes: &[u8], end: usize, path: &Path) -> Result<(), Error> {
         let mut off = SEGMENT_HEADER_LEN;
         while off < end {
             let f = trusted_frame(bytes, off);
             let payload = &bytes[f.payload_start..f.payload_start + f.payload_len];
             match f.kind {
-                REC_ENTRIES => self.entries_record(payload, path, off)?,
+                REC_ENTRIES => self.entries_record(seg, &f, payload, path, off)?,
                 REC_HARD_STATE => {
                     self.hard_state = parse_hard_state(payload)
                         .map_err(|r| Error::corrupt(path, off as u64, r))?
@@ -594,7 +608,29 @@ impl Replay {
         Ok(())
     }
 
-    fn entries_record(&mut self, payload: &[u8], path: &Path, off: usize) -> Result<(), Error> {
+    /// Raft's overwrite rule: an entry at `index` discards all at >= index.
+    fn truncate_from(&mut self, index: u64) {
+        while let Some(last) = self.runs.last_mut() {
+            if last.first >= index {
+                self.runs.pop();
+                continue;
+            }
+            let end = last.first + u64::from(last.take);
+            if end > index {
+                last.take = (index - last.first) as u32;
+            }
+            break;
+        }
+    }
+
+    fn entries_record(
+        &mut self,
+        seg: usize,
+        f: &format::Frame,
+        payload: &[u8],
+        path: &Path,
+        off: usize,
+    ) -> Result<(), Error> {
         let (first, count) =
             parse_entries(payload).map_err(|r| Error::corrupt(path, off as u64, r))?;
         if first > self.log_last + 1 {
@@ -608,41 +644,36 @@ impl Replay {
                 ),
             ));
         }
-        self.log_last = first + u64::from(count) - 1;
-        // Raft's overwrite rule: an entry at `first` discards all at >= first.
-        if let Some(v0) = self.entries.first().map(|e| e.index) {
-            if first <= v0 {
-                self.entries.clear();
-            } else {
-                self.entries.truncate((first - v0) as usize);
-            }
+        let last = first + u64::from(count) - 1;
+        self.log_last = last;
+        self.truncate_from(first);
+        if last <= self.base {
+            return Ok(());
         }
-        for e in format::entries_iter(payload) {
-            if e.index <= self.base {
-                continue;
-            }
-            if self.entries.is_empty() && e.index != self.base + 1 {
-                return Err(Error::corrupt(
-                    path,
-                    off as u64,
-                    format!(
-                        "the log does not reach back to the snapshot: the first entry after \
-                         snapshot index {} is {}, entries {}..{} are missing{}",
-                        self.base,
-                        e.index,
-                        self.base + 1,
-                        e.index - 1,
-                        self.context()
-                    ),
-                ));
-            }
-            self.entries.push(Entry {
-                index: e.index,
-                term: e.term,
-                kind: e.kind,
-                data: e.data.to_vec(),
-            });
+        // Entries at or below the snapshot are skipped.
+        let live_first = first.max(self.base + 1);
+        if self.runs.is_empty() && live_first != self.base + 1 {
+            return Err(Error::corrupt(
+                path,
+                off as u64,
+                format!(
+                    "the log does not reach back to the snapshot: the first entry after \
+                     snapshot index {} is {live_first}, entries {}..{} are missing{}",
+                    self.base,
+                    self.base + 1,
+                    live_first - 1,
+                    self.context()
+                ),
+            ));
         }
+        self.runs.push(Run {
+            seg,
+            payload_start: f.payload_start,
+            payload_len: f.payload_len,
+            first: live_first,
+            skip: (live_first - first) as u32,
+            take: (last - live_first + 1) as u32,
+        });
         Ok(())
     }
 
@@ -660,7 +691,7 @@ impl Replay {
                     ),
                 ));
             }
-            self.entries.clear();
+            self.runs.clear();
             self.log_last = m.index;
         } else if m.index > self.log_last {
             return Err(Error::corrupt(
@@ -675,6 +706,81 @@ impl Replay {
         }
         Ok(())
     }
+}
+
+/// Copies the entries of `runs` out of the mapped segments, splitting the
+/// work over the available cores.
+fn materialise(runs: &[Run], maps: &[SegBytes]) -> Vec<Entry> {
+    let total: u64 = runs.iter().map(|r| u64::from(r.take)).sum();
+    // Contiguous groups of runs with roughly equal numbers of entries.
+    let parts = threads().min(runs.len()).max(1);
+    let mut bounds = vec![0];
+    let mut acc = 0u64;
+    for (i, r) in runs.iter().enumerate() {
+        acc += u64::from(r.take);
+        if acc * parts as u64 >= total * bounds.len() as u64 && bounds.len() < parts {
+            bounds.push(i + 1);
+        }
+    }
+    if *bounds.last().unwrap_or(&0) != runs.len() {
+        bounds.push(runs.len());
+    }
+    let chunks = parallel(bounds.len() - 1, |p| {
+        let group = &runs[bounds[p]..bounds[p + 1]];
+        let n: usize = group.iter().map(|r| r.take as usize).sum();
+        let mut out = Vec::with_capacity(n);
+        for r in group {
+            let payload = &maps[r.seg][r.payload_start..r.payload_start + r.payload_len];
+            out.extend(
+                format::entries_iter(payload)
+                    .skip(r.skip as usize)
+                    .take(r.take as usize)
+                    .map(|e| Entry {
+                        index: e.index,
+                        term: e.term,
+                        kind: e.kind,
+                        data: e.data.to_vec(),
+                    }),
+            );
+        }
+        out
+    });
+    let mut chunks = chunks.into_iter();
+    let mut entries = chunks.next().unwrap_or_default();
+    entries.reserve(total as usize - entries.len());
+    for mut c in chunks {
+        entries.append(&mut c);
+    }
+    entries
+}
+
+/// How many threads recovery uses.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// `(0..n).map(f).collect()`, spread over [`threads`] scoped threads.
+fn parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let k = threads().min(n);
+    if k <= 1 {
+        return (0..n).map(f).collect();
+    }
+    let f = &f;
+    let mut out: Vec<(usize, T)> = std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..k)
+            .map(|t| s.spawn(move || (t..n).step_by(k).map(|i| (i, f(i))).collect::<Vec<_>>()))
+            .collect();
+        let mut out: Vec<(usize, T)> = (0..n).step_by(k).map(|i| (i, f(i))).collect();
+        for h in helpers {
+            match h.join() {
+                Ok(part) => out.extend(part),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    });
+    out.sort_by_key(|p| p.0);
+    out.into_iter().map(|p| p.1).collect()
 }
 
 #[cfg(test)]
