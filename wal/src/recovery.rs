@@ -30,14 +30,20 @@
 //!    one is tried. Falling back works only while the log still holds the
 //!    entries between the older snapshot and the newer one.
 //!
-//! 4. **Replay** (pass 2). Frames are decoded again, without re-checking
-//!    CRCs, applying the raft log rules: entries at index `i` discard every
-//!    entry at `>= i`; a marker flagged *reset* discards the whole log after
-//!    its index (paper §7, a follower whose log did not contain the
-//!    snapshot's last entry); entries at or below the chosen snapshot are
-//!    skipped. Any hole is corruption. Only when replay succeeded is the
-//!    torn tail cut: its bytes are saved to `<segment>.torn-<offset>`, the
-//!    region is overwritten with zeros and the segment fsynced.
+//! 4. **Replay** (pass 2). Frames are walked again, without re-checking
+//!    CRCs, applying the raft log rules record by record: entries at index
+//!    `i` discard every entry at `>= i`; a marker flagged *reset* discards
+//!    the whole log after its index (paper §7, a follower whose log did not
+//!    contain the snapshot's last entry); entries at or below the chosen
+//!    snapshot are skipped. Any hole is corruption. The survivors are kept
+//!    as runs (record, skip, take) and only then copied out into `Entry`
+//!    values, split over the available cores: allocating the entries'
+//!    memory is most of the cost of opening a large log. Only when replay
+//!    succeeded is the torn tail cut: its bytes are saved to
+//!    `<segment>.torn-<offset>`, the region is overwritten with zeros and
+//!    the segment fsynced.
+//!
+//! Pass 1 also runs on several segments at once; both passes only read.
 //!
 //! What recovery deliberately does not do: repair corruption, guess, or drop
 //! anything it cannot prove was never acknowledged. A power cut that
