@@ -81,6 +81,8 @@ pub fn start(cfg: NodeConfig) -> Result<Running, String> {
     // fails on the address (or on the WAL lock) without side effects.
     let client_listener = TcpListener::bind(&cfg.client_addr)
         .map_err(|e| format!("cannot listen for clients on {}: {e}", cfg.client_addr))?;
+    let peer_listener =
+        TcpListener::bind(&own).map_err(|e| format!("cannot listen for peers on {own}: {e}"))?;
     let rec = apply::open_data_dir(&cfg.data_dir, cfg.id, &cfg.peers, cfg.join)?;
 
     let shared = Arc::new(node::Shared::default());
@@ -93,8 +95,8 @@ pub fn start(cfg: NodeConfig) -> Result<Running, String> {
             incoming: cfg.data_dir.join(apply::INCOMING_DIR),
         }
     };
-    let transport = transport::Transport::start(cfg.id, &own, inbound_tx, report_tx, snapshots)
-        .map_err(|e| format!("cannot listen for peers on {own}: {e}"))?;
+    let transport = transport::Transport::start(cfg.id, peer_listener, inbound_tx, report_tx, snapshots)
+        .map_err(|e| format!("cannot start the peer listener on {own}: {e}"))?;
 
     let mut rc = Config::new(cfg.id);
     rc.election_ticks = cfg.election_ticks;

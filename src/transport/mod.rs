@@ -87,15 +87,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Transport {
-    /// Binds `listen` and starts accepting peers; inbound messages go to `inbound`.
+    /// Starts accepting peers on `listener`; inbound messages go to `inbound`.
     pub fn start(
         id: NodeId,
-        listen: &str,
+        listener: TcpListener,
         inbound: Sender<Message>,
         reports: Sender<Report>,
         snapshots: SnapshotFiles,
     ) -> io::Result<Arc<Transport>> {
-        let listener = TcpListener::bind(listen)?;
         info!("listening for peers on {}", listener.local_addr()?);
         let incoming = snapshots.incoming.clone();
         let t = Arc::new(Transport {
