@@ -325,6 +325,46 @@ fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How often the group-commit figures are logged.
+const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Counts fsyncs and the entries they made durable, to show the batching.
+struct FsyncStats {
+    since: Instant,
+    fsyncs: u64,
+    entries: u64,
+    readies: u64,
+}
+
+impl FsyncStats {
+    fn new() -> FsyncStats {
+        FsyncStats { since: Instant::now(), fsyncs: 0, entries: 0, readies: 0 }
+    }
+
+    fn record(&mut self, synced: bool, entries: usize) {
+        self.readies += 1;
+        if synced {
+            self.fsyncs += 1;
+            self.entries += entries as u64;
+        }
+        let elapsed = self.since.elapsed();
+        if elapsed >= STATS_EVERY {
+            if self.fsyncs > 0 {
+                info!(
+                    "fsync stats: {} fsyncs, {} entries, {:.1} entries/fsync, {:.0} fsyncs/s over {:.0} s ({} readies)",
+                    self.fsyncs,
+                    self.entries,
+                    self.entries as f64 / self.fsyncs as f64,
+                    self.fsyncs as f64 / elapsed.as_secs_f64(),
+                    elapsed.as_secs_f64(),
+                    self.readies
+                );
+            }
+            *self = FsyncStats::new();
+        }
+    }
+}
+
 /// Channels of the ready-handling thread.
 pub struct ApplyChannels {
     pub ready: Receiver<Ready>,
@@ -351,6 +391,8 @@ pub struct Applier {
     /// Index of the snapshot before the newest, which the WAL keeps entries for.
     pub prev_snapshot_index: u64,
     read_batches: HashMap<Vec<u8>, Vec<ReadWaiter>>,
+    /// Group-commit figures, logged every [`STATS_EVERY`].
+    stats: FsyncStats,
     /// Reads waiting for their index to be applied, in read-index order.
     waiting_reads: Vec<(u64, Vec<ReadWaiter>)>,
 }
@@ -389,6 +431,7 @@ impl Applier {
             snapshot_index: rec.snapshot_index,
             prev_snapshot_index: 0,
             read_batches: HashMap::new(),
+            stats: FsyncStats::new(),
             waiting_reads: Vec::new(),
         };
         a.connect_members();
@@ -452,6 +495,7 @@ impl Applier {
             if let Err(e) = self.wal.save(hs.as_ref(), &entries, rd.must_sync) {
                 fatal("writing the WAL", e);
             }
+            self.stats.record(rd.must_sync, entries.len());
             if let Err(e) = self.storage.append(&rd.entries) {
                 fatal("appending to the in-memory log", e);
             }

@@ -155,6 +155,12 @@ impl Preallocator {
         }
     }
 
+    /// Whether background preparation is enabled and nothing is being
+    /// prepared or waiting to be taken.
+    pub(crate) fn can_start(&self) -> bool {
+        self.background && self.pending.is_none()
+    }
+
     /// Starts preparing segment `seq` in the background (if enabled).
     pub(crate) fn start(&mut self, dir: &Path, seq: u64, size: u64) {
         if !self.background {

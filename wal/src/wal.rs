@@ -234,9 +234,7 @@ impl Wal {
                 (wal, Recovered::default())
             }
         };
-        let next = wal.segments.last().map_or(0, |s| s.seq + 1);
-        let size = wal.opts.segment_size;
-        wal.prealloc.start(dir, next, size);
+        wal.maybe_prepare_next();
         Ok((wal, recovered))
     }
 
@@ -564,6 +562,7 @@ impl Wal {
         }
         self.cursor += need;
         self.unsynced = true;
+        self.maybe_prepare_next();
         if sync {
             if let Err(e) = fsutil::sync_data(&self.file, &path) {
                 return Err(self.fail(e));
@@ -571,6 +570,16 @@ impl Wal {
             self.unsynced = false;
         }
         Ok(())
+    }
+
+    /// Starts preparing the next segment once a quarter of the current one
+    /// is used: early enough to be ready in time, and no spare segment of
+    /// zeros is written for a log that is opened and closed again.
+    fn maybe_prepare_next(&mut self) {
+        if self.prealloc.can_start() && self.cursor * 4 >= self.file_len {
+            let next = self.segments.last().map_or(0, |s| s.seq + 1);
+            self.prealloc.start(&self.dir, next, self.opts.segment_size);
+        }
     }
 
     /// Seals the current segment and installs the next one, big enough for a
@@ -603,7 +612,6 @@ impl Wal {
             first_index,
             path: inst.path,
         });
-        self.prealloc.start(&self.dir, seq + 1, size);
         Ok(())
     }
 }
