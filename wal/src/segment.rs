@@ -16,7 +16,10 @@
 //!
 //! Zero-filling 64 MiB costs about as much as hundreds of small appends, so by
 //! default the next segment is prepared on a background thread while the
-//! current one fills up ([`Preallocator`]), like etcd's `file_pipeline`.
+//! current one fills up ([`Preallocator`]), like etcd's `file_pipeline`. It
+//! starts once a quarter of the current segment is used, and flushes its
+//! zeros in 2 MiB slices so that the appender's `fdatasync`s never queue
+//! behind a whole segment's worth of writes.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
