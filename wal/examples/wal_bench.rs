@@ -8,7 +8,8 @@
 //! The raw baseline writes, per operation, exactly as many bytes as the WAL
 //! writes for the batch (the entries record as `FORMAT.md` frames it) into a
 //! preallocated, fsynced file, wrapping around at its end; WAL and raw runs
-//! alternate in rounds so that both see the same disk conditions.
+//! alternate in 20 rounds so that both see the same disk conditions. The
+//! load average is printed because the disk and CPUs may be shared.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -184,6 +185,8 @@ fn main() {
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     let _guard = Cleanup(dir.clone());
+    let load = || fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at start: {}", load().trim());
     println!(
         "wal_bench{} in {} ({}-byte entries, default options: 64 MiB segments, background preallocation)",
         if quick { " --quick" } else { "" },
@@ -191,7 +194,7 @@ fn main() {
         ENTRY_BYTES
     );
     println!(
-        "append+fdatasync  {:>5} {:>9} {:>8} {:>9} {:>9} | {:>9} {:>8} {:>9} {:>9} | {:>5}",
+        "append+fdatasync  {:>5} {:>9} {:>8} {:>9} {:>9} | {:>9} {:>8} {:>9} {:>9} | {:>5} {:>5}",
         "batch",
         "wal op/s",
         "MB/s",
@@ -201,7 +204,8 @@ fn main() {
         "MB/s",
         "p50 us",
         "p99 us",
-        "ratio"
+        "ratio",
+        "p50"
     );
     let replay_only = std::env::args().any(|a| a == "--replay-only");
     for (batch, ops) in [(1usize, 10_000u64), (16, 10_000), (256, 4_000)] {
@@ -209,9 +213,9 @@ fn main() {
             break;
         }
         let ops = if quick { ops / 10 } else { ops };
-        let (mut w, mut r) = append_bench(&dir, batch, ops, 5);
+        let (mut w, mut r) = append_bench(&dir, batch, ops, 20);
         println!(
-            "append+fdatasync  {batch:>5} {:>9.0} {:>8.1} {:>9.0} {:>9.0} | {:>9.0} {:>8.1} {:>9.0} {:>9.0} | {:>5.2}",
+            "append+fdatasync  {batch:>5} {:>9.0} {:>8.1} {:>9.0} {:>9.0} | {:>9.0} {:>8.1} {:>9.0} {:>9.0} | {:>5.2} {:>5.2}",
             w.ops_per_s(),
             w.mb_per_s(),
             w.pct(0.5),
@@ -220,12 +224,15 @@ fn main() {
             r.mb_per_s(),
             r.pct(0.5),
             r.pct(0.99),
-            w.ops_per_s() / r.ops_per_s()
+            w.ops_per_s() / r.ops_per_s(),
+            r.pct(0.5) / w.pct(0.5)
         );
     }
     let log = if quick { 64 << 20 } else { 1 << 30 };
     replay_bench(&dir, log, 256);
     replay_bench(&dir, log, 4096);
+    println!("load average at end: {}", load().trim());
+    println!("ratio = wal op/s / raw op/s; p50 = raw p50 / wal p50 (1.00 = as fast as raw)");
 }
 
 /// Removes the bench directory however `main` ends.
