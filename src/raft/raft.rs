@@ -1021,8 +1021,20 @@ impl<S: Storage> Raft<S> {
     }
 
     fn handle_heartbeat(&mut self, from: NodeId, commit: u64, context: Vec<u8>) {
-        let to = commit.min(self.log.last_index());
-        self.log.commit_to(to);
+        // The leader caps a heartbeat's commit at what we are known to hold,
+        // so one past our last entry is malformed. Clamping it to our last
+        // entry could commit entries the leader does not have; ignore it.
+        if commit <= self.log.last_index() {
+            self.log.commit_to(commit);
+        } else {
+            log::warn!(
+                "{} ignores commit {} from {}: past its last index {}",
+                self.id,
+                commit,
+                from,
+                self.log.last_index()
+            );
+        }
         self.send_to(from, MessageBody::HeartbeatResponse { context });
     }
 
