@@ -508,6 +508,12 @@ impl<S: Storage> Raft<S> {
         if self.role == Role::Leader || !self.promotable() {
             return;
         }
+        if self.term == u64::MAX {
+            // Only a malformed message can have brought us here; the next
+            // term would wrap to 0 and undo every vote ever cast.
+            log::warn!("{} cannot campaign: the term space is exhausted", self.id);
+            return;
+        }
         if self.has_unapplied_conf_changes() {
             log::warn!(
                 "{} cannot campaign: committed conf changes are not applied yet",
