@@ -977,10 +977,14 @@ impl<S: Storage> Raft<S> {
         commit: u64,
     ) {
         // Entries must follow prev_index contiguously, with terms that never
-        // decrease and never exceed the sender's term.
+        // decrease and never exceed the sender's term. No entry can sit at
+        // the largest index: nothing could ever follow it.
         let mut expected_term = prev_term;
         for (i, e) in entries.iter().enumerate() {
-            if e.index != prev_index + 1 + i as u64 || e.term < expected_term || e.term > self.term
+            if prev_index.checked_add(1 + i as u64) != Some(e.index)
+                || e.index == u64::MAX
+                || e.term < expected_term
+                || e.term > self.term
             {
                 log::warn!("{} ignores a malformed append from {}", self.id, from);
                 return;
@@ -1045,7 +1049,10 @@ impl<S: Storage> Raft<S> {
     }
 
     fn handle_snapshot(&mut self, from: NodeId, snapshot: super::types::Snapshot) {
-        let index = if self.restore(snapshot) {
+        // A snapshot at the largest index is malformed: the log after it
+        // would start at an index that does not exist.
+        let malformed = snapshot.meta.index == u64::MAX;
+        let index = if !malformed && self.restore(snapshot) {
             log::info!("{} restored snapshot at {}", self.id, self.log.committed);
             self.log.last_index()
         } else {
