@@ -165,7 +165,10 @@ impl Progress {
         if self.next == 0 || self.next - 1 != rejected {
             return false;
         }
-        self.next = rejected.min(match_hint + 1).max(self.matched + 1);
+        // The hint comes from the network: it may be any value.
+        self.next = rejected
+            .min(match_hint.saturating_add(1))
+            .max(self.matched + 1);
         self.probe_sent = false;
         true
     }

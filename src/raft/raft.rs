@@ -508,6 +508,12 @@ impl<S: Storage> Raft<S> {
         if self.role == Role::Leader || !self.promotable() {
             return;
         }
+        if self.term == u64::MAX {
+            // Only a malformed message can have brought us here; the next
+            // term would wrap to 0 and undo every vote ever cast.
+            log::warn!("{} cannot campaign: the term space is exhausted", self.id);
+            return;
+        }
         if self.has_unapplied_conf_changes() {
             log::warn!(
                 "{} cannot campaign: committed conf changes are not applied yet",
@@ -971,10 +977,14 @@ impl<S: Storage> Raft<S> {
         commit: u64,
     ) {
         // Entries must follow prev_index contiguously, with terms that never
-        // decrease and never exceed the sender's term.
+        // decrease and never exceed the sender's term. No entry can sit at
+        // the largest index: nothing could ever follow it.
         let mut expected_term = prev_term;
         for (i, e) in entries.iter().enumerate() {
-            if e.index != prev_index + 1 + i as u64 || e.term < expected_term || e.term > self.term
+            if prev_index.checked_add(1 + i as u64) != Some(e.index)
+                || e.index == u64::MAX
+                || e.term < expected_term
+                || e.term > self.term
             {
                 log::warn!("{} ignores a malformed append from {}", self.id, from);
                 return;
@@ -1021,13 +1031,28 @@ impl<S: Storage> Raft<S> {
     }
 
     fn handle_heartbeat(&mut self, from: NodeId, commit: u64, context: Vec<u8>) {
-        let to = commit.min(self.log.last_index());
-        self.log.commit_to(to);
+        // The leader caps a heartbeat's commit at what we are known to hold,
+        // so one past our last entry is malformed. Clamping it to our last
+        // entry could commit entries the leader does not have; ignore it.
+        if commit <= self.log.last_index() {
+            self.log.commit_to(commit);
+        } else {
+            log::warn!(
+                "{} ignores commit {} from {}: past its last index {}",
+                self.id,
+                commit,
+                from,
+                self.log.last_index()
+            );
+        }
         self.send_to(from, MessageBody::HeartbeatResponse { context });
     }
 
     fn handle_snapshot(&mut self, from: NodeId, snapshot: super::types::Snapshot) {
-        let index = if self.restore(snapshot) {
+        // A snapshot at the largest index is malformed: the log after it
+        // would start at an index that does not exist.
+        let malformed = snapshot.meta.index == u64::MAX;
+        let index = if !malformed && self.restore(snapshot) {
             log::info!("{} restored snapshot at {}", self.id, self.log.committed);
             self.log.last_index()
         } else {

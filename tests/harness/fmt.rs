@@ -1,0 +1,154 @@
+//! One-line renderings for traces. Every line is deterministic: no hash
+//! ordering, no addresses, no timing.
+
+use raftnode::raft::{
+    ConfChange, ConfChangeKind, ConfState, Entry, EntryKind, Message, MessageBody, NodeId, Role,
+    Snapshot, Status,
+};
+
+/// `4/2` for an empty entry, `5/2 "put a=1"` for data, `6/2 conf(add 4)`.
+pub fn entry(e: &Entry) -> String {
+    match e.kind {
+        EntryKind::Normal if e.data.is_empty() => format!("{}/{}", e.index, e.term),
+        EntryKind::Normal => format!(
+            "{}/{} {:?}",
+            e.index,
+            e.term,
+            String::from_utf8_lossy(&e.data)
+        ),
+        EntryKind::ConfChange => match ConfChange::decode(&e.data) {
+            Ok(cc) => format!("{}/{} conf({})", e.index, e.term, conf_change(&cc)),
+            Err(_) => format!("{}/{} conf(malformed)", e.index, e.term),
+        },
+    }
+}
+
+pub fn entries(es: &[Entry]) -> String {
+    let parts: Vec<String> = es.iter().map(entry).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// `add 4`, `remove 3`, `add-learner 5`.
+pub fn conf_change(cc: &ConfChange) -> String {
+    let kind = match cc.kind {
+        ConfChangeKind::AddNode => "add",
+        ConfChangeKind::RemoveNode => "remove",
+        ConfChangeKind::AddLearner => "add-learner",
+    };
+    format!("{kind} {}", cc.node_id)
+}
+
+pub fn ids(ids: &[NodeId]) -> String {
+    let parts: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    format!("[{}]", parts.join(","))
+}
+
+/// `voters=[1,2,3]`, with ` learners=[4]` only when there are learners.
+pub fn conf_state(cs: &ConfState) -> String {
+    let mut s = format!("voters={}", ids(&cs.voters));
+    if !cs.learners.is_empty() {
+        s.push_str(&format!(" learners={}", ids(&cs.learners)));
+    }
+    s
+}
+
+pub fn snapshot(s: &Snapshot) -> String {
+    format!(
+        "{}/{} {}",
+        s.meta.index,
+        s.meta.term,
+        conf_state(&s.meta.conf_state)
+    )
+}
+
+fn ctx(c: &[u8]) -> String {
+    if c.is_empty() {
+        String::new()
+    } else {
+        format!(" ctx={}", String::from_utf8_lossy(c))
+    }
+}
+
+/// `1->2 append term=2 prev=3/1 entries=[4/2] commit=3`. Forwarded client
+/// requests carry no term and print none.
+pub fn message(m: &Message) -> String {
+    let mut s = format!("{}->{} {}", m.from, m.to, m.body.name());
+    if !m.body.is_forwarded_request() {
+        s.push_str(&format!(" term={}", m.term));
+    }
+    match &m.body {
+        MessageBody::Append {
+            prev_index,
+            prev_term,
+            entries: es,
+            commit,
+        } => s.push_str(&format!(
+            " prev={prev_index}/{prev_term} entries={} commit={commit}",
+            entries(es)
+        )),
+        MessageBody::AppendResponse {
+            index,
+            reject,
+            reject_hint,
+            hint_term,
+        } => {
+            if *reject {
+                s.push_str(&format!(
+                    " rejected index={index} hint={reject_hint}/{hint_term}"
+                ))
+            } else {
+                s.push_str(&format!(" index={index}"))
+            }
+        }
+        MessageBody::Heartbeat { commit, context } => {
+            s.push_str(&format!(" commit={commit}{}", ctx(context)))
+        }
+        MessageBody::HeartbeatResponse { context } => s.push_str(&ctx(context)),
+        MessageBody::RequestVote {
+            last_index,
+            last_term,
+            transfer,
+            ..
+        } => {
+            s.push_str(&format!(" last={last_index}/{last_term}"));
+            if *transfer {
+                s.push_str(" transfer");
+            }
+        }
+        MessageBody::RequestVoteResponse { reject, .. } => {
+            s.push_str(if *reject { " rejected" } else { " granted" })
+        }
+        MessageBody::Snapshot { snapshot: snap } => {
+            s.push_str(&format!(" snap={}", snapshot(snap)))
+        }
+        MessageBody::TimeoutNow => {}
+        MessageBody::Propose { entries: es } => s.push_str(&format!(" entries={}", entries(es))),
+        MessageBody::ReadIndex { context } => s.push_str(&ctx(context)),
+        MessageBody::ReadIndexResponse { index, context } => {
+            s.push_str(&format!(" index={index}{}", ctx(context)))
+        }
+        MessageBody::TransferLeader { target } => s.push_str(&format!(" target={target}")),
+    }
+    s
+}
+
+/// The message type as scripts name it in filters (`type=append`).
+pub fn message_type(m: &Message) -> &'static str {
+    m.body.name()
+}
+
+/// `follower term=1 vote=1 lead=0`: the part of a node's state whose changes
+/// traces report.
+pub fn role_line(st: &Status) -> String {
+    format!(
+        "{} term={} vote={} lead={}",
+        role(st.soft_state.role),
+        st.hard_state.term,
+        st.hard_state.vote,
+        st.soft_state.leader
+    )
+}
+
+pub fn role(r: Role) -> String {
+    r.to_string()
+}

@@ -1,0 +1,27 @@
+//! A deterministic test cluster over [`MemStorage`], shared by the scenario
+//! scripts (`tests/scenario.rs`), the paper-section tests and the
+//! malformed-message tests.
+//!
+//! - `fmt`: one-line renderings of entries, messages and node state, used in
+//!   every trace;
+//! - `cluster`: [`Cluster`], nodes plus a simulated network with partitions,
+//!   driven through the public `RawNode` API only, writing a trace of what
+//!   happens into a buffer;
+//! - `script`: the small command language of the scenario files and the
+//!   runner that compares (or rewrites) their expected traces.
+//!
+//! Each node's application is a toy key-value state machine: a normal entry
+//! `put k=v` sets a key, conf-change entries are decoded and applied through
+//! `RawNode::apply_conf_change`. The state machine (applied index, keys and
+//! membership) survives a restart, as if the application snapshotted it
+//! atomically with every apply; the Raft log and hard state survive only as far
+//! as they were handed to storage.
+
+#![allow(dead_code)]
+
+pub mod cluster;
+pub mod fmt;
+pub mod script;
+
+#[allow(unused_imports)]
+pub use cluster::{Cluster, Filter, Node, Options};

@@ -1,0 +1,483 @@
+//! Scenario scripts: a command language over a [`Cluster`], with the
+//! expected trace written under each command.
+//!
+//! A script is a sequence of blocks. `#` lines and blank lines between blocks
+//! are comments and are kept as they are. A block is one command line, a
+//! `----` line, then the expected output up to the next blank line (or the
+//! end of the file). A command with no output expects `ok`.
+//!
+//! ```text
+//! # Node 1 campaigns and wins.
+//! campaign 1
+//! ----
+//! 1 is precandidate term=0 vote=0 lead=0
+//! ```
+//!
+//! Commands (ids are node ids; lists are comma-separated):
+//!
+//! | command | what it does |
+//! | --- | --- |
+//! | `cluster N [opts]` | nodes 1..N, all voters; opts: `pre-vote=`, `check-quorum=` (true/false), `election=`, `heartbeat=`, `max-msg-size=`, `max-inflight=` |
+//! | `add-nodes N [voters=..] [learners=..]` | N more nodes with empty logs (default: no membership, waiting to be added) |
+//! | `set-log ID terms=1,1,2 [term=T] [vote=V] [commit=C]` | replace ID's durable log and restart it |
+//! | `campaign ID` | ID starts an election |
+//! | `propose ID DATA...` | ID proposes the rest of the line (`put k=v` sets a key) |
+//! | `propose-conf ID add\|remove\|add-learner N` | ID proposes a membership change |
+//! | `read-index ID CTX` | ID asks for a read index |
+//! | `transfer ID TARGET` | ID asks for leadership to move to TARGET |
+//! | `tick ID [N]`, `tick-all [N]` | logical clock ticks (default 1) |
+//! | `process-ready [ID...]` | one Ready/Advance cycle on the nodes (default all) |
+//! | `deliver [from=..] [to=..] [type=..] [drop=..]` | deliver queued messages; `drop=` lists recipients whose messages are lost instead |
+//! | `drop [from=..] [to=..] [type=..]` | lose queued messages |
+//! | `partition G [G...]` / `heal` | cut the network into groups (unlisted nodes form one more) / reconnect |
+//! | `stabilize [from=..] [to=..] [type=..]` | Ready/Advance everywhere and deliver (only the selected messages), until quiet |
+//! | `restart ID` | crash and restart: lose what was not handed to storage |
+//! | `compact ID INDEX` | snapshot the state machine at INDEX and compact the log |
+//! | `report-unreachable ID PEER`, `report-snapshot ID PEER ok\|fail` | transport feedback |
+//! | `status ID`, `log ID`, `raft-state` | views |
+//!
+//! Set `UPDATE_SCENARIOS=1` to rewrite the expected output with the actual.
+
+use std::path::Path;
+
+use raftnode::raft::{ConfChangeKind, ConfState, NodeId};
+
+use super::cluster::{conf, Cluster, Filter, Options};
+
+/// A command and the output expected from it.
+#[derive(Debug)]
+pub struct Block {
+    /// 1-based line of the command in the file.
+    pub line: usize,
+    pub command: String,
+    pub expected: Vec<String>,
+}
+
+/// A script as parsed: comments kept verbatim, and blocks.
+#[derive(Debug)]
+pub enum Item {
+    Text(String),
+    Block(Block),
+}
+
+pub fn parse(src: &str) -> Result<Vec<Item>, String> {
+    let lines: Vec<&str> = src.lines().collect();
+    let mut items = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let l = lines[i];
+        if l.trim().is_empty() || l.starts_with('#') {
+            items.push(Item::Text(l.to_string()));
+            i += 1;
+            continue;
+        }
+        if lines.get(i + 1).map(|s| s.trim_end()) != Some("----") {
+            return Err(format!(
+                "line {}: expected `----` after command `{l}`",
+                i + 1
+            ));
+        }
+        let mut expected = Vec::new();
+        let mut j = i + 2;
+        while j < lines.len() && !lines[j].trim().is_empty() {
+            expected.push(lines[j].trim_end().to_string());
+            j += 1;
+        }
+        items.push(Item::Block(Block {
+            line: i + 1,
+            command: l.trim().to_string(),
+            expected,
+        }));
+        i = j;
+    }
+    Ok(items)
+}
+
+/// Writes a script back, with `actual[k]` as the output of the k-th block.
+pub fn render(items: &[Item], actual: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    let mut k = 0;
+    for item in items {
+        match item {
+            Item::Text(t) => {
+                out.push_str(t);
+                out.push('\n');
+            }
+            Item::Block(b) => {
+                out.push_str(&b.command);
+                out.push_str("\n----\n");
+                for l in &actual[k] {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+                k += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Runs the script at `path`. Returns a description of every block whose
+/// output differs from the expected one. With `update`, rewrites the file.
+pub fn run_file(path: &Path, update: bool) -> Result<(), String> {
+    let src = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let items = parse(&src).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut runner = Runner::default();
+    let mut actual = Vec::new();
+    let mut failures = Vec::new();
+    for item in &items {
+        let Item::Block(b) = item else { continue };
+        let got = runner.run(&b.command);
+        if got != b.expected {
+            failures.push(format!(
+                "{}:{}: `{}`\n--- expected\n{}\n--- actual\n{}\n",
+                path.display(),
+                b.line,
+                b.command,
+                b.expected.join("\n"),
+                got.join("\n")
+            ));
+        }
+        actual.push(got);
+    }
+    if let Some(c) = &runner.cluster {
+        if !c.anomalies.is_empty() {
+            failures.push(format!(
+                "{}: safety violations: {:?}",
+                path.display(),
+                c.anomalies
+            ));
+        }
+    }
+    if update {
+        let new = render(&items, &actual);
+        if new != src {
+            std::fs::write(path, new).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        return Ok(());
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("\n"))
+    }
+}
+
+/// Executes commands against one cluster.
+#[derive(Default)]
+pub struct Runner {
+    pub cluster: Option<Cluster>,
+}
+
+/// A command line split into positional words and `key=value` options.
+struct Args<'a> {
+    pos: Vec<&'a str>,
+    opts: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Args<'a> {
+    fn parse(words: &[&'a str]) -> Args<'a> {
+        let mut a = Args {
+            pos: Vec::new(),
+            opts: Vec::new(),
+        };
+        for w in words {
+            match w.split_once('=') {
+                Some((k, v)) => a.opts.push((k, v)),
+                None => a.pos.push(w),
+            }
+        }
+        a
+    }
+
+    fn id(&self, i: usize) -> Result<NodeId, String> {
+        let w = self.pos.get(i).ok_or("missing node id")?;
+        w.parse().map_err(|_| format!("bad node id `{w}`"))
+    }
+
+    fn num_or(&self, i: usize, default: u64) -> Result<u64, String> {
+        match self.pos.get(i) {
+            None => Ok(default),
+            Some(w) => w.parse().map_err(|_| format!("bad number `{w}`")),
+        }
+    }
+
+    fn opt(&self, k: &str) -> Option<&'a str> {
+        self.opts.iter().find(|(key, _)| *key == k).map(|(_, v)| *v)
+    }
+
+    fn ids_opt(&self, k: &str) -> Result<Option<Vec<NodeId>>, String> {
+        self.opt(k).map(parse_ids).transpose()
+    }
+
+    fn num_opt(&self, k: &str) -> Result<Option<u64>, String> {
+        self.opt(k)
+            .map(|v| v.parse().map_err(|_| format!("bad number `{v}` for {k}")))
+            .transpose()
+    }
+
+    fn bool_opt(&self, k: &str) -> Result<Option<bool>, String> {
+        self.opt(k)
+            .map(|v| v.parse().map_err(|_| format!("bad bool `{v}` for {k}")))
+            .transpose()
+    }
+}
+
+fn parse_ids(s: &str) -> Result<Vec<NodeId>, String> {
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|w| w.parse().map_err(|_| format!("bad node id `{w}`")))
+        .collect()
+}
+
+impl Runner {
+    /// Runs one command and returns its output lines (`ok` if none).
+    pub fn run(&mut self, command: &str) -> Vec<String> {
+        let mut out = match self.exec(command) {
+            Ok(lines) => lines,
+            Err(e) => vec![format!("error: {e}")],
+        };
+        if let Some(c) = &mut self.cluster {
+            let mut trace = c.take_trace();
+            trace.append(&mut out);
+            out = trace;
+        }
+        if out.is_empty() {
+            out.push("ok".to_string());
+        }
+        out
+    }
+
+    fn cluster(&mut self) -> Result<&mut Cluster, String> {
+        self.cluster
+            .as_mut()
+            .ok_or_else(|| "no cluster: start with `cluster N`".to_string())
+    }
+
+    fn known(&mut self, id: NodeId) -> Result<&mut Cluster, String> {
+        let c = self.cluster()?;
+        if c.nodes.contains_key(&id) {
+            Ok(c)
+        } else {
+            Err(format!("no node {id}"))
+        }
+    }
+
+    fn exec(&mut self, command: &str) -> Result<Vec<String>, String> {
+        let words: Vec<&str> = command.split_whitespace().collect();
+        let (&name, rest) = words.split_first().ok_or("empty command")?;
+        // `propose` takes the raw rest of the line, which may contain `=`.
+        if name == "propose" {
+            let id: NodeId = rest
+                .first()
+                .and_then(|w| w.parse().ok())
+                .ok_or("usage: propose ID DATA...")?;
+            let data = rest[1..].join(" ");
+            let _ = self.known(id)?.propose(id, &data);
+            return Ok(Vec::new());
+        }
+        let a = Args::parse(rest);
+        match name {
+            "cluster" => {
+                let n = a.num_or(0, 3)?;
+                let opts = options(&a)?;
+                self.cluster = Some(Cluster::new(n, opts));
+                Ok(Vec::new())
+            }
+            "add-nodes" => {
+                let n = a.num_or(0, 1)?;
+                let cs = ConfState {
+                    voters: a.ids_opt("voters")?.unwrap_or_default(),
+                    learners: a.ids_opt("learners")?.unwrap_or_default(),
+                };
+                let c = self.cluster()?;
+                let first = c.nodes.keys().max().copied().unwrap_or(0) + 1;
+                let mut out = Vec::new();
+                for id in first..first + n {
+                    c.add_node(id, cs.clone());
+                    let st = c.node(id).status();
+                    out.push(format!(
+                        "{id} added: {} {}",
+                        super::fmt::role_line(&st),
+                        super::fmt::conf_state(&st.conf_state)
+                    ));
+                }
+                Ok(out)
+            }
+            "set-log" => {
+                let id = a.id(0)?;
+                let terms = a.ids_opt("terms")?.unwrap_or_default();
+                let term = a.num_opt("term")?;
+                let vote = a.num_opt("vote")?.unwrap_or(0);
+                let commit = a.num_opt("commit")?.unwrap_or(0);
+                self.known(id)?.set_log(id, &terms, term, vote, commit);
+                Ok(Vec::new())
+            }
+            "campaign" => {
+                let id = a.id(0)?;
+                self.known(id)?.campaign(id);
+                Ok(Vec::new())
+            }
+            "propose-conf" => {
+                let id = a.id(0)?;
+                let kind = match a.pos.get(1).copied() {
+                    Some("add") => ConfChangeKind::AddNode,
+                    Some("remove") => ConfChangeKind::RemoveNode,
+                    Some("add-learner") => ConfChangeKind::AddLearner,
+                    _ => return Err("usage: propose-conf ID add|remove|add-learner N".into()),
+                };
+                let target = a.id(2)?;
+                let _ = self.known(id)?.propose_conf(id, conf(kind, target));
+                Ok(Vec::new())
+            }
+            "read-index" => {
+                let id = a.id(0)?;
+                let ctx = a.pos.get(1).ok_or("usage: read-index ID CTX")?.to_string();
+                let _ = self.known(id)?.read_index(id, &ctx);
+                Ok(Vec::new())
+            }
+            "transfer" => {
+                let id = a.id(0)?;
+                let target = a.id(1)?;
+                let _ = self.known(id)?.transfer(id, target);
+                Ok(Vec::new())
+            }
+            "tick" => {
+                let id = a.id(0)?;
+                let n = a.num_or(1, 1)? as usize;
+                self.known(id)?.tick(id, n);
+                Ok(Vec::new())
+            }
+            "tick-all" => {
+                let n = a.num_or(0, 1)? as usize;
+                self.cluster()?.tick_all(n);
+                Ok(Vec::new())
+            }
+            "process-ready" => {
+                let c = self.cluster()?;
+                let ids = if a.pos.is_empty() {
+                    c.ids()
+                } else {
+                    (0..a.pos.len())
+                        .map(|i| a.id(i))
+                        .collect::<Result<_, _>>()?
+                };
+                for id in ids {
+                    if !c.nodes.contains_key(&id) {
+                        return Err(format!("no node {id}"));
+                    }
+                    c.process_ready(id);
+                }
+                Ok(Vec::new())
+            }
+            "deliver" | "drop" => {
+                let f = filter(&a)?;
+                let c = self.cluster()?;
+                let n = if name == "deliver" {
+                    c.deliver(&f)
+                } else {
+                    c.drop(&f)
+                };
+                if n == 0 && c.queue.is_empty() && name == "deliver" {
+                    return Ok(vec!["no messages".to_string()]);
+                }
+                Ok(Vec::new())
+            }
+            "partition" => {
+                let groups = a
+                    .pos
+                    .iter()
+                    .map(|g| parse_ids(g))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if groups.is_empty() {
+                    return Err("usage: partition 1,2 3".into());
+                }
+                self.cluster()?.partition(groups);
+                Ok(Vec::new())
+            }
+            "heal" => {
+                self.cluster()?.heal();
+                Ok(Vec::new())
+            }
+            "stabilize" => {
+                let f = filter(&a)?;
+                self.cluster()?.stabilize_only(&f);
+                Ok(Vec::new())
+            }
+            "restart" => {
+                let id = a.id(0)?;
+                self.known(id)?.restart(id);
+                Ok(Vec::new())
+            }
+            "compact" => {
+                let id = a.id(0)?;
+                let index = a.num_or(1, 0)?;
+                self.known(id)?.compact(id, index);
+                Ok(Vec::new())
+            }
+            "report-unreachable" => {
+                let id = a.id(0)?;
+                let peer = a.id(1)?;
+                self.known(id)?.report_unreachable(id, peer);
+                Ok(Vec::new())
+            }
+            "report-snapshot" => {
+                let id = a.id(0)?;
+                let peer = a.id(1)?;
+                let ok = match a.pos.get(2).copied() {
+                    Some("ok") => true,
+                    Some("fail") => false,
+                    _ => return Err("usage: report-snapshot ID PEER ok|fail".into()),
+                };
+                self.known(id)?.report_snapshot(id, peer, ok);
+                Ok(Vec::new())
+            }
+            "status" => {
+                let id = a.id(0)?;
+                Ok(self.known(id)?.status(id))
+            }
+            "log" => {
+                let id = a.id(0)?;
+                Ok(self.known(id)?.log(id))
+            }
+            "raft-state" => Ok(self.cluster()?.raft_state()),
+            other => Err(format!("unknown command `{other}`")),
+        }
+    }
+}
+
+fn filter(a: &Args) -> Result<Filter, String> {
+    Ok(Filter {
+        from: a.ids_opt("from")?,
+        to: a.ids_opt("to")?,
+        types: a
+            .opt("type")
+            .map(|t| t.split(',').map(str::to_string).collect()),
+        drop_to: a.ids_opt("drop")?.unwrap_or_default(),
+    })
+}
+
+fn options(a: &Args) -> Result<Options, String> {
+    let mut o = Options::default();
+    if let Some(v) = a.bool_opt("pre-vote")? {
+        o.pre_vote = v;
+    }
+    if let Some(v) = a.bool_opt("check-quorum")? {
+        o.check_quorum = v;
+    }
+    if let Some(v) = a.num_opt("election")? {
+        o.election_ticks = v as usize;
+    }
+    if let Some(v) = a.num_opt("heartbeat")? {
+        o.heartbeat_ticks = v as usize;
+    }
+    if let Some(v) = a.num_opt("max-msg-size")? {
+        o.max_size_per_msg = v;
+    }
+    if let Some(v) = a.num_opt("max-inflight")? {
+        o.max_inflight_msgs = v as usize;
+    }
+    Ok(o)
+}
