@@ -323,6 +323,12 @@ pub(crate) fn parse_entries(payload: &[u8]) -> Result<(u64, u32), String> {
     Ok((first, count))
 }
 
+/// First index and count of an entries payload already checked by
+/// [`parse_entries`] (reads only the 12-byte prefix).
+pub(crate) fn trusted_entries_header(payload: &[u8]) -> (u64, u32) {
+    (LE::read_u64(&payload[0..8]), LE::read_u32(&payload[8..12]))
+}
+
 /// Iterates the entries of a payload already checked by [`parse_entries`].
 pub(crate) fn entries_iter(payload: &[u8]) -> impl Iterator<Item = EntryView<'_>> {
     let first = LE::read_u64(&payload[0..8]);
