@@ -71,8 +71,8 @@ pub(crate) fn prepare(dir: &Path, seq: u64, size: u64) -> Result<Prepared, Error
     prepare_cancellable(dir, seq, size, &AtomicBool::new(false))
 }
 
-/// [`prepare`] that gives up (leaving a temp file for the next open to
-/// remove) when `cancel` is set between two slices.
+/// [`prepare`] that gives up, removing its temp file, when `cancel` is set
+/// between two slices.
 fn prepare_cancellable(
     dir: &Path,
     seq: u64,
@@ -84,6 +84,8 @@ fn prepare_cancellable(
     let mut off = 0;
     while off < size {
         if cancel.load(Ordering::Relaxed) {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
             return Err(Error::Broken {
                 reason: "segment preparation cancelled".into(),
             });
