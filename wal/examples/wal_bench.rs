@@ -21,11 +21,11 @@ use wal::{Entry, Options, Wal};
 const ENTRY_BYTES: usize = 256;
 const RAW_FILE: u64 = 64 << 20;
 
-/// Bytes the WAL writes for one entries record of `n` entries of
-/// `ENTRY_BYTES` (frame header 16, entries header 12, per entry 13 + data,
-/// padded to 8).
+/// Bytes the WAL writes for one save record of `n` entries of
+/// `ENTRY_BYTES` and no hard state (frame header 16, save prefix 16, per
+/// entry 13 + data, padded to 8; see FORMAT.md).
 fn frame_bytes(n: usize) -> usize {
-    (16 + 12 + n * (13 + ENTRY_BYTES) + 7) & !7
+    (16 + 16 + n * (13 + ENTRY_BYTES) + 7) & !7
 }
 
 struct Stats {
@@ -144,7 +144,7 @@ fn replay_bench(dir: &Path, log_bytes: u64, entry_bytes: usize) {
             }
             w.save(None, &entries, false).expect("save");
             next += batch as u64;
-            written += (16 + 12 + batch * (13 + entry_bytes)) as u64;
+            written += (16 + 16 + batch * (13 + entry_bytes)) as u64;
         }
         w.sync().expect("sync");
     }

@@ -37,19 +37,19 @@ pub(crate) const FRAME_HEADER_LEN: usize = 16;
 /// Constant in byte 6 of every length word.
 pub(crate) const FRAME_TAG: u8 = 0x5A;
 
-/// Record type: a batch of consecutive entries.
-pub(crate) const REC_ENTRIES: u8 = 1;
-/// Record type: a hard state.
-pub(crate) const REC_HARD_STATE: u8 = 2;
+/// Record type: one `save`, a hard state and/or a batch of consecutive entries.
+pub(crate) const REC_SAVE: u8 = 1;
 /// Record type: a snapshot marker.
-pub(crate) const REC_SNAPSHOT: u8 = 3;
+pub(crate) const REC_SNAPSHOT: u8 = 2;
 
-/// Payload prefix of an entries record: first index (8) and count (4).
-pub(crate) const ENTRIES_HEADER_LEN: usize = 12;
-/// Per-entry prefix inside an entries record: term (8), data length (4), kind (1).
-pub(crate) const ENTRY_HEADER_LEN: usize = 13;
-/// Payload size of a hard-state record.
+/// Payload prefix of a save record: flags (4), entry count (4), first index (8).
+pub(crate) const SAVE_HEADER_LEN: usize = 16;
+/// Save-record flag: a hard state follows the prefix.
+pub(crate) const SAVE_HAS_HARD_STATE: u32 = 1;
+/// Size of an encoded hard state.
 pub(crate) const HARD_STATE_LEN: usize = 24;
+/// Per-entry prefix inside a save record: term (8), data length (4), kind (1).
+pub(crate) const ENTRY_HEADER_LEN: usize = 13;
 /// Payload size of a snapshot-marker record.
 pub(crate) const MARKER_LEN: usize = 24;
 /// Snapshot-marker flag: the log after the snapshot index was discarded.
@@ -64,10 +64,10 @@ pub(crate) fn frame_len(payload_len: usize) -> usize {
     (FRAME_HEADER_LEN + payload_len + 7) & !7
 }
 
-/// On-disk size of the entries record for `entries`.
+/// On-disk size of the save record for `entries` without a hard state.
 #[cfg(test)]
 pub(crate) fn entries_frame_len(entries: &[Entry]) -> usize {
-    let payload: usize = ENTRIES_HEADER_LEN
+    let payload: usize = SAVE_HEADER_LEN
         + entries
             .iter()
             .map(|e| ENTRY_HEADER_LEN + e.data.len())
@@ -151,14 +151,30 @@ fn push_frame(
     Ok(())
 }
 
-/// Appends an entries record. `entries` must be non-empty and consecutive.
-pub(crate) fn push_entries(buf: &mut Vec<u8>, entries: &[Entry]) -> Result<(), crate::Error> {
-    debug_assert!(!entries.is_empty());
-    push_frame(buf, REC_ENTRIES, |b| {
-        let mut w = [0u8; ENTRIES_HEADER_LEN];
-        LE::write_u64(&mut w[0..8], entries[0].index);
-        LE::write_u32(&mut w[8..12], entries.len() as u32);
-        b.extend_from_slice(&w);
+/// Appends a save record: the hard state (if any) and `entries` (consecutive,
+/// possibly none; at least one of the two must be given).
+pub(crate) fn push_save(
+    buf: &mut Vec<u8>,
+    hs: Option<&HardState>,
+    entries: &[Entry],
+) -> Result<(), crate::Error> {
+    debug_assert!(hs.is_some() || !entries.is_empty());
+    push_frame(buf, REC_SAVE, |b| {
+        let mut w = [0u8; SAVE_HEADER_LEN + HARD_STATE_LEN];
+        LE::write_u32(
+            &mut w[0..4],
+            if hs.is_some() { SAVE_HAS_HARD_STATE } else { 0 },
+        );
+        LE::write_u32(&mut w[4..8], entries.len() as u32);
+        LE::write_u64(&mut w[8..16], entries.first().map_or(0, |e| e.index));
+        let mut n = SAVE_HEADER_LEN;
+        if let Some(hs) = hs {
+            LE::write_u64(&mut w[16..24], hs.term);
+            LE::write_u64(&mut w[24..32], hs.vote);
+            LE::write_u64(&mut w[32..40], hs.commit);
+            n += HARD_STATE_LEN;
+        }
+        b.extend_from_slice(&w[..n]);
         for e in entries {
             let mut h = [0u8; ENTRY_HEADER_LEN];
             LE::write_u64(&mut h[0..8], e.term);
@@ -167,17 +183,6 @@ pub(crate) fn push_entries(buf: &mut Vec<u8>, entries: &[Entry]) -> Result<(), c
             b.extend_from_slice(&h);
             b.extend_from_slice(&e.data);
         }
-    })
-}
-
-/// Appends a hard-state record.
-pub(crate) fn push_hard_state(buf: &mut Vec<u8>, hs: &HardState) -> Result<(), crate::Error> {
-    push_frame(buf, REC_HARD_STATE, |b| {
-        let mut w = [0u8; HARD_STATE_LEN];
-        LE::write_u64(&mut w[0..8], hs.term);
-        LE::write_u64(&mut w[8..16], hs.vote);
-        LE::write_u64(&mut w[16..24], hs.commit);
-        b.extend_from_slice(&w);
     })
 }
 
@@ -278,7 +283,7 @@ pub(crate) fn trusted_frame(bytes: &[u8], off: usize) -> Frame {
     }
 }
 
-/// One entry of an entries record, borrowed from the segment bytes.
+/// One entry of a save record, borrowed from the segment bytes.
 pub(crate) struct EntryView<'a> {
     pub index: u64,
     pub term: u64,
@@ -286,81 +291,131 @@ pub(crate) struct EntryView<'a> {
     pub data: &'a [u8],
 }
 
-/// Splits an entries payload into its first index, count and entries.
-/// Checks the whole structure; `Err` says what is malformed.
-pub(crate) fn parse_entries(payload: &[u8]) -> Result<(u64, u32), String> {
-    if payload.len() < ENTRIES_HEADER_LEN {
-        return Err("entries record is shorter than its 12-byte header".into());
+/// What a save record holds, apart from the entries themselves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SaveView {
+    pub hard_state: Option<HardState>,
+    /// Index of the first entry (meaningless when `count` is 0).
+    pub first: u64,
+    pub count: u32,
+}
+
+/// Decodes the prefix of a save payload without walking the entries; the
+/// payload must be at least as long as the prefix says.
+fn save_prefix(payload: &[u8]) -> Result<(SaveView, usize), String> {
+    if payload.len() < SAVE_HEADER_LEN {
+        return Err("save record is shorter than its 16-byte prefix".into());
     }
-    let first = LE::read_u64(&payload[0..8]);
-    let count = LE::read_u32(&payload[8..12]);
-    if count == 0 {
-        return Err("entries record holds zero entries".into());
+    let flags = LE::read_u32(&payload[0..4]);
+    if flags & !SAVE_HAS_HARD_STATE != 0 {
+        return Err(format!("save record has unknown flags {flags:#x}"));
     }
-    if first == 0 || first.checked_add(u64::from(count)).is_none() {
-        return Err(format!("entries record has impossible first index {first}"));
+    let count = LE::read_u32(&payload[4..8]);
+    let first = LE::read_u64(&payload[8..16]);
+    let mut pos = SAVE_HEADER_LEN;
+    let hard_state = if flags & SAVE_HAS_HARD_STATE != 0 {
+        if payload.len() < pos + HARD_STATE_LEN {
+            return Err("save record is too short for its hard state".into());
+        }
+        let h = &payload[pos..pos + HARD_STATE_LEN];
+        pos += HARD_STATE_LEN;
+        Some(HardState {
+            term: LE::read_u64(&h[0..8]),
+            vote: LE::read_u64(&h[8..16]),
+            commit: LE::read_u64(&h[16..24]),
+        })
+    } else {
+        None
+    };
+    Ok((
+        SaveView {
+            hard_state,
+            first,
+            count,
+        },
+        pos,
+    ))
+}
+
+/// Checks the whole structure of a save payload; `Err` says what is
+/// malformed.
+pub(crate) fn parse_save(payload: &[u8]) -> Result<SaveView, String> {
+    let (v, mut pos) = save_prefix(payload)?;
+    if v.count == 0 {
+        if v.hard_state.is_none() {
+            return Err("save record holds neither a hard state nor entries".into());
+        }
+        if v.first != 0 {
+            return Err(format!(
+                "save record without entries has first index {}",
+                v.first
+            ));
+        }
+    } else if v.first == 0 || v.first.checked_add(u64::from(v.count)).is_none() {
+        return Err(format!(
+            "save record has impossible first index {}",
+            v.first
+        ));
     }
-    let mut pos = ENTRIES_HEADER_LEN;
-    for i in 0..count {
+    for i in 0..v.count {
         if payload.len() - pos < ENTRY_HEADER_LEN {
-            return Err(format!("entry {i} of {count} is cut short"));
+            return Err(format!("entry {i} of {} is cut short", v.count));
         }
         let len = LE::read_u32(&payload[pos + 8..pos + 12]) as usize;
         pos += ENTRY_HEADER_LEN;
         if payload.len() - pos < len {
             return Err(format!(
-                "entry {i} of {count} claims {len} data bytes past the record"
+                "entry {i} of {} claims {len} data bytes past the record",
+                v.count
             ));
         }
         pos += len;
     }
     if pos != payload.len() {
         return Err(format!(
-            "entries record has {} unexplained trailing bytes",
+            "save record has {} unexplained trailing bytes",
             payload.len() - pos
         ));
     }
-    Ok((first, count))
+    Ok(v)
 }
 
-/// First index and count of an entries payload already checked by
-/// [`parse_entries`] (reads only the 12-byte prefix).
-pub(crate) fn trusted_entries_header(payload: &[u8]) -> (u64, u32) {
-    (LE::read_u64(&payload[0..8]), LE::read_u32(&payload[8..12]))
+/// The prefix of a save payload already checked by [`parse_save`]; reads
+/// only the prefix, not the entries.
+pub(crate) fn trusted_save(payload: &[u8]) -> SaveView {
+    save_prefix(payload).map_or(
+        SaveView {
+            hard_state: None,
+            first: 0,
+            count: 0,
+        },
+        |(v, _)| v,
+    )
 }
 
-/// Iterates the entries of a payload already checked by [`parse_entries`].
+/// Iterates the entries of a save payload already checked by [`parse_save`].
 pub(crate) fn entries_iter(payload: &[u8]) -> impl Iterator<Item = EntryView<'_>> {
-    let first = LE::read_u64(&payload[0..8]);
-    let count = LE::read_u32(&payload[8..12]) as u64;
-    let mut pos = ENTRIES_HEADER_LEN;
-    (0..count).map(move |i| {
+    let (v, start) = save_prefix(payload).unwrap_or((
+        SaveView {
+            hard_state: None,
+            first: 0,
+            count: 0,
+        },
+        payload.len(),
+    ));
+    let mut pos = start;
+    (0..u64::from(v.count)).map(move |i| {
         let term = LE::read_u64(&payload[pos..pos + 8]);
         let len = LE::read_u32(&payload[pos + 8..pos + 12]) as usize;
         let kind = payload[pos + 12];
         let data = &payload[pos + ENTRY_HEADER_LEN..pos + ENTRY_HEADER_LEN + len];
         pos += ENTRY_HEADER_LEN + len;
         EntryView {
-            index: first + i,
+            index: v.first + i,
             term,
             kind,
             data,
         }
-    })
-}
-
-/// Decodes a hard-state payload.
-pub(crate) fn parse_hard_state(payload: &[u8]) -> Result<HardState, String> {
-    if payload.len() != HARD_STATE_LEN {
-        return Err(format!(
-            "hard-state record has {} payload bytes, expected {HARD_STATE_LEN}",
-            payload.len()
-        ));
-    }
-    Ok(HardState {
-        term: LE::read_u64(&payload[0..8]),
-        vote: LE::read_u64(&payload[8..16]),
-        commit: LE::read_u64(&payload[16..24]),
     })
 }
 
@@ -403,13 +458,14 @@ mod tests {
         for n in 0..20 {
             let mut buf = Vec::new();
             let e = [entry(5, &vec![0xAB; n])];
-            push_entries(&mut buf, &e).unwrap();
+            push_save(&mut buf, None, &e).unwrap();
             assert_eq!(buf.len() % 8, 0);
             assert_eq!(buf.len(), entries_frame_len(&e));
             let f = check_frame(&buf, 0).unwrap();
             assert_eq!(f.total, buf.len());
             let p = &buf[f.payload_start..f.payload_start + f.payload_len];
-            assert_eq!(parse_entries(p).unwrap(), (5, 1));
+            let v = parse_save(p).unwrap();
+            assert_eq!((v.hard_state, v.first, v.count), (None, 5, 1));
             let got: Vec<_> = entries_iter(p).map(|v| v.data.to_vec()).collect();
             assert_eq!(got, vec![vec![0xAB; n]]);
         }
@@ -418,7 +474,7 @@ mod tests {
     #[test]
     fn no_single_bit_flip_turns_a_length_word_into_end_of_data() {
         let mut buf = Vec::new();
-        push_hard_state(&mut buf, &HardState::default()).unwrap();
+        push_save(&mut buf, Some(&HardState::default()), &[]).unwrap();
         let word = LE::read_u64(&buf[0..8]);
         for bit in 0..64 {
             assert_ne!(word ^ (1 << bit), 0);

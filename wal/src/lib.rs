@@ -23,7 +23,8 @@
 //!
 //! - **Segments** (`segment`) are preallocated files of fixed size
 //!   ([`Options::segment_size`]) holding 8-byte-aligned, CRC-checked records
-//!   (`format`): batches of entries, hard states and snapshot markers. A zero
+//!   (`format`): one per save (entries and/or hard state), and snapshot
+//!   markers. A zero
 //!   length word marks the end of the written data. When a batch does not
 //!   fit, the segment is synced and a new one, prepared in the background,
 //!   is renamed into place; it starts by restating the hard state and the
@@ -65,10 +66,12 @@
 //!
 //! - **No repair of corruption.** Damage that is not a torn tail stops the
 //!   node; the remedy is to rebuild the node from its peers.
-//! - **No reordering tolerance beyond the torn tail.** If a power cut
-//!   persists a later page of an unsynced write but not an earlier one, the
-//!   result is indistinguishable from a damaged record followed by valid
-//!   ones, and `open` reports corruption rather than guess.
+//! - **No reordering tolerance across appends.** Each append is one record,
+//!   so a power cut inside one append is always a torn tail. But if several
+//!   unsynced appends are in flight and a power cut persists a later one
+//!   while damaging an earlier one, the result is indistinguishable from a
+//!   damaged record followed by valid ones, and `open` reports corruption
+//!   rather than guess.
 //! - **No concurrency.** A `Wal` is used from one thread at a time (`&mut`);
 //!   only the preparation of the next segment runs on a helper thread.
 //! - **No automatic compaction.** The caller decides when to snapshot and

@@ -57,8 +57,8 @@ use std::path::{Path, PathBuf};
 use memmap2::{Mmap, MmapOptions};
 
 use crate::format::{
-    self, check_frame, parse_entries, parse_hard_state, parse_marker, parse_segment_header,
-    trusted_frame, Marker, REC_ENTRIES, REC_HARD_STATE, REC_SNAPSHOT, SEGMENT_HEADER_LEN,
+    self, check_frame, parse_marker, parse_save, parse_segment_header, trusted_frame, Marker,
+    REC_SAVE, REC_SNAPSHOT, SEGMENT_HEADER_LEN,
 };
 use crate::segment::parse_segment_file_name;
 use crate::snapshot::{self, SnapFile};
@@ -198,11 +198,8 @@ fn scan(bytes: &[u8]) -> Result<Scan, (usize, String)> {
         };
         let payload = &bytes[f.payload_start..f.payload_start + f.payload_len];
         match f.kind {
-            REC_ENTRIES => {
-                parse_entries(payload).map_err(|r| (off, r))?;
-            }
-            REC_HARD_STATE => {
-                parse_hard_state(payload).map_err(|r| (off, r))?;
+            REC_SAVE => {
+                parse_save(payload).map_err(|r| (off, r))?;
             }
             REC_SNAPSHOT => markers.push(parse_marker(payload).map_err(|r| (off, r))?),
             other => {
@@ -551,7 +548,7 @@ fn choose_snapshot(snap_dir: &Path, newest: Option<Marker>) -> Result<Chosen, Er
     Ok((chosen, set_aside, note))
 }
 
-/// The surviving entries of one entries record: `take` entries starting
+/// The surviving entries of one save record: `take` entries starting
 /// `skip` entries into the record, the first of them at index `first`.
 #[derive(Clone, Copy, Debug)]
 struct Run {
@@ -591,10 +588,14 @@ impl Replay {
             let f = trusted_frame(bytes, off);
             let payload = &bytes[f.payload_start..f.payload_start + f.payload_len];
             match f.kind {
-                REC_ENTRIES => self.entries_record(seg, &f, payload, path, off)?,
-                REC_HARD_STATE => {
-                    self.hard_state = parse_hard_state(payload)
-                        .map_err(|r| Error::corrupt(path, off as u64, r))?
+                REC_SAVE => {
+                    let v = format::trusted_save(payload);
+                    if v.count > 0 {
+                        self.entries_record(seg, &f, v, path, off)?;
+                    }
+                    if let Some(hs) = v.hard_state {
+                        self.hard_state = hs;
+                    }
                 }
                 REC_SNAPSHOT => {
                     let m =
@@ -633,13 +634,13 @@ impl Replay {
         &mut self,
         seg: usize,
         f: &format::Frame,
-        payload: &[u8],
+        v: format::SaveView,
         path: &Path,
         off: usize,
     ) -> Result<(), Error> {
         // Pass 1 checked the whole payload; walking every entry header again
         // would touch every cache line of the log.
-        let (first, count) = format::trusted_entries_header(payload);
+        let (first, count) = (v.first, v.count);
         if first > self.log_last + 1 {
             return Err(Error::corrupt(
                 path,

@@ -7,10 +7,13 @@
 //! entries as runs (one pair per term change, so memory does not grow with
 //! the log), and the last hard state.
 //!
-//! The hot path is [`Wal::save`]: the batch is encoded into one reused
-//! buffer (entries record, then hard-state record, so that a crash between
-//! the two can never leave a commit index pointing past the log), written
-//! with one `pwrite`, and, if asked, made durable with one `fdatasync`.
+//! The hot path is [`Wal::save`]: the batch (entries and hard state) is
+//! encoded as a single record into one reused buffer, written with one
+//! `pwrite`, and, if asked, made durable with one `fdatasync`. A single
+//! record per write matters for recovery: a crash mid-write then leaves one
+//! damaged record with nothing valid after it, the signature of a torn
+//! tail, whatever order the pages reached the disk in; and entries and the
+//! hard state that may commit them survive or vanish together.
 //! When the batch does not fit in the current segment, the segment is synced
 //! and the next one (prepared in the background) is installed first; it
 //! starts with the current hard state and snapshot marker, so that older
@@ -195,10 +198,22 @@ impl Wal {
                 };
                 if !r.tail_has_records {
                     // The head records are what lets older segments be
-                    // released; a tail segment without them gets them now.
+                    // released; a tail segment without them gets them now,
+                    // one synced write per record (see `save`).
+                    let hs = wal.hard_state;
                     wal.buf.clear();
-                    wal.push_head()?;
+                    format::push_save(&mut wal.buf, Some(&hs), &[])?;
                     wal.append_buf(true)?;
+                    if let Some((m, _)) = &wal.snapshot {
+                        let marker = Marker {
+                            index: m.index,
+                            term: m.term,
+                            reset: false,
+                        };
+                        wal.buf.clear();
+                        format::push_marker(&mut wal.buf, &marker)?;
+                        wal.append_buf(true)?;
+                    }
                 }
                 (wal, recovered)
             }
@@ -206,7 +221,7 @@ impl Wal {
                 let size = opts.segment_size;
                 let prepared = prealloc.take(dir, 0, size)?;
                 let mut head = Vec::new();
-                format::push_hard_state(&mut head, &HardState::default())?;
+                format::push_save(&mut head, Some(&HardState::default()), &[])?;
                 let inst = segment::install(prepared, dir, 0, 1, &head, size)?;
                 log::info!("created a new WAL in {}", dir.display());
                 let wal = Wal {
@@ -283,13 +298,11 @@ impl Wal {
         if entries.is_empty() && hard_state.is_none() {
             return if sync { self.sync() } else { Ok(()) };
         }
+        // One record per save, so that one write never holds two records: a
+        // crash can then tear a write only into a bad record with nothing
+        // valid after it, which recovery recognises as a torn tail.
         self.buf.clear();
-        if !entries.is_empty() {
-            format::push_entries(&mut self.buf, entries)?;
-        }
-        if let Some(hs) = hard_state {
-            format::push_hard_state(&mut self.buf, hs)?;
-        }
+        format::push_save(&mut self.buf, hard_state, entries)?;
         self.append_buf(sync)?;
         if let Some(first) = entries.first() {
             self.terms.truncate_from(first.index);
@@ -533,7 +546,7 @@ impl Wal {
     /// Appends the records restating the current state: hard state, then the
     /// snapshot marker (never flagged reset: restating changes nothing).
     fn push_head(&mut self) -> Result<(), Error> {
-        format::push_hard_state(&mut self.buf, &self.hard_state)?;
+        format::push_save(&mut self.buf, Some(&self.hard_state), &[])?;
         if let Some((m, _)) = &self.snapshot {
             format::push_marker(
                 &mut self.buf,

@@ -121,8 +121,10 @@ fn layout() -> Vec<Vec<Frame>> {
 fn a_flip_in_the_last_record_of_the_last_segment_is_cut_as_a_torn_tail() {
     let layout = layout();
     let last = layout.last().unwrap().last().unwrap().clone();
-    let all: Vec<Record> = layout.iter().flatten().map(|f| f.record.clone()).collect();
-    let (want_hs, want_entries) = apply(&all[..all.len() - 1]);
+    let mut before: Vec<&Frame> = layout.iter().flatten().collect();
+    before.pop();
+    let all: Vec<Record> = before.iter().flat_map(|f| f.records.clone()).collect();
+    let (want_hs, want_entries) = apply(&all);
     flip_each_bit(
         layout.len() - 1,
         last.offset,

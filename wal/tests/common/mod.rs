@@ -129,7 +129,9 @@ pub struct Frame {
     pub len: usize,
     /// Offset just past the payload (padding starts here).
     pub payload_end: usize,
-    pub record: Record,
+    /// What the record does, in order (a save record holds entries, then a
+    /// hard state).
+    pub records: Vec<Record>,
 }
 
 #[derive(Clone, Debug)]
@@ -170,11 +172,20 @@ pub fn frames(seg: &[u8]) -> Vec<Frame> {
             h.finalize()
         };
         assert_eq!(crc, u32_at(seg, off + 8), "crc at {off}");
-        let record = match seg[off + 12] {
+        let records = match seg[off + 12] {
             1 => {
-                let first = u64_at(payload, 0);
-                let count = u32_at(payload, 8) as u64;
-                let mut pos = 12;
+                let flags = u32_at(payload, 0);
+                let count = u32_at(payload, 4) as u64;
+                let first = u64_at(payload, 8);
+                let mut pos = 16;
+                let hs = (flags & 1 == 1).then(|| {
+                    pos += 24;
+                    HardState {
+                        term: u64_at(payload, 16),
+                        vote: u64_at(payload, 24),
+                        commit: u64_at(payload, 32),
+                    }
+                });
                 let mut es = Vec::new();
                 for i in 0..count {
                     let term = u64_at(payload, pos);
@@ -188,25 +199,26 @@ pub fn frames(seg: &[u8]) -> Vec<Frame> {
                     });
                     pos += 13 + n;
                 }
-                Record::Entries(es)
+                assert_eq!(pos, payload.len());
+                let mut rs = Vec::new();
+                if !es.is_empty() {
+                    rs.push(Record::Entries(es));
+                }
+                rs.extend(hs.map(Record::HardState));
+                rs
             }
-            2 => Record::HardState(HardState {
-                term: u64_at(payload, 0),
-                vote: u64_at(payload, 8),
-                commit: u64_at(payload, 16),
-            }),
-            3 => Record::Snapshot {
+            2 => vec![Record::Snapshot {
                 index: u64_at(payload, 0),
                 term: u64_at(payload, 8),
                 reset: u32_at(payload, 16) & 1 == 1,
-            },
+            }],
             t => panic!("unknown type {t}"),
         };
         out.push(Frame {
             offset: off,
             len,
             payload_end: off + 8 + body,
-            record,
+            records,
         });
         off += len;
     }
