@@ -278,7 +278,7 @@ mod tests {
         let mut r = Rng(777);
         let values: Vec<u64> = (0..100_000)
             .map(|_| {
-                if r.next() % 1000 == 0 {
+                if r.next().is_multiple_of(1000) {
                     900_000 + r.next() % 200_000
                 } else {
                     1_500 + r.next() % 1_000
