@@ -21,6 +21,9 @@
 #                              rows share one, so its store grows row by row)
 #   BENCH_PORT_BASE [17000]    peers on BASE+1..3, clients on BASE+1001..1003;
 #                              if taken, the next free block of 10 is used
+#   BENCH_PERF_FSYNC [0]       1: count the leader's fdatasync calls with perf
+#                              (root, tracepoints) for the entries/fsync column
+#                              while the node does not log that figure itself
 #   BENCH_CSV [unset]          also append raftbench's CSV lines to this file
 #   BENCH_KEEP [0]             1: keep the data dir and logs (path is printed)
 #   BENCH_NO_BUILD [0]         1: use the binaries in target/release as they are
@@ -152,12 +155,29 @@ check_alive() {
 # HOOK(entries-per-fsync): the node does not log group-commit figures yet.
 # Once the ready thread logs a line such as
 #   fsync stats: 1234 fsyncs, 5678 entries, 4.6 entries/fsync
-# this prints the last "<X> entries/fsync" the leader logged during the row
-# (log lines after line $2); until then the column shows n/a.
-fsync_stats() {
-  local x
+# fsync_stats prints the last "<X> entries/fsync" the leader logged during
+# the row (log lines after line $2). Until then the column shows n/a, or with
+# BENCH_PERF_FSYNC=1 an outside estimate: measured writes / the leader's
+# fdatasync+fsync calls over the measured interval, marked "~".
+fsync_stats() { # leader-log first-line perf-output ops
+  local x n
   x=$(tail -n +"$(($2 + 1))" "$1" | grep -o '[0-9.]\+ entries/fsync' | tail -n 1 | cut -d' ' -f1 || true)
+  if [ -z "$x" ] && [ -s "$3" ]; then
+    n=$(awk -F, '$1 ~ /^[0-9]+$/ {n += $1} END {print n + 0}' "$3")
+    [ "$n" -gt 0 ] && x="~$(awk -v o="$4" -v n="$n" 'BEGIN{printf "%.1f", o/n}')"
+  fi
   echo "${x:-n/a}"
+}
+
+# With BENCH_PERF_FSYNC=1: counts the leader's fsyncs over the measured
+# interval into $1, in the background.
+FSYNC_PERF_PID=""
+fsync_perf() {
+  FSYNC_PERF_PID=""
+  [ "${BENCH_PERF_FSYNC:-0}" = 1 ] && command -v perf >/dev/null || return 0
+  (sleep "$WARMUP"; perf stat -x, -o "$1" -e syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync \
+    -p "${PIDS[$((LEADER - 1))]}" -- sleep "$SECS" 2>/dev/null) &
+  FSYNC_PERF_PID=$!
 }
 
 HEADER=$("$BENCH_BIN" --csv-header)
@@ -184,20 +204,22 @@ run_row() { # label clients extra-args...
   check_alive
   lines=$(wc -l <"$DIR/node-$LEADER.log")
   echo "bench.sh: $label: $clients clients ..." >&2
+  fsync_perf "$DIR/fsync-$row_no.txt"
   out=$("$BENCH_BIN" --endpoints "$ENDPOINTS" --clients "$clients" --duration "${SECS}s" \
     --warmup "${WARMUP}s" --key-size 8 --value-size 256 --key-prefix "$prefix" \
     --pids "$PIDLIST" --csv "$@") || true
+  [ -z "$FSYNC_PERF_PID" ] || wait "$FSYNC_PERF_PID" || true
   if [ -z "$out" ]; then
     ROWS+=("$(printf '%-8s | %s' "$label" "raftbench failed")")
     return
   fi
   [ -z "${BENCH_CSV:-}" ] || echo "$label,$out" >>"$BENCH_CSV"
-  ROWS+=("$(printf '%-8s | %9s | %7s | %7s | %7s | %8s | %8s | %6s | %-17s | %-14s | %s' \
+  ROWS+=("$(printf '%-8s | %9s | %7s | %7s | %7s | %8s | %8s | %6s | %-17s | %-17s | %s' \
     "$label" "$(col "$out" ops_per_s)" \
     "$(ms "$(col "$out" p50_us)")" "$(ms "$(col "$out" p90_us)")" "$(ms "$(col "$out" p99_us)")" \
     "$(ms "$(col "$out" p999_us)")" "$(ms "$(col "$out" max_us)")" \
     "$(col "$out" errors)" "$(col "$out" node_cpu_s | tr ';' /)" "$(col "$out" node_rss_mib | tr ';' /)" \
-    "$(fsync_stats "$DIR/node-$LEADER.log" "$lines")")")
+    "$(fsync_stats "$DIR/node-$LEADER.log" "$lines" "$DIR/fsync-$row_no.txt" "$(col "$out" ops)")")")
   if [ "$(col "$out" errors)" != 0 ]; then
     ROWS+=("         errors: $(col "$out" error_codes)")
   fi
@@ -225,7 +247,7 @@ echo
 echo "raftnode benchmark: 3 nodes on 127.0.0.1 (fsync on), $(nproc) CPUs, endpoints: $WHERE"
 echo "8 B keys, 256 B values, unique keys for writes; ${SECS} s measured per row after ${WARMUP} s warmup"
 echo "$CLUSTER; latencies in ms; CPU s (over the measured ${SECS} s) and RSS MiB per node 1/2/3"
-printf '%-8s | %9s | %7s | %7s | %7s | %8s | %8s | %6s | %-17s | %-14s | %s\n' \
+printf '%-8s | %9s | %7s | %7s | %7s | %8s | %8s | %6s | %-17s | %-17s | %s\n' \
   clients writes/s p50 p90 p99 p99.9 max errors "CPU s per node" "RSS per node" entries/fsync
 printf '%s\n' "${ROWS[@]}"
 if [ -n "$GET_CLIENTS" ]; then
