@@ -158,11 +158,15 @@ check_alive() {
 # fsync_stats prints the last "<X> entries/fsync" the leader logged during
 # the row (log lines after line $2). Until then the column shows n/a, or with
 # BENCH_PERF_FSYNC=1 an outside estimate: measured writes / the leader's
-# fdatasync+fsync calls over the measured interval, marked "~".
+# fdatasync+fsync calls over the measured interval, marked "~" ("-" for a
+# row without writes; wrong if leadership moves during the row, which the
+# table then says).
 fsync_stats() { # leader-log first-line perf-output ops
   local x n
   x=$(tail -n +"$(($2 + 1))" "$1" | grep -o '[0-9.]\+ entries/fsync' | tail -n 1 | cut -d' ' -f1 || true)
-  if [ -z "$x" ] && [ -s "$3" ]; then
+  if [ -z "$x" ] && [ "$4" = 0 ]; then
+    x=-
+  elif [ -z "$x" ] && [ -s "$3" ]; then
     n=$(awk -F, '$1 ~ /^[0-9]+$/ {n += $1} END {print n + 0}' "$3")
     [ "$n" -gt 0 ] && x="~$(awk -v o="$4" -v n="$n" 'BEGIN{printf "%.1f", o/n}')"
   fi
@@ -202,6 +206,10 @@ run_row() { # label clients extra-args...
     LEADERS+=("$LEADER")
   fi
   check_alive
+  # Leadership may have moved during an earlier row: follow it.
+  local now
+  now=$(agreed_leader)
+  LEADER=${now:-$LEADER}
   lines=$(wc -l <"$DIR/node-$LEADER.log")
   echo "bench.sh: $label: $clients clients ..." >&2
   fsync_perf "$DIR/fsync-$row_no.txt"
@@ -219,9 +227,13 @@ run_row() { # label clients extra-args...
     "$(ms "$(col "$out" p50_us)")" "$(ms "$(col "$out" p90_us)")" "$(ms "$(col "$out" p99_us)")" \
     "$(ms "$(col "$out" p999_us)")" "$(ms "$(col "$out" max_us)")" \
     "$(col "$out" errors)" "$(col "$out" node_cpu_s | tr ';' /)" "$(col "$out" node_rss_mib | tr ';' /)" \
-    "$(fsync_stats "$DIR/node-$LEADER.log" "$lines" "$DIR/fsync-$row_no.txt" "$(col "$out" ops)")")")
+    "$(fsync_stats "$DIR/node-$LEADER.log" "$lines" "$DIR/fsync-$row_no.txt" "$(col "$out" puts)")")")
   if [ "$(col "$out" errors)" != 0 ]; then
     ROWS+=("         errors: $(col "$out" error_codes)")
+  fi
+  now=$(agreed_leader)
+  if [ "${now:-0}" != "$LEADER" ]; then
+    ROWS+=("         leader changed during the row: node $LEADER -> ${now:-none agreed yet}")
   fi
 }
 
