@@ -183,8 +183,9 @@ pub struct NodeLoop {
     outstanding: bool,
     read_seq: u64,
     transfers: Vec<(NodeId, Sender<Reply>, Instant)>,
-    /// Leader as of the last Ready handed out.
+    /// The last leader known (never reset to none), and its term.
     leader: NodeId,
+    leader_term: u64,
     /// Promotions proposed and when, so they are not proposed every tick.
     promoting: HashMap<NodeId, Instant>,
 }
@@ -212,6 +213,7 @@ impl NodeLoop {
             read_seq: 0,
             transfers: Vec::new(),
             leader: NO_NODE,
+            leader_term: 0,
             promoting: HashMap::new(),
         }
     }
@@ -225,9 +227,7 @@ impl NodeLoop {
                 let rd = self.raw.ready();
                 if let Some(ss) = rd.soft_state {
                     self.shared.leader.store(ss.leader, Ordering::Relaxed);
-                    if ss.leader != self.leader {
-                        self.leader_changed(ss.leader);
-                    }
+                    self.leader_changed(ss.leader);
                     self.check_transfers(ss.leader);
                 }
                 if self.ch.ready.send(rd).is_err() {
@@ -396,17 +396,26 @@ impl NodeLoop {
     }
 
     /// Requests forwarded to (or accepted by) the old leader may be lost or
-    /// may still commit: answer them now, as etcd does, with an error that
-    /// says the outcome is unknown, rather than let them wait for the timeout.
-    /// Requests still queued in the channel are not affected.
+    /// may still commit: once a *different* leader is known, answer them,
+    /// as etcd does, with an error that says the outcome is unknown, rather
+    /// than let them wait for the timeout. Losing track of the leader for a
+    /// moment (a PreVote round that goes back to the same leader) fails
+    /// nothing. Requests still queued in the channel are not affected.
     fn leader_changed(&mut self, leader: NodeId) {
+        if leader == NO_NODE {
+            return;
+        }
+        let term = self.raw.status().hard_state.term;
+        if (leader, term) == (self.leader, self.leader_term) {
+            return;
+        }
         let had_leader = self.leader != NO_NODE;
         self.leader = leader;
+        self.leader_term = term;
         if had_leader {
             info!("leader changed to {leader}; failing requests in flight");
             let msg = "leader changed while the request was in flight; the outcome is unknown";
-            self.shared
-                .answer_all(&Reply::error(ErrorCode::LeaderChanged, msg));
+            self.shared.answer_all(&Reply::error(ErrorCode::LeaderChanged, msg));
             let _ = self.ch.read_batches.send(ReadNotice::LeaderChanged);
         }
     }
