@@ -62,6 +62,20 @@
 //! # Ok::<(), wal::Error>(())
 //! ```
 //!
+//! # Performance
+//!
+//! `examples/wal_bench.rs` measures both paths. An append with `sync` costs
+//! what a raw `pwrite` + `fdatasync` of the same bytes costs (ratio 0.93 to
+//! 1.00 on the development machine): the record is built in a reused
+//! buffer, and segments are preallocated off the critical path. Opening a
+//! large log is dominated not by reading or checking it (pass 1 runs at
+//! several GB/s) but by allocating memory for every entry's `Vec<u8>`;
+//! that part is spread over the available cores. With glibc, a larger
+//! allocator top pad (for example
+//! `GLIBC_TUNABLES=glibc.malloc.top_pad=67108864` in the node's
+//! environment) cut the CPU time of opening a 1 GiB log by 20 to 55% there,
+//! because the heap then grows in fewer steps.
+//!
 //! # What it deliberately does not do
 //!
 //! - **No repair of corruption.** Damage that is not a torn tail stops the
