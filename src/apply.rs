@@ -391,6 +391,9 @@ pub struct Applier {
     /// Index of the snapshot before the newest, which the WAL keeps entries for.
     pub prev_snapshot_index: u64,
     read_batches: HashMap<Vec<u8>, Vec<ReadWaiter>>,
+    /// The snapshot being written, if any, and SNAPSHOT requests waiting.
+    snapshotting: Option<Snapshotting>,
+    snapshot_waiters: Vec<Sender<Reply>>,
     /// Group-commit figures, logged every [`STATS_EVERY`].
     stats: FsyncStats,
     /// Reads waiting for their index to be applied, in read-index order.
@@ -432,6 +435,8 @@ impl Applier {
             prev_snapshot_index: 0,
             read_batches: HashMap::new(),
             stats: FsyncStats::new(),
+            snapshotting: None,
+            snapshot_waiters: Vec::new(),
             waiting_reads: Vec::new(),
         };
         a.connect_members();
@@ -462,7 +467,12 @@ impl Applier {
     }
 
     pub fn run(mut self) {
+        let never = crossbeam_channel::never();
         loop {
+            let done = match &self.snapshotting {
+                Some(s) => s.done.clone(),
+                None => never.clone(),
+            };
             select! {
                 recv(self.ch.ready) -> rd => match rd {
                     Ok(rd) => self.handle_ready(rd),
@@ -470,8 +480,13 @@ impl Applier {
                 },
                 recv(self.ch.snapshot_requests) -> r => {
                     if let Ok(reply) = r {
-                        let index = self.take_snapshot();
-                        let _ = reply.try_send(Reply::OkIndex(index));
+                        self.snapshot_waiters.push(reply);
+                        self.start_snapshot();
+                    }
+                }
+                recv(done) -> r => {
+                    if let Ok(written) = r {
+                        self.finish_snapshot(written);
                     }
                 }
             }
@@ -539,7 +554,7 @@ impl Applier {
         self.serve_reads();
         if self.snapshot_entries > 0 && self.applied >= self.snapshot_index + self.snapshot_entries
         {
-            self.take_snapshot();
+            self.start_snapshot();
         }
         let _ = self.ch.advance.send(());
     }
@@ -714,7 +729,7 @@ impl Applier {
             for w in waiters {
                 if w.deadline > now {
                     let reply = match kv.get(&w.key) {
-                        Some(v) => Reply::Value(v.clone()),
+                        Some(v) => Reply::Value(v.to_vec()),
                         None => Reply::NotFound,
                     };
                     let _ = w.reply.try_send(reply);
@@ -728,59 +743,100 @@ impl Applier {
             .retain(|_, ws| ws.iter().any(|w| w.deadline > now));
     }
 
-    /// Snapshots the applied state, compacts the in-memory log behind it
-    /// (keeping a tail) and releases WAL segments. Returns the snapshot index.
-    fn take_snapshot(&mut self) -> u64 {
+    /// Starts a snapshot of the applied state unless one is being written.
+    /// The data is written and synced on a background thread from a frozen
+    /// view of the store, so the Ready loop (and with it heartbeats and
+    /// appends) never waits for a large snapshot; [`Applier::finish_snapshot`]
+    /// commits it.
+    fn start_snapshot(&mut self) {
+        if self.snapshotting.is_some() {
+            return;
+        }
         let index = self.applied;
         if index <= self.snapshot_index {
-            return self.snapshot_index;
+            let reply = Reply::OkIndex(self.snapshot_index);
+            for w in self.snapshot_waiters.drain(..) {
+                let _ = w.try_send(reply.clone());
+            }
+            return;
         }
         let term = match self.storage.term(index) {
             Ok(t) => t,
             Err(e) => {
                 warn!("cannot snapshot at {index}: {e}");
-                return self.snapshot_index;
+                return;
             }
         };
-        let meta = SnapshotMeta {
-            index,
-            term,
-            conf_state: self.conf_state.clone(),
-        };
+        let meta = SnapshotMeta { index, term, conf_state: self.conf_state.clone() };
         let mut writer = match self.wal.snapshot_writer(&to_wal_meta(&meta)) {
             Ok(w) => w,
             Err(e) => fatal("starting a snapshot file", e),
         };
-        if let Err(e) = self.kv.write_snapshot(&mut writer) {
-            fatal("writing a snapshot", e);
+        let view = self.kv.view();
+        let (tx, rx) = bounded(1);
+        let spawned = std::thread::Builder::new().name("snapshot".into()).spawn(move || {
+            let r = view
+                .write_snapshot(&mut writer)
+                .map_err(|e| e.to_string())
+                .and_then(|_| writer.sync_data().map_err(|e| e.to_string()));
+            let _ = tx.send(r.map(|_| writer));
+        });
+        if let Err(e) = spawned {
+            warn!("cannot start the snapshot thread: {e}");
+            return;
         }
-        if let Err(e) = self.wal.commit_snapshot(writer) {
-            fatal("saving a snapshot", e);
-        }
-        if let Err(e) = self
-            .storage
-            .create_snapshot(index, self.conf_state.clone(), Vec::new())
-        {
-            warn!("in-memory snapshot at {index}: {e}");
-        }
-        let compact_to = index.saturating_sub(KEEP_TAIL);
-        if compact_to >= self.storage.first_index() {
-            if let Err(e) = self.storage.compact(compact_to) {
-                warn!("compacting the in-memory log to {compact_to}: {e}");
-            }
-        }
-        self.prev_snapshot_index = self.snapshot_index;
-        self.snapshot_index = index;
-        self.publish_snapshot();
-        // Keep the entries after the previous snapshot, so that recovery can
-        // fall back to it should the newest snapshot file be damaged.
-        if let Err(e) = self
-            .wal
-            .release_to(self.prev_snapshot_index.min(compact_to))
-        {
-            warn!("releasing WAL segments: {e}");
-        }
-        info!("snapshot at {index} ({} keys)", self.kv.len());
-        index
+        self.snapshotting = Some(Snapshotting { meta, done: rx });
     }
+
+    /// Commits a snapshot the background thread has written: records it in
+    /// the WAL, compacts the in-memory log behind it (keeping a tail for slow
+    /// followers) and releases WAL segments.
+    fn finish_snapshot(&mut self, written: Result<wal::SnapshotWriter, String>) {
+        let Some(s) = self.snapshotting.take() else { return };
+        let writer = match written {
+            Ok(w) => w,
+            Err(e) => fatal("writing a snapshot", e),
+        };
+        let index = s.meta.index;
+        if index <= self.snapshot_index {
+            // A snapshot from the leader overtook this one; drop it.
+            drop(writer);
+        } else {
+            if let Err(e) = self.wal.commit_snapshot(writer) {
+                fatal("saving a snapshot", e);
+            }
+            if let Err(e) = self.storage.create_snapshot(index, s.meta.conf_state.clone(), Vec::new()) {
+                warn!("in-memory snapshot at {index}: {e}");
+            }
+            let compact_to = index.saturating_sub(KEEP_TAIL);
+            if compact_to >= self.storage.first_index() {
+                if let Err(e) = self.storage.compact(compact_to) {
+                    warn!("compacting the in-memory log to {compact_to}: {e}");
+                }
+            }
+            self.prev_snapshot_index = self.snapshot_index;
+            self.snapshot_index = index;
+            self.publish_snapshot();
+            // Keep the entries after the previous snapshot, so that recovery
+            // can fall back to it should the newest snapshot file be damaged.
+            if let Err(e) = self.wal.release_to(self.prev_snapshot_index.min(compact_to)) {
+                warn!("releasing WAL segments: {e}");
+            }
+            info!("snapshot at {index} ({} keys)", self.kv.len());
+        }
+        let reply = Reply::OkIndex(self.snapshot_index);
+        for w in self.snapshot_waiters.drain(..) {
+            let _ = w.try_send(reply.clone());
+        }
+        // Requests that came while this one was written want a newer one.
+        if self.snapshot_entries > 0 && self.applied >= self.snapshot_index + self.snapshot_entries {
+            self.start_snapshot();
+        }
+    }
+}
+
+/// A snapshot being written on a background thread.
+struct Snapshotting {
+    meta: SnapshotMeta,
+    done: Receiver<Result<wal::SnapshotWriter, String>>,
 }

@@ -385,6 +385,18 @@ impl SnapshotWriter {
         self.len == 0
     }
 
+    /// Flushes the data written so far and makes it durable (`fdatasync`).
+    /// Optional: [`Wal::commit_snapshot`](crate::Wal::commit_snapshot) syncs
+    /// anyway, but a writer filled on another thread can do the expensive
+    /// part there, leaving only the trailer to sync at commit.
+    pub fn sync_data(&mut self) -> Result<(), Error> {
+        let Some(out) = self.out.as_mut() else {
+            return Ok(());
+        };
+        out.flush().map_err(Error::io("write", &self.tmp))?;
+        out.get_ref().sync_data().map_err(Error::io("fsync", &self.tmp))
+    }
+
     /// Writes the trailer, fsyncs, renames into place and fsyncs the
     /// directory. Returns the final path.
     pub(crate) fn finish(mut self) -> Result<PathBuf, Error> {
