@@ -39,6 +39,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use log::{error, info, warn};
 
 use crate::kv::ErrorCode;
+use crate::reply::ReplyTx;
 use crate::kv::RequestId;
 use crate::kv::{decode_command, KvStore, Reply};
 use crate::node::{decode_conf_context, encode_conf_context, ReadNotice, ReadWaiter, Shared};
@@ -371,7 +372,7 @@ pub struct ApplyChannels {
     pub advance: Sender<()>,
     pub conf: Sender<(ConfChange, Sender<ConfState>)>,
     pub read_batches: Receiver<ReadNotice>,
-    pub snapshot_requests: Receiver<Sender<Reply>>,
+    pub snapshot_requests: Receiver<ReplyTx>,
 }
 
 pub struct Applier {
@@ -393,7 +394,7 @@ pub struct Applier {
     read_batches: HashMap<Vec<u8>, Vec<ReadWaiter>>,
     /// The snapshot being written, if any, and SNAPSHOT requests waiting.
     snapshotting: Option<Snapshotting>,
-    snapshot_waiters: Vec<Sender<Reply>>,
+    snapshot_waiters: Vec<ReplyTx>,
     /// Group-commit figures, logged every [`STATS_EVERY`].
     stats: FsyncStats,
     /// Reads waiting for their index to be applied, in read-index order.
@@ -540,7 +541,7 @@ impl Applier {
                     let reply = Reply::error(ErrorCode::LeaderChanged, msg);
                     for (_, ws) in self.read_batches.drain() {
                         for w in ws {
-                            let _ = w.reply.try_send(reply.clone());
+                            w.reply.send(reply.clone());
                         }
                     }
                 }
@@ -732,7 +733,7 @@ impl Applier {
                         Some(v) => Reply::Value(v.to_vec()),
                         None => Reply::NotFound,
                     };
-                    let _ = w.reply.try_send(reply);
+                    w.reply.send(reply);
                 }
             }
             false
@@ -756,7 +757,7 @@ impl Applier {
         if index <= self.snapshot_index {
             let reply = Reply::OkIndex(self.snapshot_index);
             for w in self.snapshot_waiters.drain(..) {
-                let _ = w.try_send(reply.clone());
+                w.send(reply.clone());
             }
             return;
         }
@@ -826,7 +827,7 @@ impl Applier {
         }
         let reply = Reply::OkIndex(self.snapshot_index);
         for w in self.snapshot_waiters.drain(..) {
-            let _ = w.try_send(reply.clone());
+            w.send(reply.clone());
         }
         // Requests that came while this one was written want a newer one.
         if self.snapshot_entries > 0 && self.applied >= self.snapshot_index + self.snapshot_entries {

@@ -21,6 +21,7 @@ pub mod kv;
 pub mod node;
 pub mod protocol;
 pub mod raft;
+pub mod reply;
 pub mod server;
 pub mod transport;
 

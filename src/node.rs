@@ -30,6 +30,7 @@ use crossbeam_channel::{never, select, tick, Receiver, Sender};
 use log::{debug, info};
 
 use crate::kv::{ErrorCode, Reply, RequestId};
+use crate::reply::ReplyTx;
 use crate::raft::{
     ConfChange, ConfState, Error as RaftError, MemStorage, Message, NodeId, RawNode, Ready, Role,
     NO_LEADER, NO_NODE,
@@ -51,7 +52,7 @@ pub struct Shared {
     /// The newest snapshot file, which peer senders stream from.
     pub snapshot_path: Mutex<Option<std::path::PathBuf>>,
     next_seq: AtomicU64,
-    pending: Mutex<HashMap<u64, Sender<Reply>>>,
+    pending: Mutex<HashMap<u64, ReplyTx>>,
 }
 
 impl Shared {
@@ -59,19 +60,19 @@ impl Shared {
         self.next_seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Sender<Reply>>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ReplyTx>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers a request that will be answered when its entry applies.
-    pub fn register(&self, seq: u64, reply: Sender<Reply>) {
+    pub fn register(&self, seq: u64, reply: ReplyTx) {
         self.pending().insert(seq, reply);
     }
 
     /// Answers request `seq`, if someone still waits for it.
     pub fn answer(&self, seq: u64, reply: Reply) {
         if let Some(tx) = self.pending().remove(&seq) {
-            let _ = tx.try_send(reply);
+            tx.send(reply);
         }
     }
 
@@ -79,7 +80,7 @@ impl Shared {
     /// changes: forwarded proposals may have been lost with the old leader).
     pub fn answer_all(&self, reply: &Reply) {
         for (_, tx) in self.pending().drain() {
-            let _ = tx.try_send(reply.clone());
+            tx.send(reply.clone());
         }
     }
 
@@ -116,7 +117,7 @@ pub enum NodeRequest {
     /// A linearizable read of `key`.
     Read {
         key: Vec<u8>,
-        reply: Sender<Reply>,
+        reply: ReplyTx,
         deadline: Instant,
     },
     /// A membership change; answered through [`Shared`] when applied.
@@ -128,7 +129,7 @@ pub enum NodeRequest {
     /// Move leadership; answered when `target` is known to lead.
     Transfer {
         target: NodeId,
-        reply: Sender<Reply>,
+        reply: ReplyTx,
         deadline: Instant,
     },
 }
@@ -144,7 +145,7 @@ pub enum ReadNotice {
 /// A read waiting for its read index to be applied.
 pub struct ReadWaiter {
     pub key: Vec<u8>,
-    pub reply: Sender<Reply>,
+    pub reply: ReplyTx,
     pub deadline: Instant,
 }
 
@@ -182,7 +183,7 @@ pub struct NodeLoop {
     /// A Ready is with the ready-handling thread.
     outstanding: bool,
     read_seq: u64,
-    transfers: Vec<(NodeId, Sender<Reply>, Instant)>,
+    transfers: Vec<(NodeId, ReplyTx, Instant)>,
     /// The last leader known (never reset to none), and its term.
     leader: NodeId,
     leader_term: u64,
@@ -354,9 +355,9 @@ impl NodeLoop {
                     deadline,
                 } => {
                     if self.raw.soft_state().leader == target {
-                        let _ = reply.try_send(Reply::Ok);
+                        reply.send(Reply::Ok);
                     } else if let Err(e) = self.raw.transfer_leader(target) {
-                        let _ = reply.try_send(refusal(&e));
+                        reply.send(refusal(&e));
                     } else {
                         self.transfers.push((target, reply, deadline));
                     }
@@ -388,7 +389,7 @@ impl NodeLoop {
                 Err(e) => {
                     let reply = refusal(&e);
                     for r in reads {
-                        let _ = r.reply.try_send(reply.clone());
+                        r.reply.send(reply.clone());
                     }
                 }
             }
@@ -473,7 +474,7 @@ impl NodeLoop {
         self.transfers.retain(|(target, reply, _)| {
             if *target == leader {
                 info!("leadership transferred to {target}");
-                let _ = reply.try_send(Reply::Ok);
+                reply.send(Reply::Ok);
                 false
             } else {
                 true

@@ -17,12 +17,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Sender};
 use log::{debug, info, warn};
 
 use crate::kv::{encode_command, ErrorCode, Reply, RequestId};
 use crate::node::{encode_conf_context, NodeRequest, Shared, StatusInfo};
 use crate::protocol::{self, Request, MAX_LINE};
+use crate::reply::{reply_slot, Queue, ReplyRx, ReplyTx};
 use crate::raft::{ConfChange, ConfChangeKind, NodeId, Role};
 
 /// Everything a connection needs to reach the node.
@@ -31,7 +32,7 @@ pub struct ClientContext {
     pub id: NodeId,
     pub requests: Sender<NodeRequest>,
     pub status: Sender<Sender<StatusInfo>>,
-    pub snapshots: Sender<Sender<Reply>>,
+    pub snapshots: Sender<ReplyTx>,
     pub shared: Arc<Shared>,
     pub timeout: Duration,
 }
@@ -70,7 +71,7 @@ enum Pending {
     /// Wait for a reply; `seq` is forgotten on timeout so the node does not
     /// keep a dead reply channel. `write` marks a write counted in [`Writes`].
     Wait {
-        rx: Receiver<Reply>,
+        rx: ReplyRx,
         deadline: Instant,
         seq: Option<u64>,
         write: bool,
@@ -166,7 +167,8 @@ fn handle_connection(stream: TcpStream, ctx: ClientContext) {
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
-    let (tx, rx) = unbounded::<Pending>();
+    let queue: Arc<Queue<Pending>> = Arc::default();
+    let rx = queue.clone();
     let shared = ctx.shared.clone();
     let writes = Arc::new(Writes::default());
     let w = writes.clone();
@@ -181,27 +183,25 @@ fn handle_connection(stream: TcpStream, ctx: ClientContext) {
         match read_line(&mut reader, &mut line) {
             Ok(Line::Ok) => {
                 let p = start_request(&line, &ctx, &writes);
-                if tx.send(p).is_err() {
-                    break;
-                }
+                queue.push(p);
             }
             Ok(Line::TooLong) => {
                 let msg = format!("line longer than {MAX_LINE} bytes; closing the connection");
-                let _ = tx.send(Pending::Close(Reply::error(ErrorCode::BadRequest, msg)));
+                queue.push(Pending::Close(Reply::error(ErrorCode::BadRequest, msg)));
                 break;
             }
             Ok(Line::Eof) | Err(_) => break,
         }
     }
-    drop(tx);
+    queue.close();
     let _ = writer.join();
     debug!("client {peer} disconnected");
 }
 
-fn write_loop(stream: TcpStream, rx: Receiver<Pending>, shared: Arc<Shared>, writes: &Writes) {
+fn write_loop(stream: TcpStream, rx: Arc<Queue<Pending>>, shared: Arc<Shared>, writes: &Writes) {
     let mut w = BufWriter::with_capacity(64 << 10, &stream);
     let mut line = Vec::with_capacity(256);
-    while let Ok(p) = rx.recv() {
+    while let Some(p) = rx.pop() {
         let (reply, close) = match p {
             Pending::Now(r) => (r, false),
             Pending::Close(r) => (r, true),
@@ -211,13 +211,13 @@ fn write_loop(stream: TcpStream, rx: Receiver<Pending>, shared: Arc<Shared>, wri
                 seq,
                 write,
             } => match reply_rx.recv_deadline(deadline) {
-                Ok(r) => {
+                Some(r) => {
                     if write {
                         writes.finished();
                     }
                     (r, false)
                 }
-                Err(_) => {
+                None => {
                     if write {
                         writes.finished();
                     }
@@ -280,7 +280,7 @@ fn start_request(line: &[u8], ctx: &ClientContext, writes: &Writes) -> Pending {
         }
         Request::Write(cmd) => {
             let seq = ctx.shared.next_seq();
-            let (tx, rx) = bounded(1);
+            let (tx, rx) = reply_slot();
             ctx.shared.register(seq, tx);
             let data = encode_command(RequestId { node: ctx.id, seq }, &cmd);
             if ctx
@@ -304,7 +304,7 @@ fn start_request(line: &[u8], ctx: &ClientContext, writes: &Writes) -> Pending {
         }
         Request::Get { key } => {
             writes.wait_idle(deadline);
-            let (tx, rx) = bounded(1);
+            let (tx, rx) = reply_slot();
             if ctx
                 .requests
                 .send(NodeRequest::Read {
@@ -332,7 +332,7 @@ fn start_request(line: &[u8], ctx: &ClientContext, writes: &Writes) -> Pending {
             conf_change(ctx, ConfChangeKind::RemoveNode, id, "", deadline)
         }
         Request::TransferLeader { id } => {
-            let (tx, rx) = bounded(1);
+            let (tx, rx) = reply_slot();
             if ctx
                 .requests
                 .send(NodeRequest::Transfer {
@@ -352,7 +352,7 @@ fn start_request(line: &[u8], ctx: &ClientContext, writes: &Writes) -> Pending {
             }
         }
         Request::Snapshot => {
-            let (tx, rx) = bounded(1);
+            let (tx, rx) = reply_slot();
             if ctx.snapshots.send(tx).is_err() {
                 return gone();
             }
@@ -374,7 +374,7 @@ fn conf_change(
     deadline: Instant,
 ) -> Pending {
     let seq = ctx.shared.next_seq();
-    let (tx, rx) = bounded(1);
+    let (tx, rx) = reply_slot();
     ctx.shared.register(seq, tx);
     let context = encode_conf_context(RequestId { node: ctx.id, seq }, addr);
     let cc = ConfChange {
