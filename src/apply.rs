@@ -403,8 +403,12 @@ impl Applier {
                 commit: h.commit,
             });
             let entries: Vec<wal::Entry> = rd.entries.iter().map(to_wal_entry).collect();
-            if let Err(e) = self.wal.save(hs.as_ref(), &entries, rd.must_sync) {
+            let sync = rd.must_sync && !crate::debug::ack_before_fsync();
+            if let Err(e) = self.wal.save(hs.as_ref(), &entries, sync) {
                 fatal("writing the WAL", e);
+            }
+            if rd.must_sync {
+                crate::debug::crash_point("after_wal_fsync");
             }
             if let Err(e) = self.storage.append(&rd.entries) {
                 fatal("appending to the in-memory log", e);
@@ -428,6 +432,7 @@ impl Applier {
                 ReadNotice::Batch(ctx, waiters) => {
                     self.read_batches.insert(ctx, waiters);
                 }
+                ReadNotice::Local(waiters) => self.waiting_reads.push((0, waiters)),
                 ReadNotice::LeaderChanged => {
                     // Read states already received stay valid; requests
                     // whose answer has not come may never come.
@@ -481,6 +486,7 @@ impl Applier {
             EntryKind::Normal => match decode_command(&e.data) {
                 Some((rid, cmd)) => {
                     let reply = self.kv.apply(cmd);
+                    crate::debug::crash_point("mid_apply");
                     if rid.node == self.id {
                         self.shared.answer(rid.seq, reply);
                     }
@@ -587,6 +593,7 @@ impl Applier {
         if let Err(e) = self.wal.save_snapshot(&to_wal_meta(&meta), &data) {
             fatal("saving a snapshot", e);
         }
+        crate::debug::crash_point("before_segment_release");
         if let Err(e) = self
             .storage
             .create_snapshot(index, self.conf_state.clone(), data)

@@ -17,6 +17,7 @@
 //! ```
 
 pub mod apply;
+pub mod debug;
 pub mod kv;
 pub mod node;
 pub mod protocol;

@@ -117,6 +117,9 @@ pub enum ReadNotice {
     Batch(Vec<u8>, Vec<ReadWaiter>),
     /// The leader changed: read-index requests in flight may be lost.
     LeaderChanged,
+    /// TEST ONLY (`RAFTNODE_DEBUG_UNSAFE_LOCAL_READS`): reads to serve from
+    /// local state without a read index.
+    Local(Vec<ReadWaiter>),
 }
 
 /// A read waiting for its read index to be applied.
@@ -345,7 +348,9 @@ impl NodeLoop {
                 }
             }
         }
-        if !reads.is_empty() {
+        if !reads.is_empty() && crate::debug::unsafe_local_reads() {
+            let _ = self.ch.read_batches.send(ReadNotice::Local(reads));
+        } else if !reads.is_empty() {
             self.read_seq += 1;
             let mut ctx = self.raw.id().to_le_bytes().to_vec();
             ctx.extend_from_slice(&self.read_seq.to_le_bytes());
