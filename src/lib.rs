@@ -97,6 +97,14 @@ pub fn start(cfg: NodeConfig) -> Result<Running, String> {
     let raw = RawNode::new(&rc, rec.storage.clone()).map_err(|e| e.to_string())?;
 
     let shared = Arc::new(node::Shared::default());
+    // Request ids never repeat across restarts (etcd's idutil does the
+    // same): milliseconds since the epoch in the high bits leave room for
+    // 4 million requests per millisecond the node has been down.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    shared.start_seq_at(now_ms << 22);
     let (req_tx, req_rx) = unbounded();
     let (ready_tx, ready_rx) = bounded(1);
     let (advance_tx, advance_rx) = bounded(1);

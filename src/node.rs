@@ -49,6 +49,14 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Starts this incarnation's request ids at `base`. Entries proposed by
+    /// an earlier incarnation of the node can still be applied after a
+    /// restart, and they would answer whichever request of this incarnation
+    /// had the same id; ids must therefore never repeat across restarts.
+    pub fn start_seq_at(&self, base: u64) {
+        self.next_seq.store(base, Ordering::Relaxed);
+    }
+
     pub fn next_seq(&self) -> u64 {
         self.next_seq.fetch_add(1, Ordering::Relaxed) + 1
     }
