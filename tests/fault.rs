@@ -124,11 +124,17 @@ fn fault_smoke_run() {
             }
         }
         Some(secs) => {
-            let end = Instant::now() + Duration::from_secs(secs);
+            let start = Instant::now();
+            let end = start + Duration::from_secs(secs);
             let mut rng = Rng::new(seed ^ 0x50A4);
+            let mut next_report = start + Duration::from_secs(60);
             while Instant::now() < end {
                 let f = soak_fault(&mut rng);
                 apply(fc, f, true);
+                if Instant::now() >= next_report {
+                    next_report += Duration::from_secs(60);
+                    println!("soak {:.0}s: {}", start.elapsed().as_secs_f64(), fc.counts);
+                }
             }
         }
     });
