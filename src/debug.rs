@@ -43,7 +43,9 @@ pub fn unsafe_local_reads() -> bool {
     *ON.get_or_init(|| {
         let on = flag("RAFTNODE_DEBUG_UNSAFE_LOCAL_READS");
         if on {
-            log::warn!("RAFTNODE_DEBUG_UNSAFE_LOCAL_READS=1: reads are NOT linearizable (test only)");
+            log::warn!(
+                "RAFTNODE_DEBUG_UNSAFE_LOCAL_READS=1: reads are NOT linearizable (test only)"
+            );
         }
         on
     })

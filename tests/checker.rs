@@ -25,12 +25,22 @@ fn op(process: u64, invoke: u64, complete: Option<u64>, kind: OpKind, outcome: O
 }
 
 fn put(p: u64, i: u64, c: Option<u64>, v: &str) -> Op {
-    let out = if c.is_some() { Outcome::Ok } else { Outcome::Unknown };
+    let out = if c.is_some() {
+        Outcome::Ok
+    } else {
+        Outcome::Unknown
+    };
     op(p, i, c, OpKind::Put(v.into()), out)
 }
 
 fn get(p: u64, i: u64, c: u64, v: Option<&str>) -> Op {
-    op(p, i, Some(c), OpKind::Get, Outcome::Read(v.map(String::from)))
+    op(
+        p,
+        i,
+        Some(c),
+        OpKind::Get,
+        Outcome::Read(v.map(String::from)),
+    )
 }
 
 fn cas(p: u64, i: u64, c: Option<u64>, e: &str, n: &str, out: Outcome) -> Op {
@@ -62,8 +72,14 @@ fn sequential_register_histories() {
         put(0, 2, Some(3), "a"),
         get(1, 4, 5, Some("a")),
     ]));
-    assert!(!linearizable(&[put(0, 0, Some(1), "a"), get(1, 2, 3, None)]));
-    assert!(!linearizable(&[put(0, 0, Some(1), "a"), get(1, 2, 3, Some("b"))]));
+    assert!(!linearizable(&[
+        put(0, 0, Some(1), "a"),
+        get(1, 2, 3, None)
+    ]));
+    assert!(!linearizable(&[
+        put(0, 0, Some(1), "a"),
+        get(1, 2, 3, Some("b"))
+    ]));
 }
 
 #[test]
@@ -101,7 +117,14 @@ fn cas_outcomes_follow_the_register() {
         cas(1, 2, Some(3), "x", "b", Outcome::Ok),
     ];
     assert!(!linearizable(&h));
-    assert!(linearizable(&[cas(1, 0, Some(1), "x", "b", Outcome::NotFound)]));
+    assert!(linearizable(&[cas(
+        1,
+        0,
+        Some(1),
+        "x",
+        "b",
+        Outcome::NotFound
+    )]));
     assert!(!linearizable(&[
         put(0, 0, Some(1), "a"),
         cas(1, 2, Some(3), "x", "b", Outcome::NotFound)
@@ -162,7 +185,10 @@ fn unobserved_indeterminate_writes_are_dropped_without_changing_the_verdict() {
     assert_eq!(check(&p, Budget::default()), Verdict::Linearizable);
     h.push(get(1, 502, 503, Some("lost7")));
     h.push(get(1, 504, 505, Some("a")));
-    assert!(!linearizable(&h), "lost7 took effect after a, so a cannot come back");
+    assert!(
+        !linearizable(&h),
+        "lost7 took effect after a, so a cannot come back"
+    );
 }
 
 #[test]
@@ -174,11 +200,22 @@ fn a_search_that_outgrows_its_budget_is_unknown_not_a_pass() {
         h.push(put(i, i, None, &format!("v{i}")));
     }
     for i in 0..40 {
-        h.push(get(100 + i, 1000 + 2 * i, 1001 + 2 * i, Some(&format!("v{}", (i * 7) % 40))));
+        h.push(get(
+            100 + i,
+            1000 + 2 * i,
+            1001 + 2 * i,
+            Some(&format!("v{}", (i * 7) % 40)),
+        ));
     }
     let refs: Vec<&Op> = h.iter().collect();
-    let tiny = Budget { steps: 1000, memo: 1000 };
-    assert!(matches!(check(&prepare(&refs), tiny), Verdict::Unknown { .. }));
+    let tiny = Budget {
+        steps: 1000,
+        memo: 1000,
+    };
+    assert!(matches!(
+        check(&prepare(&refs), tiny),
+        Verdict::Unknown { .. }
+    ));
 }
 
 #[test]

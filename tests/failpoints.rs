@@ -64,64 +64,72 @@ fn crash_at(point: &str, secs: u64) {
     fc.start_all();
     let point_owned = point.to_string();
     let mut unexpected = Vec::new();
-    let out = run(fc, WorkloadConfig { seed, ..Default::default() }, &format!("failpoint {point}"), |fc| {
-        let end = Instant::now() + Duration::from_secs(secs);
-        let mut seen: std::collections::BTreeMap<u64, usize> = fc
-            .ids()
-            .into_iter()
-            .map(|id| (id, failpoint_lines(&fc.cluster.node(id).log)))
-            .collect();
-        while Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(50));
-            for id in fc.ids() {
-                if !fc.cluster.node_mut(id).exited() {
-                    continue;
-                }
-                let log = fc.cluster.node(id).log.clone();
-                let lines = failpoint_lines(&log);
-                if lines == seen[&id] {
-                    unexpected.push(format!(
-                        "node {id} exited without reaching a failpoint:\n{}",
-                        fc.cluster.node(id).log_tail(30)
-                    ));
-                }
-                seen.insert(id, lines);
-                fc.counts.failpoint_crashes += 1;
-                fc.note(format!("node {id} stopped at {point_owned}"));
-                if point_owned == "before_wal_fsync" {
-                    let text = std::fs::read_to_string(&log).unwrap_or_default();
-                    if let Some((seg, off, len)) = torn::unsynced_write(&text) {
-                        if let Some(t) = torn::tear_unsynced(&seg, off, len, &mut fc.rng) {
-                            fc.counts.torn_tails += 1;
-                            fc.note(format!("node {id}: tore {}: {}", seg.display(), t.how));
+    let out = run(
+        fc,
+        WorkloadConfig {
+            seed,
+            ..Default::default()
+        },
+        &format!("failpoint {point}"),
+        |fc| {
+            let end = Instant::now() + Duration::from_secs(secs);
+            let mut seen: std::collections::BTreeMap<u64, usize> = fc
+                .ids()
+                .into_iter()
+                .map(|id| (id, failpoint_lines(&fc.cluster.node(id).log)))
+                .collect();
+            while Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(50));
+                for id in fc.ids() {
+                    if !fc.cluster.node_mut(id).exited() {
+                        continue;
+                    }
+                    let log = fc.cluster.node(id).log.clone();
+                    let lines = failpoint_lines(&log);
+                    if lines == seen[&id] {
+                        unexpected.push(format!(
+                            "node {id} exited without reaching a failpoint:\n{}",
+                            fc.cluster.node(id).log_tail(30)
+                        ));
+                    }
+                    seen.insert(id, lines);
+                    fc.counts.failpoint_crashes += 1;
+                    fc.note(format!("node {id} stopped at {point_owned}"));
+                    if point_owned == "before_wal_fsync" {
+                        let text = std::fs::read_to_string(&log).unwrap_or_default();
+                        if let Some((seg, off, len)) = torn::unsynced_write(&text) {
+                            if let Some(t) = torn::tear_unsynced(&seg, off, len, &mut fc.rng) {
+                                fc.counts.torn_tails += 1;
+                                fc.note(format!("node {id}: tore {}: {}", seg.display(), t.how));
+                            }
                         }
                     }
+                    std::thread::sleep(Duration::from_millis(fc.rng.range(50, 400)));
+                    arm(fc, id, &point_owned);
+                    fc.cluster.node_mut(id).spawn();
+                    fc.note(format!("restart node {id}"));
                 }
-                std::thread::sleep(Duration::from_millis(fc.rng.range(50, 400)));
-                arm(fc, id, &point_owned);
-                fc.cluster.node_mut(id).spawn();
-                fc.note(format!("restart node {id}"));
             }
-        }
-        // Disarm: kill everything, restart without the point.
-        for id in fc.ids() {
-            fc.cluster.node_mut(id).kill();
-            fc.cluster.node_mut(id).env.clear();
-        }
-        fc.counts.repairs_seen = fc
-            .ids()
-            .iter()
-            .map(|&id| {
-                std::fs::read_to_string(&fc.cluster.node(id).log)
-                    .unwrap_or_default()
-                    .matches("repaired a torn WAL tail")
-                    .count()
-            })
-            .sum();
-        for id in fc.ids() {
-            fc.cluster.node_mut(id).spawn();
-        }
-    });
+            // Disarm: kill everything, restart without the point.
+            for id in fc.ids() {
+                fc.cluster.node_mut(id).kill();
+                fc.cluster.node_mut(id).env.clear();
+            }
+            fc.counts.repairs_seen = fc
+                .ids()
+                .iter()
+                .map(|&id| {
+                    std::fs::read_to_string(&fc.cluster.node(id).log)
+                        .unwrap_or_default()
+                        .matches("repaired a torn WAL tail")
+                        .count()
+                })
+                .sum();
+            for id in fc.ids() {
+                fc.cluster.node_mut(id).spawn();
+            }
+        },
+    );
     assert!(unexpected.is_empty(), "{}", unexpected.join("\n"));
     assert!(out.passed(), "{}\n{}", out.summary, out.explain());
     if point == "before_wal_fsync" {

@@ -140,9 +140,14 @@ fn fault_smoke_run() {
     });
     assert!(out.passed(), "{}\n{}", out.summary, out.explain());
     let c = out.fc.counts;
-    assert!(out.ok_ops > 500, "the workload made too little progress: {}", out.summary);
+    assert!(
+        out.ok_ops > 500,
+        "the workload made too little progress: {}",
+        out.summary
+    );
     assert_eq!(
-        c.repairs_seen, c.torn_tails,
+        c.repairs_seen,
+        c.torn_tails,
         "every torn tail must be reported repaired on restart\n{}",
         out.explain()
     );
@@ -170,14 +175,22 @@ fn broken_node_unsafe_local_reads_is_caught() {
     let mut fc = FaultCluster::new(3, FAULT_ARGS, seed);
     fc.set_env("RAFTNODE_DEBUG_UNSAFE_LOCAL_READS", "1");
     fc.start_all();
-    let out = run(fc, WorkloadConfig { seed, ..Default::default() }, "broken(local reads)", |fc| {
-        for _ in 0..4 {
-            fc.partition_cycle(Duration::from_millis(3000));
-            std::thread::sleep(Duration::from_millis(700));
-            fc.kill_cycle(true, Duration::from_millis(500));
-            std::thread::sleep(Duration::from_millis(700));
-        }
-    });
+    let out = run(
+        fc,
+        WorkloadConfig {
+            seed,
+            ..Default::default()
+        },
+        "broken(local reads)",
+        |fc| {
+            for _ in 0..4 {
+                fc.partition_cycle(Duration::from_millis(3000));
+                std::thread::sleep(Duration::from_millis(700));
+                fc.kill_cycle(true, Duration::from_millis(500));
+                std::thread::sleep(Duration::from_millis(700));
+            }
+        },
+    );
     println!("{}", out.explain());
     assert!(
         !out.report.violations.is_empty(),
@@ -199,24 +212,32 @@ fn broken_node_ack_before_fsync_is_caught() {
     let mut fc = FaultCluster::new(3, FAULT_ARGS, seed);
     fc.set_env("RAFTNODE_DEBUG_ACK_BEFORE_FSYNC", "1");
     fc.start_all();
-    let out = run(fc, WorkloadConfig { seed, ..Default::default() }, "broken(ack before fsync)", |fc| {
-        std::thread::sleep(Duration::from_secs(6));
-        // Power cut of the whole cluster while the clients run.
-        for id in fc.ids() {
-            fc.cluster.node_mut(id).kill();
-        }
-        for id in fc.ids() {
-            let dir = fc.cluster.node(id).data_dir.clone();
-            // Frames 1..=3 (segment head, bootstrap entries and hard state)
-            // were synced at creation; nothing after them ever was.
-            let cut = support::torn::power_cut(&dir, 3, 50);
-            fc.note(format!("power cut on node {id}: {cut:?}"));
-        }
-        for id in fc.ids() {
-            fc.cluster.node_mut(id).spawn();
-        }
-        std::thread::sleep(Duration::from_secs(3));
-    });
+    let out = run(
+        fc,
+        WorkloadConfig {
+            seed,
+            ..Default::default()
+        },
+        "broken(ack before fsync)",
+        |fc| {
+            std::thread::sleep(Duration::from_secs(6));
+            // Power cut of the whole cluster while the clients run.
+            for id in fc.ids() {
+                fc.cluster.node_mut(id).kill();
+            }
+            for id in fc.ids() {
+                let dir = fc.cluster.node(id).data_dir.clone();
+                // Frames 1..=3 (segment head, bootstrap entries and hard state)
+                // were synced at creation; nothing after them ever was.
+                let cut = support::torn::power_cut(&dir, 3, 50);
+                fc.note(format!("power cut on node {id}: {cut:?}"));
+            }
+            for id in fc.ids() {
+                fc.cluster.node_mut(id).spawn();
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        },
+    );
     println!("{}", out.explain());
     assert!(
         !out.lost.is_empty() || !out.report.violations.is_empty(),

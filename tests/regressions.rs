@@ -27,7 +27,8 @@ fn after_a_restart_entries_of_the_old_incarnation_do_not_answer_new_requests() {
     let leader = c.wait_leader(Duration::from_secs(20)).expect("a leader");
     let f = if leader == 1 { 2 } else { 1 };
     let others: Vec<u64> = (1..=5).filter(|&i| i != leader && i != f).collect();
-    c.wait_converged(5, Duration::from_secs(10)).expect("all caught up");
+    c.wait_converged(5, Duration::from_secs(10))
+        .expect("all caught up");
     for &o in &others {
         c.node_mut(o).pause();
     }
@@ -44,7 +45,10 @@ fn after_a_restart_entries_of_the_old_incarnation_do_not_answer_new_requests() {
     // Wait until F knows the leader, so its requests are forwarded at once.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while c.node(f).status().map(|s| s.num("leader")) != Some(leader) {
-        assert!(std::time::Instant::now() < deadline, "F never learned the leader");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "F never learned the leader"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut cl = c.node(f).client().unwrap();
@@ -65,7 +69,12 @@ fn after_a_restart_entries_of_the_old_incarnation_do_not_answer_new_requests() {
         );
     }
     for i in 0..20 {
-        let r = c.request_until(f, &format!("GET new-{i}"), |r| !r.starts_with("ERR"), Duration::from_secs(10));
+        let r = c.request_until(
+            f,
+            &format!("GET new-{i}"),
+            |r| !r.starts_with("ERR"),
+            Duration::from_secs(10),
+        );
         assert_eq!(r.as_deref(), Some("NOT_FOUND"));
     }
 }

@@ -57,9 +57,14 @@ pub enum Verdict {
     /// No linearization exists. `stuck` is the operation (index into the
     /// key's operations) that could not be placed when the search got
     /// deepest; `prefix` is how many operations had been placed then.
-    Violation { stuck: usize, prefix: usize },
+    Violation {
+        stuck: usize,
+        prefix: usize,
+    },
     /// The budget ran out after `steps` steps.
-    Unknown { steps: u64 },
+    Unknown {
+        steps: u64,
+    },
 }
 
 /// Limits of one key's search.

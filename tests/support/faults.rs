@@ -300,7 +300,10 @@ impl FaultCluster {
         // to agree; wait_converged then needs every node to answer with the
         // same applied index.
         let Some(_) = self.cluster.wait_leader(within) else {
-            return Err(format!("no leader within {within:?}\n{}", self.cluster.logs()));
+            return Err(format!(
+                "no leader within {within:?}\n{}",
+                self.cluster.logs()
+            ));
         };
         let left = within.saturating_sub(t.elapsed());
         match self.cluster.wait_converged(1, left) {
@@ -339,7 +342,7 @@ impl FaultCluster {
         let mut out = BTreeMap::new();
         let mut bad = Vec::new();
         for (i, k) in keys.iter().enumerate() {
-            let first = per_node.values().next().map(|v| v[i].clone()).flatten();
+            let first = per_node.values().next().and_then(|v| v[i].clone());
             let all: Vec<(u64, Option<String>)> =
                 per_node.iter().map(|(id, v)| (*id, v[i].clone())).collect();
             if all.iter().any(|(_, v)| *v != first) {
@@ -350,7 +353,11 @@ impl FaultCluster {
         if bad.is_empty() {
             Ok(out)
         } else {
-            Err(format!("nodes disagree on {} keys: {}", bad.len(), bad.join("; ")))
+            Err(format!(
+                "nodes disagree on {} keys: {}",
+                bad.len(),
+                bad.join("; ")
+            ))
         }
     }
 }

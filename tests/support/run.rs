@@ -58,10 +58,8 @@ impl Outcome {
             out.push_str(e);
             out.push('\n');
         }
-        let path = std::env::temp_dir().join(format!(
-            "raftnode-fault-history-{}.txt",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("raftnode-fault-history-{}.txt", std::process::id()));
         let text: Vec<String> = self.ops.iter().map(|o| o.describe()).collect();
         if std::fs::write(&path, text.join("\n")).is_ok() {
             out.push_str(&format!("full history: {}\n", path.display()));
