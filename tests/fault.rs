@@ -31,6 +31,9 @@ use support::workload::WorkloadConfig;
 enum Fault {
     KillLeader,
     KillAny,
+    /// A node down long enough to fall behind the leader's log, so that it
+    /// must catch up from a snapshot.
+    LongKill,
     Partition,
     Pause,
     TornTail,
@@ -49,6 +52,10 @@ fn apply(fc: &mut FaultCluster, f: Fault, fast: bool) {
         }
         Fault::KillAny => {
             let d = ms(fc, 300, 2000);
+            fc.kill_cycle(false, d)
+        }
+        Fault::LongKill => {
+            let d = Duration::from_millis(fc.rng.range(8000, 10000));
             fc.kill_cycle(false, d)
         }
         Fault::Partition => {
@@ -76,7 +83,8 @@ fn apply(fc: &mut FaultCluster, f: Fault, fast: bool) {
 fn smoke_schedule(rng: &mut Rng) -> Vec<Fault> {
     let mut s = Vec::new();
     s.extend([Fault::KillLeader; 5]);
-    s.extend([Fault::KillAny; 5]);
+    s.extend([Fault::KillAny; 4]);
+    s.push(Fault::LongKill);
     s.extend([Fault::Partition; 5]);
     s.extend([Fault::Pause; 3]);
     s.extend([Fault::TornTail; 2]);
@@ -92,7 +100,8 @@ fn smoke_schedule(rng: &mut Rng) -> Vec<Fault> {
 fn soak_fault(rng: &mut Rng) -> Fault {
     match rng.below(100) {
         0..=27 => Fault::KillLeader,
-        28..=57 => Fault::KillAny,
+        28..=56 => Fault::KillAny,
+        57 => Fault::LongKill,
         58..=81 => Fault::Partition,
         82..=89 => Fault::Pause,
         90..=94 => Fault::TornTail,

@@ -32,6 +32,8 @@ pub struct FaultCounts {
     pub repairs_seen: usize,
     /// Nodes that stopped at a failpoint.
     pub failpoint_crashes: usize,
+    /// Snapshots nodes installed from their leader (from the node logs).
+    pub snapshots_installed: usize,
 }
 
 impl FaultCounts {
@@ -45,7 +47,7 @@ impl fmt::Display for FaultCounts {
         write!(
             f,
             "faults={} (kill9={} of which leader={}, partitions={}, pauses={}, torn_tails={} \
-             repaired={}, slow_links={}, failpoint_crashes={})",
+             repaired={}, slow_links={}, failpoint_crashes={}, snapshots_installed={})",
             self.total(),
             self.kills,
             self.leader_kills,
@@ -54,7 +56,8 @@ impl fmt::Display for FaultCounts {
             self.torn_tails,
             self.repairs_seen,
             self.slow_links,
-            self.failpoint_crashes
+            self.failpoint_crashes,
+            self.snapshots_installed
         )
     }
 }
@@ -322,6 +325,21 @@ impl FaultCluster {
                 ))
             }
         }
+    }
+
+    /// Counts the snapshots nodes installed from a leader, from their logs.
+    pub fn count_snapshot_installs(&mut self) {
+        self.counts.snapshots_installed = self
+            .cluster
+            .nodes
+            .values()
+            .map(|n| {
+                std::fs::read_to_string(&n.log)
+                    .unwrap_or_default()
+                    .matches("installed snapshot at")
+                    .count()
+            })
+            .sum();
     }
 
     /// Reads every key on every node (pipelined). Returns the agreed values,

@@ -113,6 +113,7 @@ pub fn run(
         .as_ref()
         .map(|f| checker::lost_writes(&ops, f))
         .unwrap_or_default();
+    fc.count_snapshot_installs();
     let c = counts(&ops);
     let summary = format!(
         "{label} summary: nodes={} secs={:.1} ops ok={} failed={} indeterminate={} | {} | \
