@@ -107,6 +107,19 @@ pub fn run(
         }
     };
     let ops = history.ops();
+    // A reply that is not an error and makes no sense for its request (a PUT
+    // answered MISMATCH, say) was recorded as indeterminate; it is a bug.
+    let nonsense: Vec<String> = ops
+        .iter()
+        .filter(|o| {
+            (o.is_indeterminate()
+                && !o.reply.starts_with("ERR ")
+                && !o.reply.starts_with("connection:"))
+                || o.reply.starts_with("ERR BAD_REQUEST")
+        })
+        .map(|o| format!("reply does not fit its request: {}", o.describe()))
+        .collect();
+    errors.extend(nonsense.into_iter().take(20));
     let check_t = Instant::now();
     let report = checker::check_history(&ops, Budget::default());
     let lost = finals
