@@ -98,8 +98,9 @@ pub fn start(cfg: NodeConfig) -> Result<Running, String> {
 
     let shared = Arc::new(node::Shared::default());
     // Request ids never repeat across restarts (etcd's idutil does the
-    // same): milliseconds since the epoch in the high bits leave room for
-    // 4 million requests per millisecond the node has been down.
+    // same): milliseconds since the epoch in the high bits; a previous run
+    // would have needed 4 million requests per millisecond it lived to
+    // reach this run's first id.
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
