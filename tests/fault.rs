@@ -117,7 +117,11 @@ fn fault_smoke_run() {
         .and_then(|s| s.parse().ok());
     let seed = seed();
     let nodes = if soak_secs.is_some() { 5 } else { 3 };
-    println!("fault run: seed {seed} (replay the schedule with RAFTNODE_FAULT_SEED={seed})");
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "fault run: seed {seed} (replay the schedule with RAFTNODE_FAULT_SEED={seed})"
+    );
     let mut fc = FaultCluster::new(nodes, FAULT_ARGS, seed);
     fc.start_all();
     let wcfg = WorkloadConfig {

@@ -146,7 +146,10 @@ pub fn run(
         report.verdict(),
         lost.len()
     );
-    println!("{summary}");
+    // Straight to stderr, past the test harness's capture, so that the
+    // summary line shows in CI logs of passing runs too.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{summary}");
     Outcome {
         summary,
         report,
