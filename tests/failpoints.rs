@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use support::faults::FaultCluster;
 use support::rng::seed;
-use support::run::{run, FAULT_ARGS};
+use support::run::{fault_args, run};
 use support::serial;
 use support::torn;
 use support::workload::WorkloadConfig;
@@ -50,7 +50,7 @@ fn crash_at(point: &str, secs: u64) {
     let _g = serial();
     let seed = seed();
     println!("failpoint {point}: seed {seed}");
-    let mut args = FAULT_ARGS.to_vec();
+    let mut args = fault_args();
     if point.contains("snapshot") || point.contains("segment") {
         // Snapshots every few hundred entries, so the point is reached often.
         if let Some(i) = args.iter().position(|a| *a == "--snapshot-entries") {

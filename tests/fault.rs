@@ -14,7 +14,9 @@
 //!
 //! Every run prints its seed; `RAFTNODE_FAULT_SEED=<seed>` replays the same
 //! schedule (the timing of real processes is not replayable).
-//! `RAFTNODE_FAULT_VERBOSE=1` prints the fault journal as it happens.
+//! `RAFTNODE_FAULT_VERBOSE=1` prints the fault journal as it happens;
+//! `RAFTNODE_FAULT_SNAPSHOT_ENTRIES=N` makes the nodes snapshot every N
+//! entries (default 2000).
 
 mod support;
 
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use support::faults::FaultCluster;
 use support::rng::{seed, Rng};
-use support::run::{run, FAULT_ARGS};
+use support::run::{fault_args, run};
 use support::serial;
 use support::workload::WorkloadConfig;
 
@@ -122,7 +124,7 @@ fn fault_smoke_run() {
         std::io::stderr(),
         "fault run: seed {seed} (replay the schedule with RAFTNODE_FAULT_SEED={seed})"
     );
-    let mut fc = FaultCluster::new(nodes, FAULT_ARGS, seed);
+    let mut fc = FaultCluster::new(nodes, &fault_args(), seed);
     fc.start_all();
     let wcfg = WorkloadConfig {
         seed,
@@ -185,7 +187,7 @@ fn fault_smoke_run() {
 fn broken_node_unsafe_local_reads_is_caught() {
     let _g = serial();
     let seed = seed();
-    let mut fc = FaultCluster::new(3, FAULT_ARGS, seed);
+    let mut fc = FaultCluster::new(3, &fault_args(), seed);
     fc.set_env("RAFTNODE_DEBUG_UNSAFE_LOCAL_READS", "1");
     fc.start_all();
     let out = run(
@@ -222,7 +224,7 @@ fn broken_node_unsafe_local_reads_is_caught() {
 fn broken_node_ack_before_fsync_is_caught() {
     let _g = serial();
     let seed = seed();
-    let mut fc = FaultCluster::new(3, FAULT_ARGS, seed);
+    let mut fc = FaultCluster::new(3, &fault_args(), seed);
     fc.set_env("RAFTNODE_DEBUG_ACK_BEFORE_FSYNC", "1");
     fc.start_all();
     let out = run(

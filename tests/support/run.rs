@@ -22,6 +22,19 @@ pub const FAULT_ARGS: &[&str] = &[
     "2000",
 ];
 
+/// [`FAULT_ARGS`], with `--snapshot-entries` taken from
+/// `RAFTNODE_FAULT_SNAPSHOT_ENTRIES` if set (to stress snapshots and
+/// compaction in exploratory runs).
+pub fn fault_args() -> Vec<&'static str> {
+    let mut args = FAULT_ARGS.to_vec();
+    if let Ok(n) = std::env::var("RAFTNODE_FAULT_SNAPSHOT_ENTRIES") {
+        if let Some(i) = args.iter().position(|a| *a == "--snapshot-entries") {
+            args[i + 1] = Box::leak(n.into_boxed_str());
+        }
+    }
+    args
+}
+
 /// Everything a finished run found.
 pub struct Outcome {
     pub summary: String,
