@@ -36,6 +36,8 @@ enum Fault {
     /// A node down long enough to fall behind the leader's log, so that it
     /// must catch up from a snapshot.
     LongKill,
+    /// Every node at once.
+    KillAll,
     Partition,
     Pause,
     TornTail,
@@ -59,6 +61,10 @@ fn apply(fc: &mut FaultCluster, f: Fault, fast: bool) {
         Fault::LongKill => {
             let d = Duration::from_millis(fc.rng.range(8000, 10000));
             fc.kill_cycle(false, d)
+        }
+        Fault::KillAll => {
+            let d = ms(fc, 200, 1000);
+            fc.kill_all_cycle(d)
         }
         Fault::Partition => {
             let d = ms(fc, 2000, 4000);
@@ -87,6 +93,7 @@ fn smoke_schedule(rng: &mut Rng) -> Vec<Fault> {
     s.extend([Fault::KillLeader; 5]);
     s.extend([Fault::KillAny; 4]);
     s.push(Fault::LongKill);
+    s.push(Fault::KillAll);
     s.extend([Fault::Partition; 5]);
     s.extend([Fault::Pause; 3]);
     s.extend([Fault::TornTail; 2]);
@@ -104,7 +111,8 @@ fn soak_fault(rng: &mut Rng) -> Fault {
         0..=27 => Fault::KillLeader,
         28..=56 => Fault::KillAny,
         57 => Fault::LongKill,
-        58..=81 => Fault::Partition,
+        58 => Fault::KillAll,
+        59..=81 => Fault::Partition,
         82..=89 => Fault::Pause,
         90..=94 => Fault::TornTail,
         _ => Fault::Slow,

@@ -168,6 +168,37 @@ impl FaultCluster {
         self.note(format!("restart node {id}"));
     }
 
+    /// kill -9 of every node at once (a whole-cluster crash), a torn tail
+    /// after the last record of some of them, and a restart of all.
+    pub fn kill_all_cycle(&mut self, down: Duration) {
+        let ids = self.running();
+        for &id in &ids {
+            self.cluster.node_mut(id).kill();
+            self.counts.kills += 1;
+        }
+        self.note(format!("kill -9 of every node {ids:?}"));
+        let mut torn = Vec::new();
+        for &id in &ids {
+            if self.rng.chance(50) {
+                let dir = self.cluster.node(id).data_dir.clone();
+                if let Some(t) = torn::tear_next_record(&dir, &mut self.rng) {
+                    self.counts.torn_tails += 1;
+                    self.note(format!("torn tail on node {id}: {}", t.how));
+                    torn.push(id);
+                }
+            }
+        }
+        std::thread::sleep(down);
+        for &id in &ids {
+            if torn.contains(&id) {
+                self.restart_counting_repairs(id);
+            } else {
+                self.cluster.node_mut(id).spawn();
+                self.note(format!("restart node {id}"));
+            }
+        }
+    }
+
     /// kill -9 of a node, a torn tail written into its newest segment after
     /// its last record, and a restart; checks that the node reports the
     /// repair.
