@@ -508,10 +508,14 @@ impl Applier {
                 commit: h.commit,
             });
             let entries: Vec<wal::Entry> = rd.entries.iter().map(to_wal_entry).collect();
-            if let Err(e) = self.wal.save(hs.as_ref(), &entries, rd.must_sync) {
+            let sync = rd.must_sync && !crate::debug::ack_before_fsync();
+            if let Err(e) = self.wal.save(hs.as_ref(), &entries, sync) {
                 fatal("writing the WAL", e);
             }
             self.stats.record(rd.must_sync, entries.len());
+            if rd.must_sync {
+                crate::debug::crash_point("after_wal_fsync");
+            }
             if let Err(e) = self.storage.append(&rd.entries) {
                 fatal("appending to the in-memory log", e);
             }
@@ -534,6 +538,7 @@ impl Applier {
                 ReadNotice::Batch(ctx, waiters) => {
                     self.read_batches.insert(ctx, waiters);
                 }
+                ReadNotice::Local(waiters) => self.waiting_reads.push((0, waiters)),
                 ReadNotice::LeaderChanged => {
                     // Read states already received stay valid; requests
                     // whose answer has not come may never come.
@@ -633,6 +638,7 @@ impl Applier {
             EntryKind::Normal => match decode_command(&e.data) {
                 Some((rid, cmd)) => {
                     let reply = self.kv.apply(cmd);
+                    crate::debug::crash_point("mid_apply");
                     if rid.node == self.id {
                         self.shared.answer(rid.seq, reply);
                     }
@@ -806,6 +812,7 @@ impl Applier {
             if let Err(e) = self.wal.commit_snapshot(writer) {
                 fatal("saving a snapshot", e);
             }
+            crate::debug::crash_point("before_segment_release");
             if let Err(e) = self.storage.create_snapshot(index, s.meta.conf_state.clone(), Vec::new()) {
                 warn!("in-memory snapshot at {index}: {e}");
             }

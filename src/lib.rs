@@ -17,6 +17,7 @@
 //! ```
 
 pub mod apply;
+pub mod debug;
 pub mod kv;
 pub mod node;
 pub mod protocol;
@@ -87,6 +88,15 @@ pub fn start(cfg: NodeConfig) -> Result<Running, String> {
     let rec = apply::open_data_dir(&cfg.data_dir, cfg.id, &cfg.peers, cfg.join)?;
 
     let shared = Arc::new(node::Shared::default());
+    // Request ids never repeat across restarts (etcd's idutil does the
+    // same): milliseconds since the epoch in the high bits; a previous run
+    // would have needed 4 million requests per millisecond it lived to
+    // reach this run's first id.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    shared.start_seq_at(now_ms << 22);
     let (inbound_tx, inbound_rx) = bounded(8192);
     let (report_tx, report_rx) = bounded(1024);
     let snapshots = {

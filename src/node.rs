@@ -56,6 +56,14 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Starts this incarnation's request ids at `base`. Entries proposed by
+    /// an earlier incarnation of the node can still be applied after a
+    /// restart, and they would answer whichever request of this incarnation
+    /// had the same id; ids must therefore never repeat across restarts.
+    pub fn start_seq_at(&self, base: u64) {
+        self.next_seq.store(base, Ordering::Relaxed);
+    }
+
     pub fn next_seq(&self) -> u64 {
         self.next_seq.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -140,6 +148,9 @@ pub enum ReadNotice {
     Batch(Vec<u8>, Vec<ReadWaiter>),
     /// The leader changed: read-index requests in flight may be lost.
     LeaderChanged,
+    /// TEST ONLY (`RAFTNODE_DEBUG_UNSAFE_LOCAL_READS`): reads to serve from
+    /// local state without a read index.
+    Local(Vec<ReadWaiter>),
 }
 
 /// A read waiting for its read index to be applied.
@@ -376,7 +387,9 @@ impl NodeLoop {
                 }
             }
         }
-        if !reads.is_empty() {
+        if !reads.is_empty() && crate::debug::unsafe_local_reads() {
+            let _ = self.ch.read_batches.send(ReadNotice::Local(reads));
+        } else if !reads.is_empty() {
             self.read_seq += 1;
             let mut ctx = self.raw.id().to_le_bytes().to_vec();
             ctx.extend_from_slice(&self.read_seq.to_le_bytes());

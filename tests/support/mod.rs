@@ -7,6 +7,15 @@
 
 #![allow(dead_code)]
 
+pub mod checker;
+pub mod faults;
+pub mod history;
+pub mod proxy;
+pub mod rng;
+pub mod run;
+pub mod torn;
+pub mod workload;
+
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -65,6 +74,8 @@ pub struct Node {
     /// The `--peers` list this node is started with.
     pub peers: String,
     pub args: Vec<String>,
+    /// Extra environment variables (failpoints, debug switches).
+    pub env: Vec<(String, String)>,
     pub child: Option<Child>,
     pub paused: bool,
 }
@@ -102,6 +113,7 @@ impl Node {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -121,6 +133,19 @@ impl Node {
             let _ = c.wait();
         }
         self.paused = false;
+    }
+
+    /// Whether the process ended by itself (say, at a failpoint); reaps it.
+    pub fn exited(&mut self) -> bool {
+        let gone = match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+            None => false,
+        };
+        if gone {
+            self.child = None;
+            self.paused = false;
+        }
+        gone
     }
 
     pub fn pause(&mut self) {
@@ -287,6 +312,7 @@ impl Cluster {
                     log: dir.0.join(format!("node-{id}.log")),
                     peers: peers.clone(),
                     args: args.iter().map(|s| s.to_string()).collect(),
+                    env: Vec::new(),
                     child: None,
                     paused: false,
                 },

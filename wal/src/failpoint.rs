@@ -42,3 +42,55 @@ pub(crate) fn hit(name: &'static str) -> Result<(), Error> {
 pub(crate) fn hit(_name: &'static str) -> Result<(), Error> {
     Ok(())
 }
+
+/// Process-level crash points for the `failpoints` build (tests only).
+///
+/// With the cargo feature `failpoints`, [`crash_point`] counts the hits of
+/// each named point and calls `std::process::abort` on the configured hit,
+/// after printing one line to stderr naming the point and what it was doing
+/// (`info`), so that a test can find, say, the byte range of the write whose
+/// fdatasync never ran. Points are configured by the environment variable
+/// `RAFTNODE_FAILPOINTS`, a comma-separated list of `name:N` (abort on the
+/// N-th hit, N >= 1), read once. Without the feature the function is empty
+/// and inlined away, and `info` is never called.
+#[cfg(feature = "failpoints")]
+pub mod crash {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+
+    /// The environment variable that arms crash points.
+    pub const ENV: &str = "RAFTNODE_FAILPOINTS";
+
+    fn armed() -> &'static HashMap<String, (u64, AtomicU64)> {
+        static ARMED: OnceLock<HashMap<String, (u64, AtomicU64)>> = OnceLock::new();
+        ARMED.get_or_init(|| {
+            let spec = std::env::var(ENV).unwrap_or_default();
+            spec.split(',')
+                .filter_map(|item| {
+                    let (name, n) = item.trim().split_once(':')?;
+                    let n: u64 = n.trim().parse().ok().filter(|&n| n >= 1)?;
+                    Some((name.trim().to_string(), (n, AtomicU64::new(0))))
+                })
+                .collect()
+        })
+    }
+
+    /// Aborts the process if this is the configured hit of `name`.
+    pub fn crash_point(name: &str, info: impl FnOnce() -> String) {
+        if let Some((at, hits)) = armed().get(name) {
+            if hits.fetch_add(1, Ordering::SeqCst) + 1 == *at {
+                eprintln!("raftnode: failpoint {name} fired at hit {at}: {}", info());
+                std::process::abort();
+            }
+        }
+    }
+}
+
+/// Without the `failpoints` feature: nothing.
+#[cfg(not(feature = "failpoints"))]
+pub mod crash {
+    /// Does nothing; see the `failpoints` build.
+    #[inline(always)]
+    pub fn crash_point(_name: &str, _info: impl FnOnce() -> String) {}
+}

@@ -109,6 +109,11 @@ mod wal;
 #[cfg(test)]
 mod crash_tests;
 
+/// Crash points for process-level fault tests (see `failpoint.rs`); they
+/// compile to nothing without the `failpoints` feature.
+#[doc(hidden)]
+pub use crate::failpoint::crash::crash_point;
+
 use std::path::PathBuf;
 
 pub use crate::error::Error;

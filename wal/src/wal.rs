@@ -358,6 +358,9 @@ impl Wal {
         self.check_not_stale(&meta)?;
         let path = writer.finish()?;
         failpoint::hit("snapshot:after-rename")?;
+        failpoint::crash::crash_point("after_snapshot_rename", || {
+            format!("snapshot={}", path.display())
+        });
         let reset = self.terms.term_of(meta.index, self.last_index) != Some(meta.term)
             && self.snapshot.as_ref().map(|s| (s.0.index, s.0.term))
                 != Some((meta.index, meta.term));
@@ -577,6 +580,10 @@ impl Wal {
         self.unsynced = true;
         self.maybe_prepare_next();
         if sync {
+            let at = self.cursor - need;
+            failpoint::crash::crash_point("before_wal_fsync", || {
+                format!("segment={} offset={at} len={need}", path.display())
+            });
             if let Err(e) = fsutil::sync_data(&self.file, &path) {
                 return Err(self.fail(e));
             }

@@ -1,0 +1,64 @@
+//! Test-only switches: crash points and deliberately broken behaviour.
+//!
+//! Nothing here is part of the outside contract. The fault-injection suite
+//! (`tests/fault.rs`, `tests/failpoints.rs`) uses it to prove two things:
+//! that the node survives crashes at the worst instants, and that its
+//! checker notices when the node is broken on purpose.
+//!
+//! - [`crash_point`]: with the cargo feature `failpoints`, aborts the process
+//!   at a named point on the N-th hit, as configured by
+//!   `RAFTNODE_FAILPOINTS=name:N,...` (the hook lives in the `wal` crate,
+//!   whose own points are in its write path). Without the feature it is an
+//!   empty inline function. Points: `before_wal_fsync` (wal: a synced write
+//!   is in the page cache, its fdatasync has not run), `after_snapshot_rename`
+//!   (wal: the snapshot file is in place, its marker is not in the log),
+//!   `after_wal_fsync` (a Ready is durable, its acknowledgements are not
+//!   sent), `before_segment_release` (a snapshot is durable, old segments are
+//!   not released), `mid_apply` (a committed entry is applied, its client is
+//!   not answered, later entries of the Ready are not applied).
+//! - `RAFTNODE_DEBUG_UNSAFE_LOCAL_READS=1` (TEST ONLY, breaks
+//!   linearizability): `GET` is served from local state without a
+//!   read-index round trip, so a partitioned or lagging node answers stale
+//!   values.
+//! - `RAFTNODE_DEBUG_ACK_BEFORE_FSYNC=1` (TEST ONLY, breaks durability): WAL
+//!   writes skip their fdatasync, so entries are acknowledged (and votes
+//!   granted) before they are durable; a power cut then loses them.
+
+use std::sync::OnceLock;
+
+/// Aborts the process at crash point `name` if the `failpoints` build armed
+/// it for this hit; otherwise (and always without the feature) does nothing.
+#[inline(always)]
+pub fn crash_point(name: &str) {
+    wal::crash_point(name, String::new);
+}
+
+fn flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1")
+}
+
+/// TEST ONLY: serve reads from local state (see the module docs).
+pub fn unsafe_local_reads() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = flag("RAFTNODE_DEBUG_UNSAFE_LOCAL_READS");
+        if on {
+            log::warn!(
+                "RAFTNODE_DEBUG_UNSAFE_LOCAL_READS=1: reads are NOT linearizable (test only)"
+            );
+        }
+        on
+    })
+}
+
+/// TEST ONLY: skip the WAL's fdatasync (see the module docs).
+pub fn ack_before_fsync() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = flag("RAFTNODE_DEBUG_ACK_BEFORE_FSYNC");
+        if on {
+            log::warn!("RAFTNODE_DEBUG_ACK_BEFORE_FSYNC=1: writes are NOT durable (test only)");
+        }
+        on
+    })
+}
