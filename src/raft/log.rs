@@ -89,24 +89,26 @@ impl<S: Storage> RaftLog<S> {
     /// new entry if the entry at `prev_index` has `prev_term`, else `None`.
     /// Returns `Err` if the leader tries to overwrite a committed entry,
     /// which a correct leader never does; the caller drops the message.
+    /// Takes the entries by value so the new ones move into the log.
     pub fn maybe_append(
         &mut self,
         prev_index: u64,
         prev_term: u64,
         committed: u64,
-        ents: &[Entry],
+        mut ents: Vec<Entry>,
     ) -> Result<Option<u64>, &'static str> {
         if !self.match_term(prev_index, prev_term) {
             return Ok(None);
         }
         let last_new = prev_index + ents.len() as u64;
-        let conflict = self.find_conflict(ents);
+        let conflict = self.find_conflict(&ents);
         if conflict != 0 {
             if conflict <= self.committed {
                 return Err("append conflicts with a committed entry");
             }
             let start = (conflict - prev_index - 1) as usize;
-            self.append(&ents[start..]);
+            ents.drain(..start);
+            self.append(ents);
         }
         self.commit_to(committed.min(last_new));
         Ok(Some(last_new))
@@ -114,7 +116,7 @@ impl<S: Storage> RaftLog<S> {
 
     /// Appends entries after the last one or overwriting an uncommitted
     /// suffix. Returns the new last index.
-    pub fn append(&mut self, ents: &[Entry]) -> u64 {
+    pub fn append(&mut self, ents: Vec<Entry>) -> u64 {
         if let Some(first) = ents.first() {
             assert!(
                 first.index > self.committed,

@@ -85,8 +85,9 @@ impl Unstable {
     }
 
     /// Appends `ents`, whose first index may be inside or before this buffer:
-    /// everything from that index on is replaced.
-    pub fn truncate_and_append(&mut self, ents: &[Entry]) {
+    /// everything from that index on is replaced. The entries are moved in,
+    /// not copied: they are the hot path of replication.
+    pub fn truncate_and_append(&mut self, ents: Vec<Entry>) {
         let Some(first) = ents.first() else { return };
         let after = first.index;
         if after == self.offset + self.entries.len() as u64 {
@@ -98,7 +99,11 @@ impl Unstable {
         } else {
             self.entries.truncate((after - self.offset) as usize);
         }
-        self.entries.extend_from_slice(ents);
+        if self.entries.is_empty() {
+            self.entries = ents;
+        } else {
+            self.entries.extend(ents);
+        }
     }
 
     /// Entries in `[lo, hi)`; the caller checks the range is inside the buffer.

@@ -1013,7 +1013,7 @@ impl<S: Storage> Raft<S> {
         }
         match self
             .log
-            .maybe_append(prev_index, prev_term, commit, &entries)
+            .maybe_append(prev_index, prev_term, commit, entries)
         {
             Ok(Some(last)) => {
                 let body = MessageBody::AppendResponse {
@@ -1173,7 +1173,7 @@ impl<S: Storage> Raft<S> {
             e.index = first + i as u64;
             e.term = self.term;
         }
-        self.log.append(&entries);
+        self.log.append(entries);
     }
 
     /// Requests a read index for `context`. The answer arrives as a
