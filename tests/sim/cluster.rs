@@ -734,7 +734,11 @@ impl Sim {
         if ids.len() <= 1 {
             return Ok(());
         }
-        let id = ids[self.rand(ids.len())];
+        // Half the time the leader: that is where most of the state is.
+        let id = match self.leader() {
+            Some(l) if self.rng.below(2) == 0 => l,
+            _ => ids[self.rand(ids.len())],
+        };
         self.crash(id);
         Ok(())
     }

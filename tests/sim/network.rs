@@ -35,6 +35,9 @@ pub fn chance(rng: &mut Rng, permille: u64) -> bool {
     rng.below(1000) < permille
 }
 
+/// The longest a stale message is held back, in steps.
+const STALE_DELAY: u64 = 2000;
+
 /// More in flight than this means the receivers cannot keep up; the oldest
 /// messages are lost, as a bounded sender queue would drop them.
 const MAX_IN_FLIGHT: usize = 4096;
@@ -46,14 +49,14 @@ impl Network {
             return false;
         }
         if chance(rng, self.dup_permille) {
-            let ready_at = now + rng.below(self.max_delay + 1);
+            let ready_at = now + self.delay(rng);
             self.queue.push(Packet {
                 msg: msg.clone(),
                 from_inc,
                 ready_at,
             });
         }
-        let ready_at = now + rng.below(self.max_delay + 1);
+        let ready_at = now + self.delay(rng);
         self.queue.push(Packet {
             msg,
             from_inc,
@@ -63,6 +66,15 @@ impl Network {
             self.queue.remove(0);
         }
         true
+    }
+
+    /// How many steps a message is held back: up to `max_delay`, and now
+    /// and then far longer, so that stale messages of old terms arrive.
+    fn delay(&self, rng: &mut Rng) -> u64 {
+        if self.max_delay > 0 && chance(rng, 5) {
+            return rng.below(STALE_DELAY);
+        }
+        rng.below(self.max_delay + 1)
     }
 
     /// Takes a deliverable message, if any.
