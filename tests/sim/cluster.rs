@@ -279,7 +279,7 @@ impl Sim {
         let partitioned = self.net.is_partitioned();
         let any_down = self.nodes.values().any(|n| !n.is_up());
         // Weights per thousand steps, roughly.
-        let weights: [(u8, u64); 14] = [
+        let weights: [(u8, u64); 15] = [
             (0, 500),                              // deliver a message
             (1, 300),                              // a Ready stage on some node
             (2, 20),                               // tick one node
@@ -294,6 +294,7 @@ impl Sim {
             (11, c.partition_weight),              // partition
             (12, if partitioned { 5 } else { 0 }), // heal
             (13, 2),                               // report a peer unreachable
+            (14, 2),                               // the application forces an election
         ];
         let total: u64 = weights.iter().map(|w| w.1).sum();
         let mut r = self.rng.below(total);
@@ -333,6 +334,18 @@ impl Sim {
             12 => {
                 trace!(self, "heal the network");
                 self.net.heal();
+                Ok(())
+            }
+            14 => {
+                let ids = self.up_ids();
+                if !ids.is_empty() {
+                    let id = ids[self.rand(ids.len())];
+                    trace!(self, "node {id} is told to campaign");
+                    if let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) {
+                        raw.campaign();
+                    }
+                    self.touched.push(id);
+                }
                 Ok(())
             }
             _ => {
