@@ -54,15 +54,18 @@ impl Unstable {
 
     /// Marks entries up to `index` durable, but only if the entry there still
     /// has term `term`: if the tail was overwritten meanwhile, the newer
-    /// entries are not yet durable and must stay.
-    pub fn stable_to(&mut self, index: u64, term: u64) {
-        if index < self.offset {
-            return;
+    /// entries are not yet durable and must stay. Returns the entries that
+    /// left the buffer.
+    pub fn stable_to(&mut self, index: u64, term: u64) -> Vec<Entry> {
+        if index < self.offset || self.maybe_term(index) != Some(term) {
+            return Vec::new();
         }
-        if self.maybe_term(index) == Some(term) {
-            let n = (index + 1 - self.offset) as usize;
-            self.entries.drain(..n);
-            self.offset = index + 1;
+        let n = (index + 1 - self.offset) as usize;
+        self.offset = index + 1;
+        if n == self.entries.len() {
+            std::mem::take(&mut self.entries)
+        } else {
+            self.entries.drain(..n).collect()
         }
     }
 

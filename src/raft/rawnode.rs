@@ -213,7 +213,7 @@ impl<S: Storage> RawNode<S> {
         let hard = r.hard_state();
         let entries = r.log.unstable_entries().to_vec();
         let snapshot = r.log.unstable.snapshot.clone();
-        let committed_entries = r.log.next_entries(r.max_committed_size_per_ready);
+        let committed_entries = r.log.take_next_entries(r.max_committed_size_per_ready);
         let must_sync = hard.term != self.prev_hard.term
             || hard.vote != self.prev_hard.vote
             || !entries.is_empty()
