@@ -60,7 +60,11 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 fn replay_command(seed: u64) -> String {
-    format!("RAFT_SIM_SEED={seed} cargo test --release --test sim -- --nocapture")
+    let steps = match env_u64("RAFT_SIM_STEPS") {
+        Some(n) if n != DEFAULT_STEPS => format!("RAFT_SIM_STEPS={n} "),
+        _ => String::new(),
+    };
+    format!("{steps}RAFT_SIM_SEED={seed} cargo test --release --test sim -- --nocapture")
 }
 
 /// Runs one seed; a panic in the core counts as a failure of that seed.
