@@ -325,11 +325,13 @@ impl Sim {
                 let ids = self.up_ids();
                 if !ids.is_empty() {
                     let id = ids[self.rand(ids.len())];
+                    trace!(self, "tick node {id}");
                     self.tick(id);
                 }
                 Ok(())
             }
             3 => {
+                trace!(self, "tick every node");
                 for id in self.up_ids() {
                     self.tick(id);
                 }
@@ -867,6 +869,7 @@ impl Sim {
         };
         for t in 0..ticks {
             self.step += 1;
+            trace!(self, "liveness: tick {} of every node", t + 1);
             for id in self.up_ids() {
                 self.tick(id);
             }
