@@ -2,8 +2,8 @@
 //! each reduced to a few deterministic steps over a perfect network.
 
 use raftnode::raft::{
-    ConfChange, ConfChangeKind, ConfState, Config, EntryKind, MemStorage, Message, RawNode, Role,
-    Storage,
+    ConfChange, ConfChangeKind, ConfState, Config, EntryKind, HardState, MemStorage, Message,
+    MessageBody, RawNode, Role, Storage,
 };
 
 struct Node {
@@ -117,4 +117,45 @@ fn new_member_learns_the_bootstrap_membership_before_the_log() {
     let mut alone = vec![nodes.pop().unwrap()];
     run_ticks(&mut alone, 50);
     assert_ne!(alone[0].raw.status().soft_state.role, Role::Leader);
+}
+
+/// Found by the simulation (seed 94000, PreVote and CheckQuorum off): voter 1
+/// had fallen far behind, still believed the membership was 1,2,3 and had
+/// run its term up campaigning among 1,2,3 (2 and 3 had been removed). The
+/// leader, 8, was unknown to it, so its vote requests never reached 8, and
+/// it silently dropped 8's heartbeats of the lower term: it could never
+/// rejoin. A node now answers a stale append or heartbeat from a sender it
+/// does not know as a voter, so the leader learns the higher term.
+#[test]
+fn stale_heartbeat_from_an_unknown_leader_is_answered_with_our_term() {
+    let storage = MemStorage::new_with_conf_state(ConfState::with_voters(vec![1, 2, 3]));
+    storage.set_hard_state(HardState {
+        term: 9,
+        vote: 1,
+        commit: 0,
+    });
+    let mut config = Config::new(1);
+    config.pre_vote = false;
+    config.check_quorum = false;
+    let mut raw = RawNode::new(&config, storage).unwrap();
+    let heartbeat = |from| Message {
+        from,
+        to: 1,
+        term: 4,
+        body: MessageBody::Heartbeat {
+            commit: 0,
+            context: vec![],
+        },
+    };
+    // From a voter it knows, a stale heartbeat is ignored as in etcd: its own
+    // vote requests will carry its term to that node.
+    raw.step(heartbeat(2));
+    assert!(!raw.has_ready());
+    // From a leader it does not know, it answers with its term.
+    raw.step(heartbeat(8));
+    let rd = raw.ready();
+    let answers: Vec<&Message> = rd.messages.iter().chain(&rd.persisted_messages).collect();
+    assert_eq!(answers.len(), 1);
+    assert_eq!((answers[0].to, answers[0].term), (8, 9));
+    assert_eq!(answers[0].body.name(), "append_response");
 }

@@ -637,9 +637,13 @@ impl<S: Storage> Raft<S> {
         } else if m.term < self.term {
             match m.body {
                 // A stale leader (e.g. after a partition) learns our term
-                // from the answer and steps down.
+                // from the answer and steps down. Without CheckQuorum and
+                // PreVote our vote requests would carry our term to it, but
+                // only if our membership has it as a voter: a far-behind
+                // node that does not know the leader must answer it, or it
+                // could never rejoin.
                 MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
-                    if self.check_quorum || self.pre_vote =>
+                    if self.check_quorum || self.pre_vote || !self.prs.is_voter(m.from) =>
                 {
                     self.send_to(
                         m.from,
