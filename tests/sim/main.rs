@@ -33,23 +33,18 @@ const DEFAULT_STEPS: u64 = 10_000;
 /// Seeds that find a bug in the core when its fix is reverted (with this
 /// harness at [`DEFAULT_STEPS`]), kept as regression runs.
 const PINNED: &[(u64, &str)] = &[
-    (
-        7,
-        "a new member rebuilt its membership from a log without the bootstrap one",
-    ),
-    (
-        18,
-        "a new member rebuilt its membership from a log without the bootstrap one",
-    ),
-    (
-        4,
-        "initial_state returned the membership of an older snapshot",
-    ),
-    (
-        16,
-        "initial_state returned the membership of an older snapshot",
-    ),
+    (7, BOOTSTRAP_MEMBERSHIP),
+    (18, BOOTSTRAP_MEMBERSHIP),
+    (4, SNAPSHOT_MEMBERSHIP),
+    (16, SNAPSHOT_MEMBERSHIP),
+    (94000, UNKNOWN_LEADER),
 ];
+
+const BOOTSTRAP_MEMBERSHIP: &str =
+    "a new member rebuilt its membership from a log without the bootstrap one";
+const SNAPSHOT_MEMBERSHIP: &str = "initial_state returned the membership of an older snapshot";
+const UNKNOWN_LEADER: &str =
+    "a far-behind voter ignored the stale heartbeats of a leader it did not know";
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
