@@ -21,7 +21,18 @@ pub struct RaftLog<S: Storage> {
     pub committed: u64,
     /// Highest index handed to the application for applying.
     pub applied: u64,
+    /// Entries that became durable and are not yet handed out for applying,
+    /// kept when they leave `unstable` so that [`RaftLog::take_next_entries`]
+    /// can move them out instead of copying them back from storage. Only a
+    /// cache: `cache[i].index == cache[0].index + i`, and every entry in it
+    /// is the one the log holds at its index (appends over it and snapshots
+    /// drop it).
+    cache: Vec<Entry>,
 }
+
+/// The most entries [`RaftLog`] keeps in its cache (a node that persists far
+/// ahead of its commit index falls back to reading storage).
+const MAX_CACHED: usize = 1 << 16;
 
 impl<S: Storage> RaftLog<S> {
     /// A log over `storage` with `applied` set to the storage's compaction
@@ -34,6 +45,7 @@ impl<S: Storage> RaftLog<S> {
             unstable: Unstable::new(last + 1),
             committed: first - 1,
             applied: first - 1,
+            cache: Vec::new(),
         }
     }
 
@@ -89,24 +101,26 @@ impl<S: Storage> RaftLog<S> {
     /// new entry if the entry at `prev_index` has `prev_term`, else `None`.
     /// Returns `Err` if the leader tries to overwrite a committed entry,
     /// which a correct leader never does; the caller drops the message.
+    /// Takes the entries by value so the new ones move into the log.
     pub fn maybe_append(
         &mut self,
         prev_index: u64,
         prev_term: u64,
         committed: u64,
-        ents: &[Entry],
+        mut ents: Vec<Entry>,
     ) -> Result<Option<u64>, &'static str> {
         if !self.match_term(prev_index, prev_term) {
             return Ok(None);
         }
         let last_new = prev_index + ents.len() as u64;
-        let conflict = self.find_conflict(ents);
+        let conflict = self.find_conflict(&ents);
         if conflict != 0 {
             if conflict <= self.committed {
                 return Err("append conflicts with a committed entry");
             }
             let start = (conflict - prev_index - 1) as usize;
-            self.append(&ents[start..]);
+            ents.drain(..start);
+            self.append(ents);
         }
         self.commit_to(committed.min(last_new));
         Ok(Some(last_new))
@@ -114,7 +128,7 @@ impl<S: Storage> RaftLog<S> {
 
     /// Appends entries after the last one or overwriting an uncommitted
     /// suffix. Returns the new last index.
-    pub fn append(&mut self, ents: &[Entry]) -> u64 {
+    pub fn append(&mut self, ents: Vec<Entry>) -> u64 {
         if let Some(first) = ents.first() {
             assert!(
                 first.index > self.committed,
@@ -122,6 +136,12 @@ impl<S: Storage> RaftLog<S> {
                 first.index,
                 self.committed
             );
+            let keep = self
+                .cache
+                .iter()
+                .take_while(|e| e.index < first.index)
+                .count();
+            self.cache.truncate(keep);
             self.unstable.truncate_and_append(ents);
         }
         self.last_index()
@@ -195,7 +215,19 @@ impl<S: Storage> RaftLog<S> {
     }
 
     pub fn stable_to(&mut self, index: u64, term: u64) {
-        self.unstable.stable_to(index, term);
+        let ents = self.unstable.stable_to(index, term);
+        let Some(first) = ents.first() else { return };
+        let follows = self.cache.last().is_none_or(|e| e.index + 1 == first.index);
+        if !follows || self.cache.len() + ents.len() > MAX_CACHED {
+            self.cache.clear();
+        }
+        if ents.len() <= MAX_CACHED {
+            if self.cache.is_empty() {
+                self.cache = ents;
+            } else {
+                self.cache.extend(ents);
+            }
+        }
     }
 
     pub fn stable_snap_to(&mut self, index: u64) {
@@ -221,6 +253,25 @@ impl<S: Storage> RaftLog<S> {
                 .unwrap_or_default()
         } else {
             Vec::new()
+        }
+    }
+
+    /// [`RaftLog::next_entries`], moving the entries out of the cache when
+    /// they are all there rather than copying them.
+    pub fn take_next_entries(&mut self, max_size: u64) -> Vec<Entry> {
+        let off = (self.applied + 1).max(self.first_index());
+        let stale = self.cache.iter().take_while(|e| e.index < off).count();
+        self.cache.drain(..stale);
+        let wanted = (self.committed + 1).saturating_sub(off) as usize;
+        let cached = self.cache.first().is_some_and(|e| e.index == off);
+        if wanted == 0 || !cached || self.cache.len() < wanted {
+            return self.next_entries(max_size);
+        }
+        let n = limit_size(&self.cache[..wanted], max_size).len();
+        if n == self.cache.len() {
+            std::mem::take(&mut self.cache)
+        } else {
+            self.cache.drain(..n).collect()
         }
     }
 
@@ -277,6 +328,7 @@ impl<S: Storage> RaftLog<S> {
     /// Replaces the log with a snapshot; the caller has checked it is newer
     /// than `committed`.
     pub fn restore(&mut self, snapshot: Snapshot) {
+        self.cache.clear();
         self.committed = snapshot.meta.index;
         self.unstable.restore(snapshot);
     }
@@ -289,5 +341,55 @@ impl<S: Storage> RaftLog<S> {
         }
         let stable_last = self.storage.last_index();
         stable_last.min(self.unstable.offset - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::storage::MemStorage;
+    use crate::raft::types::EntryKind;
+
+    fn ent(index: u64, term: u64, data: &[u8]) -> Entry {
+        Entry {
+            index,
+            term,
+            kind: EntryKind::Normal,
+            data: data.to_vec(),
+        }
+    }
+
+    /// What the application does with a Ready's entries before `advance`.
+    fn persist(log: &mut RaftLog<MemStorage>) {
+        let ents = log.unstable_entries().to_vec();
+        log.storage.append(&ents).unwrap();
+        if let Some(e) = ents.last() {
+            log.stable_to(e.index, e.term);
+        }
+    }
+
+    #[test]
+    fn committed_entries_move_out_of_the_cache_and_follow_overwrites() {
+        let mut log = RaftLog::new(MemStorage::new());
+        log.append(vec![ent(1, 1, b"a"), ent(2, 1, b"b"), ent(3, 1, b"c")]);
+        persist(&mut log);
+        log.commit_to(1);
+        assert_eq!(log.take_next_entries(u64::MAX), vec![ent(1, 1, b"a")]);
+        log.applied_to(1);
+        // A new leader overwrites the uncommitted 3 and commits it at once,
+        // before the overwrite is durable: 3 must not come from the cache.
+        log.append(vec![ent(3, 2, b"y")]);
+        log.commit_to(3);
+        let next = log.take_next_entries(u64::MAX);
+        assert_eq!(next, vec![ent(2, 1, b"b"), ent(3, 2, b"y")]);
+        // Size-capped batches come out of the cache one after the other.
+        persist(&mut log);
+        log.applied_to(3);
+        log.append(vec![ent(4, 2, b"d"), ent(5, 2, b"e")]);
+        persist(&mut log);
+        log.commit_to(5);
+        assert_eq!(log.take_next_entries(0), vec![ent(4, 2, b"d")]);
+        log.applied_to(4);
+        assert_eq!(log.take_next_entries(0), vec![ent(5, 2, b"e")]);
     }
 }

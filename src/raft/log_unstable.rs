@@ -54,15 +54,18 @@ impl Unstable {
 
     /// Marks entries up to `index` durable, but only if the entry there still
     /// has term `term`: if the tail was overwritten meanwhile, the newer
-    /// entries are not yet durable and must stay.
-    pub fn stable_to(&mut self, index: u64, term: u64) {
-        if index < self.offset {
-            return;
+    /// entries are not yet durable and must stay. Returns the entries that
+    /// left the buffer.
+    pub fn stable_to(&mut self, index: u64, term: u64) -> Vec<Entry> {
+        if index < self.offset || self.maybe_term(index) != Some(term) {
+            return Vec::new();
         }
-        if self.maybe_term(index) == Some(term) {
-            let n = (index + 1 - self.offset) as usize;
-            self.entries.drain(..n);
-            self.offset = index + 1;
+        let n = (index + 1 - self.offset) as usize;
+        self.offset = index + 1;
+        if n == self.entries.len() {
+            std::mem::take(&mut self.entries)
+        } else {
+            self.entries.drain(..n).collect()
         }
     }
 
@@ -85,8 +88,9 @@ impl Unstable {
     }
 
     /// Appends `ents`, whose first index may be inside or before this buffer:
-    /// everything from that index on is replaced.
-    pub fn truncate_and_append(&mut self, ents: &[Entry]) {
+    /// everything from that index on is replaced. The entries are moved in,
+    /// not copied: they are the hot path of replication.
+    pub fn truncate_and_append(&mut self, ents: Vec<Entry>) {
         let Some(first) = ents.first() else { return };
         let after = first.index;
         if after == self.offset + self.entries.len() as u64 {
@@ -98,7 +102,11 @@ impl Unstable {
         } else {
             self.entries.truncate((after - self.offset) as usize);
         }
-        self.entries.extend_from_slice(ents);
+        if self.entries.is_empty() {
+            self.entries = ents;
+        } else {
+            self.entries.extend(ents);
+        }
     }
 
     /// Entries in `[lo, hi)`; the caller checks the range is inside the buffer.

@@ -266,11 +266,18 @@ impl ProgressTracker {
         if self.voters.is_empty() {
             return 0;
         }
-        let mut matched: Vec<u64> = self
-            .voters
-            .iter()
-            .map(|id| self.progress.get(id).map_or(0, |p| p.matched))
-            .collect();
+        // Called on every acknowledgement: no allocation for usual sizes.
+        let mut small = [0u64; 9];
+        let mut large = Vec::new();
+        let matched: &mut [u64] = if self.voters.len() <= small.len() {
+            &mut small[..self.voters.len()]
+        } else {
+            large.resize(self.voters.len(), 0);
+            &mut large
+        };
+        for (slot, id) in matched.iter_mut().zip(&self.voters) {
+            *slot = self.progress.get(id).map_or(0, |p| p.matched);
+        }
         matched.sort_unstable_by(|a, b| b.cmp(a));
         matched[self.quorum() - 1]
     }
@@ -350,6 +357,8 @@ mod tests {
         assert_eq!(tracker(&[1, 2, 3], &[5, 3, 1]).committed(), 3);
         assert_eq!(tracker(&[1, 2, 3, 4], &[5, 3, 1, 4]).committed(), 3);
         assert_eq!(tracker(&[1], &[7]).committed(), 7);
+        let many: Vec<u64> = (1..=11).collect();
+        assert_eq!(tracker(&many, &many).committed(), 6);
     }
 
     #[test]

@@ -40,7 +40,9 @@ pub struct Ready {
     /// Entries to persist before sending `persisted_messages`. An entry at
     /// index i replaces any persisted entries at i and above.
     pub entries: Vec<Entry>,
-    /// A snapshot to persist and apply before anything else, if any.
+    /// A snapshot to persist and apply before anything else, if any. A new
+    /// member of a cluster that never compacted gets one at index 0 with
+    /// empty data: it carries only the bootstrap membership.
     pub snapshot: Option<Snapshot>,
     /// Committed entries to apply, in order. Some may be in `entries` of this
     /// same Ready: persist first, then apply.
@@ -216,7 +218,7 @@ impl<S: Storage> RawNode<S> {
         let hard = r.hard_state();
         let entries = r.log.unstable_entries().to_vec();
         let snapshot = r.log.unstable.snapshot.clone();
-        let committed_entries = r.log.next_entries(r.max_committed_size_per_ready);
+        let committed_entries = r.log.take_next_entries(r.max_committed_size_per_ready);
         let must_sync = hard.term != self.prev_hard.term
             || hard.vote != self.prev_hard.vote
             || !entries.is_empty()

@@ -74,8 +74,8 @@ struct MemStorageCore {
     /// Index and term of the entry just before `entries[0]` (the compaction point).
     base_index: u64,
     base_term: u64,
-    /// Membership as of the compaction point, returned by `initial_state`
-    /// together with any later conf changes the application replays.
+    /// Membership as of the latest snapshot, returned by `initial_state`;
+    /// a restarted node replays the conf changes after it.
     conf_state: ConfState,
     /// Entries `base_index + 1 ..`, contiguous.
     entries: Vec<Entry>,
@@ -198,6 +198,9 @@ impl MemStorage {
         } else {
             core.entries[(index - core.base_index - 1) as usize].term
         };
+        // A node restarting from this snapshot replays only the conf
+        // changes after `index`, so it must start from this membership.
+        core.conf_state = conf_state.clone();
         core.snapshot = Snapshot {
             meta: SnapshotMeta {
                 index,
@@ -321,6 +324,21 @@ mod tests {
         assert_eq!(s.entries(2, 4, u64::MAX), Err(StorageError::Compacted));
         assert_eq!(s.entries(3, 4, u64::MAX).unwrap().len(), 1);
         assert_eq!(s.compact(9), Err(StorageError::Unavailable));
+    }
+
+    /// Found by the simulation (seed 40): a node restarting from a snapshot
+    /// it had created got the membership of an older snapshot (or of the
+    /// bootstrap) from `initial_state`, while it replays only the conf
+    /// changes after the new snapshot: changes in between were lost.
+    #[test]
+    fn initial_state_has_the_membership_of_the_latest_snapshot() {
+        let s = MemStorage::new_with_conf_state(ConfState::with_voters(vec![1, 2, 3]));
+        s.append(&[ent(1, 1), ent(2, 1), ent(3, 1)]).unwrap();
+        let cs = ConfState::with_voters(vec![1, 2, 3, 4]);
+        s.create_snapshot(2, cs.clone(), vec![]).unwrap();
+        assert_eq!(s.initial_state().1, cs);
+        s.compact(1).unwrap();
+        assert_eq!(s.initial_state().1, cs);
     }
 
     #[test]
