@@ -39,7 +39,6 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use log::{error, info, warn};
 
 use crate::kv::ErrorCode;
-use crate::reply::ReplyTx;
 use crate::kv::RequestId;
 use crate::kv::{decode_command, KvStore, Reply};
 use crate::node::{decode_conf_context, encode_conf_context, ReadNotice, ReadWaiter, Shared};
@@ -47,6 +46,7 @@ use crate::raft::{
     ConfChange, ConfChangeKind, ConfState, Entry, EntryKind, HardState, MemStorage, NodeId, Ready,
     Snapshot, SnapshotMeta, Storage,
 };
+use crate::reply::ReplyTx;
 use crate::transport::Transport;
 
 /// Entries kept in memory behind a snapshot, for slow followers.
@@ -339,7 +339,12 @@ struct FsyncStats {
 
 impl FsyncStats {
     fn new() -> FsyncStats {
-        FsyncStats { since: Instant::now(), fsyncs: 0, entries: 0, readies: 0 }
+        FsyncStats {
+            since: Instant::now(),
+            fsyncs: 0,
+            entries: 0,
+            readies: 0,
+        }
     }
 
     fn record(&mut self, synced: bool, entries: usize) {
@@ -774,20 +779,26 @@ impl Applier {
                 return;
             }
         };
-        let meta = SnapshotMeta { index, term, conf_state: self.conf_state.clone() };
+        let meta = SnapshotMeta {
+            index,
+            term,
+            conf_state: self.conf_state.clone(),
+        };
         let mut writer = match self.wal.snapshot_writer(&to_wal_meta(&meta)) {
             Ok(w) => w,
             Err(e) => fatal("starting a snapshot file", e),
         };
         let view = self.kv.view();
         let (tx, rx) = bounded(1);
-        let spawned = std::thread::Builder::new().name("snapshot".into()).spawn(move || {
-            let r = view
-                .write_snapshot(&mut writer)
-                .map_err(|e| e.to_string())
-                .and_then(|_| writer.sync_data().map_err(|e| e.to_string()));
-            let _ = tx.send(r.map(|_| writer));
-        });
+        let spawned = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || {
+                let r = view
+                    .write_snapshot(&mut writer)
+                    .map_err(|e| e.to_string())
+                    .and_then(|_| writer.sync_data().map_err(|e| e.to_string()));
+                let _ = tx.send(r.map(|_| writer));
+            });
         if let Err(e) = spawned {
             warn!("cannot start the snapshot thread: {e}");
             return;
@@ -799,7 +810,9 @@ impl Applier {
     /// the WAL, compacts the in-memory log behind it (keeping a tail for slow
     /// followers) and releases WAL segments.
     fn finish_snapshot(&mut self, written: Result<wal::SnapshotWriter, String>) {
-        let Some(s) = self.snapshotting.take() else { return };
+        let Some(s) = self.snapshotting.take() else {
+            return;
+        };
         let writer = match written {
             Ok(w) => w,
             Err(e) => fatal("writing a snapshot", e),
@@ -813,7 +826,10 @@ impl Applier {
                 fatal("saving a snapshot", e);
             }
             crate::debug::crash_point("before_segment_release");
-            if let Err(e) = self.storage.create_snapshot(index, s.meta.conf_state.clone(), Vec::new()) {
+            if let Err(e) =
+                self.storage
+                    .create_snapshot(index, s.meta.conf_state.clone(), Vec::new())
+            {
                 warn!("in-memory snapshot at {index}: {e}");
             }
             let compact_to = index.saturating_sub(KEEP_TAIL);
@@ -827,7 +843,10 @@ impl Applier {
             self.publish_snapshot();
             // Keep the entries after the previous snapshot, so that recovery
             // can fall back to it should the newest snapshot file be damaged.
-            if let Err(e) = self.wal.release_to(self.prev_snapshot_index.min(compact_to)) {
+            if let Err(e) = self
+                .wal
+                .release_to(self.prev_snapshot_index.min(compact_to))
+            {
                 warn!("releasing WAL segments: {e}");
             }
             info!("snapshot at {index} ({} keys)", self.kv.len());
@@ -837,7 +856,8 @@ impl Applier {
             w.send(reply.clone());
         }
         // Requests that came while this one was written want a newer one.
-        if self.snapshot_entries > 0 && self.applied >= self.snapshot_index + self.snapshot_entries {
+        if self.snapshot_entries > 0 && self.applied >= self.snapshot_index + self.snapshot_entries
+        {
             self.start_snapshot();
         }
     }

@@ -282,7 +282,10 @@ impl KvStore {
     /// A frozen copy of the state to serialise on another thread while
     /// this one goes on applying. Cheap: it shares every key and value.
     pub fn view(&self) -> KvView {
-        KvView { members: self.members.clone(), map: self.map.clone() }
+        KvView {
+            members: self.members.clone(),
+            map: self.map.clone(),
+        }
     }
 
     pub fn snapshot_bytes(&self) -> Vec<u8> {
@@ -345,7 +348,11 @@ impl KvView {
     }
 }
 
-fn write_snapshot(members: &BTreeMap<NodeId, String>, map: &Map, w: &mut impl Write) -> io::Result<()> {
+fn write_snapshot(
+    members: &BTreeMap<NodeId, String>,
+    map: &Map,
+    w: &mut impl Write,
+) -> io::Result<()> {
     w.write_all(b"RNKV")?;
     w.write_u32::<LittleEndian>(1)?;
     w.write_u64::<LittleEndian>(members.len() as u64)?;

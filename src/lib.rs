@@ -106,8 +106,9 @@ pub fn start(cfg: NodeConfig) -> Result<Running, String> {
             incoming: cfg.data_dir.join(apply::INCOMING_DIR),
         }
     };
-    let transport = transport::Transport::start(cfg.id, peer_listener, inbound_tx, report_tx, snapshots)
-        .map_err(|e| format!("cannot start the peer listener on {own}: {e}"))?;
+    let transport =
+        transport::Transport::start(cfg.id, peer_listener, inbound_tx, report_tx, snapshots)
+            .map_err(|e| format!("cannot start the peer listener on {own}: {e}"))?;
 
     let mut rc = Config::new(cfg.id);
     rc.election_ticks = cfg.election_ticks;

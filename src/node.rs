@@ -30,11 +30,11 @@ use crossbeam_channel::{never, select, tick, Receiver, Sender};
 use log::{debug, info};
 
 use crate::kv::{ErrorCode, Reply, RequestId};
-use crate::reply::ReplyTx;
 use crate::raft::{
     ConfChange, ConfState, Error as RaftError, MemStorage, Message, NodeId, RawNode, Ready, Role,
     NO_LEADER, NO_NODE,
 };
+use crate::reply::ReplyTx;
 use crate::transport::Report;
 
 /// Reply channels of requests this node owns, by request sequence number.
@@ -429,7 +429,8 @@ impl NodeLoop {
         if had_leader {
             info!("leader changed to {leader}; failing requests in flight");
             let msg = "leader changed while the request was in flight; the outcome is unknown";
-            self.shared.answer_all(&Reply::error(ErrorCode::LeaderChanged, msg));
+            self.shared
+                .answer_all(&Reply::error(ErrorCode::LeaderChanged, msg));
             let _ = self.ch.read_batches.send(ReadNotice::LeaderChanged);
         }
     }

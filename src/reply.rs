@@ -76,7 +76,10 @@ pub struct Queue<T> {
 
 impl<T> Default for Queue<T> {
     fn default() -> Self {
-        Queue { inner: Mutex::new((VecDeque::new(), false)), ready: Condvar::new() }
+        Queue {
+            inner: Mutex::new((VecDeque::new(), false)),
+            ready: Condvar::new(),
+        }
     }
 }
 
@@ -126,14 +129,20 @@ mod tests {
         tx.send(Reply::Pong);
         assert_eq!(rx.recv_deadline(Instant::now()), Some(Reply::Ok));
         let (_tx, rx) = reply_slot();
-        assert_eq!(rx.recv_deadline(Instant::now() + Duration::from_millis(5)), None);
+        assert_eq!(
+            rx.recv_deadline(Instant::now() + Duration::from_millis(5)),
+            None
+        );
     }
 
     #[test]
     fn a_reply_from_another_thread_wakes_the_receiver() {
         let (tx, rx) = reply_slot();
         let t = std::thread::spawn(move || tx.send(Reply::Deleted));
-        assert_eq!(rx.recv_deadline(Instant::now() + Duration::from_secs(5)), Some(Reply::Deleted));
+        assert_eq!(
+            rx.recv_deadline(Instant::now() + Duration::from_secs(5)),
+            Some(Reply::Deleted)
+        );
         t.join().unwrap();
     }
 

@@ -23,8 +23,8 @@ use log::{debug, info, warn};
 use crate::kv::{encode_command, ErrorCode, Reply, RequestId};
 use crate::node::{encode_conf_context, NodeRequest, Shared, StatusInfo};
 use crate::protocol::{self, Request, MAX_LINE};
-use crate::reply::{reply_slot, Queue, ReplyRx, ReplyTx};
 use crate::raft::{ConfChange, ConfChangeKind, NodeId, Role};
+use crate::reply::{reply_slot, Queue, ReplyRx, ReplyTx};
 
 /// Everything a connection needs to reach the node.
 #[derive(Clone)]

@@ -83,7 +83,9 @@ fn run_ticks(nodes: &mut [Node], ticks: usize) {
 /// from index 1, which does not hold the bootstrap membership. Applying its
 /// own AddNode it concluded it was the only voter, elected itself alone and
 /// committed entries of its own: two leaders in one term, diverging logs.
-/// A new member now asks for the snapshot, which carries the membership.
+/// A member added to such a cluster starts from the founding membership, as
+/// `MemStorage::new_with_conf_state` documents; then replaying the log gives
+/// it the right membership.
 #[test]
 fn new_member_learns_the_bootstrap_membership_before_the_log() {
     let mut nodes = founders(3);
@@ -93,7 +95,8 @@ fn new_member_learns_the_bootstrap_membership_before_the_log() {
     nodes[0].raw.propose(b"a".to_vec()).unwrap();
     stabilize(&mut nodes);
 
-    nodes.push(node(4, MemStorage::new()));
+    let founding = ConfState::with_voters(vec![1, 2, 3]);
+    nodes.push(node(4, MemStorage::new_with_conf_state(founding)));
     let add = ConfChange {
         kind: ConfChangeKind::AddNode,
         node_id: 4,

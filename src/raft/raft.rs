@@ -726,12 +726,6 @@ impl<S: Storage> Raft<S> {
             return;
         };
         pr.recent_active = true;
-        if reject && index == 0 {
-            // Only a new member without a membership rejects an append after
-            // index 0: it needs the snapshot, which carries one.
-            self.send_membership_snapshot(from);
-            return;
-        }
         if reject {
             // Skip every entry of a term the follower does not have.
             let hint = if hint_term > 0 {
@@ -1001,19 +995,6 @@ impl<S: Storage> Raft<S> {
             }
             expected_term = e.term;
         }
-        if prev_index == 0 && self.awaiting_membership() {
-            // The bootstrap membership is not in the log, so a new member
-            // must not rebuild its membership from the log's start: it asks
-            // for the snapshot instead (see `send_membership_snapshot`).
-            let body = MessageBody::AppendResponse {
-                index: 0,
-                reject: true,
-                reject_hint: 0,
-                hint_term: 0,
-            };
-            self.send_to(from, body);
-            return;
-        }
         if prev_index < self.log.committed {
             let index = self.log.committed;
             let body = MessageBody::AppendResponse {
@@ -1094,14 +1075,10 @@ impl<S: Storage> Raft<S> {
     /// was not needed (our log already has it, or it is old).
     fn restore(&mut self, snapshot: super::types::Snapshot) -> bool {
         let meta = &snapshot.meta;
-        // A new member takes its first membership even from a snapshot at
-        // index 0 (a cluster that never compacted; see `handle_append`).
-        let joining =
-            meta.index == 0 && self.awaiting_membership() && !meta.conf_state.voters.is_empty();
-        if meta.index <= self.log.committed && !joining {
+        if meta.index <= self.log.committed {
             return false;
         }
-        if self.log.match_term(meta.index, meta.term) && !joining {
+        if self.log.match_term(meta.index, meta.term) {
             // We already have the entries: just fast-forward the commit index.
             self.log.commit_to(meta.index);
             return false;
@@ -1112,36 +1089,6 @@ impl<S: Storage> Raft<S> {
         prs.set_conf(&cs, self.log.last_index() + 1);
         self.prs = prs;
         true
-    }
-
-    /// Whether this node was started empty, to be added to a cluster, and
-    /// has learnt neither a membership nor any entry yet.
-    fn awaiting_membership(&self) -> bool {
-        self.prs.progress.is_empty() && self.log.last_index() == 0
-    }
-
-    /// Sends a new member the latest snapshot, for its membership. A cluster
-    /// bootstrapped with `MemStorage::new_with_conf_state` that has not
-    /// compacted yet has only the snapshot at index 0 holding that membership.
-    fn send_membership_snapshot(&mut self, to: NodeId) {
-        let snapshot = match self.log.snapshot() {
-            Ok(s) if !s.meta.conf_state.voters.is_empty() => s,
-            _ => return,
-        };
-        let Some(pr) = self.prs.progress.get_mut(&to) else {
-            return;
-        };
-        if pr.state == ProgressState::Snapshot {
-            return;
-        }
-        pr.become_snapshot(snapshot.meta.index);
-        log::debug!(
-            "{} sends snapshot {} to new member {}",
-            self.id,
-            snapshot.meta.index,
-            to
-        );
-        self.send_to(to, MessageBody::Snapshot { snapshot });
     }
 
     // ---- proposals and requests from the application -----------------------

@@ -40,9 +40,7 @@ pub struct Ready {
     /// Entries to persist before sending `persisted_messages`. An entry at
     /// index i replaces any persisted entries at i and above.
     pub entries: Vec<Entry>,
-    /// A snapshot to persist and apply before anything else, if any. A new
-    /// member of a cluster that never compacted gets one at index 0 with
-    /// empty data: it carries only the bootstrap membership.
+    /// A snapshot to persist and apply before anything else, if any.
     pub snapshot: Option<Snapshot>,
     /// Committed entries to apply, in order. Some may be in `entries` of this
     /// same Ready: persist first, then apply.

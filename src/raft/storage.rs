@@ -94,13 +94,20 @@ pub struct MemStorage {
 }
 
 impl MemStorage {
-    /// An empty log with no members: for a node that waits to be added.
+    /// An empty log with no members: for a node that waits to be added to a
+    /// cluster whose founding membership is in the log as conf-change
+    /// entries from index 1 (as etcd's `Bootstrap` and raftnode write it),
+    /// so that replaying the log rebuilds the membership.
     pub fn new() -> MemStorage {
         MemStorage::default()
     }
 
-    /// An empty log whose initial membership is `voters`: how a brand-new
-    /// cluster bootstraps (every member starts with the same list).
+    /// An empty log whose initial membership is `voters`, held as a snapshot
+    /// at index 0 rather than in the log: how a brand-new cluster bootstraps
+    /// in tests (every member starts with the same list). That membership is
+    /// not in the log, so a member added later must start from the same
+    /// founding membership too, not from [`MemStorage::new`]: replaying the
+    /// log onto no membership at all would leave it believing it is alone.
     pub fn new_with_conf_state(conf_state: ConfState) -> MemStorage {
         let s = MemStorage::new();
         {

@@ -712,10 +712,14 @@ impl Sim {
         if res.is_ok() {
             self.stats.conf_changes += 1;
             if cc.node_id == self.next_id {
-                // The new server starts empty and waits to be contacted.
+                // The new server starts with an empty log and the founding
+                // membership, which is not in the log (see
+                // MemStorage::new_with_conf_state), and waits to be contacted.
                 self.next_id += 1;
                 let id = cc.node_id;
-                let node = SimNode::new(id, MemStorage::new(), ConfState::default());
+                let founders = ConfState::with_voters((1..=self.cfg.nodes).collect());
+                let storage = MemStorage::new_with_conf_state(founders.clone());
+                let node = SimNode::new(id, storage, founders);
                 self.nodes.insert(id, node);
                 self.start(id)?;
             }

@@ -394,7 +394,9 @@ impl SnapshotWriter {
             return Ok(());
         };
         out.flush().map_err(Error::io("write", &self.tmp))?;
-        out.get_ref().sync_data().map_err(Error::io("fsync", &self.tmp))
+        out.get_ref()
+            .sync_data()
+            .map_err(Error::io("fsync", &self.tmp))
     }
 
     /// Writes the trailer, fsyncs, renames into place and fsyncs the
