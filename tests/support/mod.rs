@@ -42,7 +42,9 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let p = std::env::temp_dir().join(format!(
+        // Under the build's own tmp dir, not the shared /tmp, so that
+        // nothing else on the machine cleans it up under a running test.
+        let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "raftnode-{tag}-{}-{}-{nanos}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
