@@ -6,7 +6,6 @@
 mod support;
 
 use std::path::Path;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use support::{serial, Client, Cluster};

@@ -32,7 +32,7 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// A fresh directory under the system temp dir, removed on drop.
+/// A fresh directory under the build's tmp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
