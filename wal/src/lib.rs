@@ -102,6 +102,7 @@ mod failpoint;
 mod format;
 mod fsutil;
 mod recovery;
+mod remover;
 mod segment;
 mod snapshot;
 mod wal;
@@ -134,6 +135,11 @@ pub struct Options {
     /// rolling over costs a rename instead of writing a whole segment of
     /// zeros inline.
     pub preallocate_in_background: bool,
+    /// Delete released segments and old snapshot files on a background
+    /// thread, in order, instead of inside [`Wal::release_to`] and
+    /// [`Wal::commit_snapshot`]. Default off; a caller whose thread must not
+    /// stall on a busy disk (a Raft Ready loop) turns it on.
+    pub remove_in_background: bool,
 }
 
 impl Default for Options {
@@ -142,6 +148,7 @@ impl Default for Options {
             segment_size: 64 << 20,
             keep_snapshots: 2,
             preallocate_in_background: true,
+            remove_in_background: false,
         }
     }
 }

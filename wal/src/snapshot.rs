@@ -27,6 +27,7 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 
 use crate::format::FORMAT_VERSION;
 use crate::fsutil;
+use crate::remover::{Removal, Remover};
 use crate::{failpoint, Error, SnapshotMeta};
 
 /// First 8 bytes of every snapshot file.
@@ -41,6 +42,13 @@ const HEADER_CRC_LEN: u64 = 8;
 const TRAILER_LEN: u64 = 16;
 /// Buffer size for streaming snapshot data in and out.
 const IO_BUF: usize = 256 * 1024;
+
+/// A snapshot writer makes its data durable every this many bytes. Without
+/// it a large snapshot leaves hundreds of MiB dirty in the page cache, and the
+/// first fdatasync of the log after that (on ext4 in `data=ordered` mode, the
+/// journal commit) waits for all of it: a leader stuck that long in its Ready
+/// loop sends no heartbeats, and its followers elect another.
+const SYNC_EVERY: u64 = 8 << 20;
 
 /// The name of the snapshot file for `index` and `term`.
 pub(crate) fn snapshot_file_name(index: u64, term: u64) -> String {
@@ -97,16 +105,19 @@ pub(crate) fn set_aside(path: &Path, suffix: &str) -> Result<PathBuf, Error> {
 }
 
 /// Deletes all but the newest `keep` snapshot files.
-pub(crate) fn retain(snap_dir: &Path, keep: usize) -> Result<(), Error> {
+pub(crate) fn retain(snap_dir: &Path, keep: usize, remover: &Remover) -> Result<(), Error> {
     let files = list(snap_dir)?;
     if files.len() <= keep {
         return Ok(());
     }
     for f in &files[keep..] {
         log::info!("removing old snapshot {}", f.path.display());
-        fs::remove_file(&f.path).map_err(Error::io("remove", &f.path))?;
+        remover.remove(Removal {
+            path: f.path.clone(),
+            dir: snap_dir.to_path_buf(),
+        })?;
     }
-    fsutil::fsync_dir(snap_dir)
+    Ok(())
 }
 
 /// Where the data of a verified-looking file is.
@@ -333,6 +344,10 @@ pub struct SnapshotWriter {
     out: Option<BufWriter<File>>,
     hasher: crc32fast::Hasher,
     len: u64,
+    /// Data bytes written since the last `sync_data`.
+    unsynced: u64,
+    /// Final path, once [`seal`](SnapshotWriter::seal) put the file there.
+    sealed: Option<PathBuf>,
 }
 
 impl SnapshotWriter {
@@ -367,6 +382,8 @@ impl SnapshotWriter {
             out: Some(out),
             hasher: crc32fast::Hasher::new(),
             len: 0,
+            unsynced: 0,
+            sealed: None,
         })
     }
 
@@ -393,37 +410,70 @@ impl SnapshotWriter {
         let Some(out) = self.out.as_mut() else {
             return Ok(());
         };
+        self.unsynced = 0;
         out.flush().map_err(Error::io("write", &self.tmp))?;
         out.get_ref()
             .sync_data()
             .map_err(Error::io("fsync", &self.tmp))
     }
 
-    /// Writes the trailer, fsyncs, renames into place and fsyncs the
-    /// directory. Returns the final path.
-    pub(crate) fn finish(mut self) -> Result<PathBuf, Error> {
+    /// Writes the trailer, fsyncs, renames the file into place and fsyncs
+    /// the directory: the file is then a complete snapshot, but the log does
+    /// not point at it until [`Wal::commit_snapshot`](crate::Wal::commit_snapshot).
+    /// Optional, like [`sync_data`](SnapshotWriter::sync_data): a writer
+    /// filled on another thread can do these fsyncs there, so that the commit
+    /// costs one fsync of the log. After a crash between the two, the log
+    /// has no marker for this file: recovery sets it aside as an orphan and
+    /// recovers from the log, which still holds the entries it covered.
+    /// Writing after `seal` is an error; a sealed writer that is dropped
+    /// leaves its file, which a later commit's clean-up removes once two
+    /// newer snapshots exist.
+    pub fn seal(&mut self) -> Result<(), Error> {
         let Some(mut out) = self.out.take() else {
-            return Err(Error::Broken {
-                reason: "snapshot writer already finished".into(),
-            });
+            return match self.sealed {
+                Some(_) => Ok(()),
+                None => Err(Error::Broken {
+                    reason: "snapshot writer already finished".into(),
+                }),
+            };
         };
         let mut trailer = [0u8; TRAILER_LEN as usize];
         LE::write_u64(&mut trailer[0..8], self.len);
         LE::write_u32(&mut trailer[8..12], self.hasher.clone().finalize());
         trailer[12..16].copy_from_slice(&TRAILER_MAGIC);
-        out.write_all(&trailer)
-            .map_err(Error::io("write", &self.tmp))?;
-        let file = out
-            .into_inner()
-            .map_err(|e| Error::io("write", &self.tmp)(e.into_error()))?;
-        file.sync_all().map_err(Error::io("fsync", &self.tmp))?;
-        drop(file);
-        let path = self
-            .dir
-            .join(snapshot_file_name(self.meta.index, self.meta.term));
-        failpoint::hit("snapshot:before-rename")?;
-        fsutil::rename_durable(&self.tmp, &path, &self.dir)?;
-        Ok(path)
+        let sealed = (|| {
+            out.write_all(&trailer)
+                .map_err(Error::io("write", &self.tmp))?;
+            let file = out
+                .into_inner()
+                .map_err(|e| Error::io("write", &self.tmp)(e.into_error()))?;
+            file.sync_all().map_err(Error::io("fsync", &self.tmp))?;
+            drop(file);
+            let path = self
+                .dir
+                .join(snapshot_file_name(self.meta.index, self.meta.term));
+            failpoint::hit("snapshot:before-rename")?;
+            fsutil::rename_durable(&self.tmp, &path, &self.dir)?;
+            Ok(path)
+        })();
+        match sealed {
+            Ok(path) => {
+                self.sealed = Some(path);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&self.tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Seals the file if that was not done yet, and returns its final path.
+    pub(crate) fn finish(mut self) -> Result<PathBuf, Error> {
+        self.seal()?;
+        self.sealed.take().ok_or_else(|| Error::Broken {
+            reason: "snapshot writer lost its file".into(),
+        })
     }
 }
 
@@ -432,10 +482,14 @@ impl Write for SnapshotWriter {
         let out = self
             .out
             .as_mut()
-            .ok_or_else(|| io::Error::other("snapshot writer already finished"))?;
+            .ok_or_else(|| io::Error::other("snapshot writer already sealed"))?;
         let n = out.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.len += n as u64;
+        self.unsynced += n as u64;
+        if self.unsynced >= SYNC_EVERY {
+            self.sync_data().map_err(io::Error::other)?;
+        }
         Ok(n)
     }
 

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use crate::format::{self, Marker, SEGMENT_HEADER_LEN};
 use crate::recovery::{self, SegmentInfo};
+use crate::remover::{Removal, Remover};
 use crate::segment::{self, Preallocator};
 use crate::snapshot::{self, SnapshotReader, SnapshotWriter};
 use crate::{failpoint, fsutil};
@@ -84,6 +85,9 @@ pub struct Wal {
     dir: PathBuf,
     snap_dir: PathBuf,
     opts: Options,
+    /// Deletes released files; declared before the lock so that dropping a
+    /// `Wal` finishes its deletions before another may open the directory.
+    remover: Remover,
     /// Held for the lifetime of the `Wal`; the OS releases the lock on close.
     _lock: File,
     /// Live segments, oldest first; the last one is being appended to.
@@ -181,6 +185,7 @@ impl Wal {
                 let mut wal = Wal {
                     dir: dir.to_path_buf(),
                     snap_dir,
+                    remover: Remover::new(opts.remove_in_background),
                     opts,
                     _lock: lock,
                     segments: r.segments,
@@ -227,6 +232,7 @@ impl Wal {
                 let wal = Wal {
                     dir: dir.to_path_buf(),
                     snap_dir,
+                    remover: Remover::new(opts.remove_in_background),
                     opts,
                     _lock: lock,
                     segments: vec![SegmentInfo {
@@ -388,7 +394,7 @@ impl Wal {
         );
         self.snapshot = Some((meta, path));
         failpoint::hit("snapshot:before-retain")?;
-        snapshot::retain(&self.snap_dir, self.opts.keep_snapshots)
+        snapshot::retain(&self.snap_dir, self.opts.keep_snapshots, &self.remover)
     }
 
     /// Writes a snapshot held in memory: [`snapshot_writer`], the data,
@@ -457,13 +463,15 @@ impl Wal {
         // be deleted; they must be durable first.
         self.sync()?;
         while self.segments.len() > 1 && self.segments[1].first_index <= floor + 1 {
-            let path = &self.segments[0].path;
-            log::debug!("releasing {}", path.display());
-            std::fs::remove_file(path).map_err(Error::io("remove", path))?;
-            self.segments.remove(0);
+            let seg = self.segments.remove(0);
+            log::debug!("releasing {}", seg.path.display());
             // One directory fsync per deletion, so that deletions become
-            // durable oldest first and never leave a hole in the sequence.
-            fsutil::fsync_dir(&self.dir)?;
+            // durable oldest first and never leave a hole in the sequence
+            // (the remover keeps that order when it works in the background).
+            self.remover.remove(Removal {
+                path: seg.path,
+                dir: self.dir.clone(),
+            })?;
             failpoint::hit("release:after-delete")?;
         }
         Ok(())

@@ -62,12 +62,15 @@ impl Model {
     }
 }
 
-fn options() -> Options {
+/// Half the seeds delete released files on the background thread, so that
+/// reopening right after a release is checked with deletions in flight.
+fn options(seed: u64) -> Options {
     Options {
         segment_size: 4096,
         keep_snapshots: 2,
         // Reopened often: skip preparing a spare segment on every open.
         preallocate_in_background: false,
+        remove_in_background: seed % 4 >= 2,
     }
 }
 
@@ -95,7 +98,7 @@ fn run(seed: u64) {
     let mut m = Model::default();
     // The current raft term, used for new entries and hard states.
     let mut term = 1;
-    let (mut w, rec) = Wal::open(d.path(), options()).unwrap();
+    let (mut w, rec) = Wal::open(d.path(), options(seed)).unwrap();
     check(&w, &rec, &m, 0);
     let steps = rng.range(60, 160) as usize;
     for step in 1..=steps {
@@ -205,7 +208,7 @@ fn run(seed: u64) {
             // still holds every write).
             _ => {
                 drop(w);
-                let (w2, rec) = Wal::open(d.path(), options()).unwrap();
+                let (w2, rec) = Wal::open(d.path(), options(seed)).unwrap();
                 check(&w2, &rec, &m, step);
                 w = w2;
             }
@@ -214,7 +217,7 @@ fn run(seed: u64) {
         assert_eq!(w.hard_state(), m.hs, "step {step}");
     }
     drop(w);
-    let (w, rec) = Wal::open(d.path(), options()).unwrap();
+    let (w, rec) = Wal::open(d.path(), options(seed)).unwrap();
     check(&w, &rec, &m, steps + 1);
 }
 

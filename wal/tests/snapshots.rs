@@ -335,3 +335,76 @@ fn releasing_to_the_older_snapshot_keeps_the_fallback_possible() {
     assert_eq!(rec.snapshot, Some(meta(10, 1)));
     assert_eq!(rec.entries, es[10..].to_vec());
 }
+
+#[test]
+fn a_sealed_snapshot_that_was_never_committed_is_set_aside() {
+    // A writer sealed on another thread, then a crash before the commit: the
+    // file is complete and in place, but the log has no marker for it, so
+    // recovery sets it aside and the log, which still holds every entry, wins.
+    let d = TempDir::new("snap-sealed");
+    let mut rng = Rng::new(41);
+    let (w, es) = log_of(d.path(), 20, &mut rng);
+    let mut sw = w.snapshot_writer(&meta(12, 1)).unwrap();
+    sw.write_all(b"state at 12").unwrap();
+    sw.seal().unwrap();
+    sw.seal().unwrap(); // sealing twice is harmless
+    assert!(
+        sw.write_all(b"more").is_err(),
+        "a sealed writer takes no data"
+    );
+    drop(sw);
+    assert_eq!(files_matching(&d.path().join("snap"), ".snap").len(), 1);
+    drop(w);
+    let (w, rec) = Wal::open(d.path(), opts(SEG)).unwrap();
+    assert_eq!(rec.snapshot, None);
+    assert_eq!(rec.entries, es);
+    assert_eq!(w.load_snapshot().unwrap(), None);
+    assert_eq!(files_matching(&d.path().join("snap"), ".orphan").len(), 1);
+}
+
+#[test]
+fn a_sealed_snapshot_commits_like_an_unsealed_one() {
+    let d = TempDir::new("snap-sealed-commit");
+    let mut rng = Rng::new(43);
+    let (mut w, es) = log_of(d.path(), 20, &mut rng);
+    let mut sw = w.snapshot_writer(&meta(15, 1)).unwrap();
+    sw.write_all(b"state at 15").unwrap();
+    sw.seal().unwrap();
+    w.commit_snapshot(sw).unwrap();
+    assert_eq!(w.first_index(), 16);
+    drop(w);
+    let (_, rec) = Wal::open(d.path(), opts(SEG)).unwrap();
+    assert_eq!(rec.snapshot, Some(meta(15, 1)));
+    assert_eq!(rec.entries, es[15..].to_vec());
+}
+
+#[test]
+fn background_removal_finishes_before_the_wal_is_dropped() {
+    let d = TempDir::new("snap-bg-remove");
+    let mut rng = Rng::new(45);
+    let o = Options {
+        remove_in_background: true,
+        ..opts(SEG)
+    };
+    let (mut w, _) = Wal::open(d.path(), o.clone()).unwrap();
+    for i in 1..=200 {
+        w.save(None, &[entry(&mut rng, i, 1, 100)], false).unwrap();
+    }
+    let segments_before = files_matching(d.path(), ".wal").len();
+    assert!(segments_before >= 4, "{segments_before} segments");
+    for i in [50, 100, 150, 190] {
+        w.save_snapshot(&meta(i, 1), b"s").unwrap();
+        w.release_to(i).unwrap();
+    }
+    drop(w);
+    // Dropping waited for the deletions: exactly what the inline mode leaves.
+    assert_eq!(files_matching(&d.path().join("snap"), ".snap").len(), 2);
+    let segments_after = files_matching(d.path(), ".wal").len();
+    assert!(
+        segments_after < segments_before,
+        "{segments_after} segments left"
+    );
+    let (w, rec) = Wal::open(d.path(), o).unwrap();
+    assert_eq!(rec.snapshot, Some(meta(190, 1)));
+    assert_eq!(w.last_index(), 200);
+}
