@@ -33,7 +33,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use log::{error, info, warn};
@@ -299,8 +299,13 @@ pub fn open_data_dir(
 
 /// WAL settings. `RAFTNODE_WAL_SEGMENT_BYTES` overrides the segment size
 /// (64 MiB), for tests that need to see segments roll over and be released.
+/// Released files are deleted in the background: the Ready loop calls
+/// `release_to`, and must not wait for a busy disk to unlink them.
 fn wal_options() -> Result<wal::Options, StartError> {
-    let mut opts = wal::Options::default();
+    let mut opts = wal::Options {
+        remove_in_background: true,
+        ..wal::Options::default()
+    };
     if let Ok(v) = std::env::var("RAFTNODE_WAL_SEGMENT_BYTES") {
         opts.segment_size = v
             .parse()
@@ -394,6 +399,8 @@ pub struct Applier {
     pub peer_overrides: BTreeMap<NodeId, String>,
     pub snapshot_entries: u64,
     pub snapshot_index: u64,
+    /// Bytes of entries applied since the newest snapshot's index.
+    applied_bytes: u64,
     /// Index of the snapshot before the newest, which the WAL keeps entries for.
     pub prev_snapshot_index: u64,
     read_batches: HashMap<Vec<u8>, Vec<ReadWaiter>>,
@@ -405,6 +412,14 @@ pub struct Applier {
     /// Reads waiting for their index to be applied, in read-index order.
     waiting_reads: Vec<(u64, Vec<ReadWaiter>)>,
 }
+
+/// Work in the Ready loop longer than this is logged as a warning: the
+/// loop sends heartbeats, so a long stall can cost the leadership.
+const SLOW_STEP: Duration = Duration::from_millis(100);
+
+/// From this size on, snapshots are also spaced by bytes written; see
+/// [`Applier::snapshot_due`].
+const LARGE_STATE: u64 = 8 << 20;
 
 /// Stops the process after a storage failure; see the module docs.
 fn fatal(what: &str, e: impl std::fmt::Display) -> ! {
@@ -438,6 +453,7 @@ impl Applier {
             peer_overrides,
             snapshot_entries,
             snapshot_index: rec.snapshot_index,
+            applied_bytes: 0,
             prev_snapshot_index: 0,
             read_batches: HashMap::new(),
             stats: FsyncStats::new(),
@@ -500,6 +516,9 @@ impl Applier {
     }
 
     fn handle_ready(&mut self, rd: Ready) {
+        let start = Instant::now();
+        let n_entries = rd.entries.len();
+        let n_committed = rd.committed_entries.len();
         // 1. A leader's messages do not wait for its own disk.
         self.transport.send(rd.messages);
         // 2. Persist.
@@ -528,6 +547,7 @@ impl Applier {
                 self.storage.set_hard_state(h);
             }
         }
+        let persisted = Instant::now();
         // 3. What promises durability goes out only now.
         self.transport.send(rd.persisted_messages);
         // 4. Apply.
@@ -563,9 +583,17 @@ impl Applier {
             }
         }
         self.serve_reads();
-        if self.snapshot_entries > 0 && self.applied >= self.snapshot_index + self.snapshot_entries
-        {
+        if self.snapshot_due() {
             self.start_snapshot();
+        }
+        let took = start.elapsed();
+        if took > SLOW_STEP {
+            warn!(
+                "a Ready took {took:?}: {:?} to persist {n_entries} entries, \
+                 {:?} to apply {n_committed}; heartbeats wait meanwhile",
+                persisted - start,
+                took - (persisted - start)
+            );
         }
         let _ = self.ch.advance.send(());
     }
@@ -614,6 +642,7 @@ impl Applier {
     /// Bookkeeping once a received snapshot is persisted and loaded.
     fn installed_snapshot(&mut self, meta: SnapshotMeta) {
         self.applied = meta.index;
+        self.applied_bytes = 0;
         self.conf_state = meta.conf_state.clone();
         self.prev_snapshot_index = self.snapshot_index;
         self.snapshot_index = meta.index;
@@ -638,6 +667,7 @@ impl Applier {
             return;
         }
         self.applied = e.index;
+        self.applied_bytes += e.data.len() as u64;
         match e.kind {
             EntryKind::Normal if e.data.is_empty() => {} // a new leader's no-op
             EntryKind::Normal => match decode_command(&e.data) {
@@ -755,11 +785,27 @@ impl Applier {
             .retain(|_, ws| ws.iter().any(|w| w.deadline > now));
     }
 
+    /// Whether `--snapshot-entries` entries were applied since the newest
+    /// snapshot. A snapshot rewrites the whole state, so once the state is
+    /// large ([`LARGE_STATE`]) it also waits until the entries applied since
+    /// add up to a quarter of the state's size: otherwise a 1 GiB state would
+    /// be rewritten every few MiB of writes, and the disk would do little
+    /// else. The log held in memory meanwhile stays under a quarter of the
+    /// state. `SNAPSHOT` does not wait.
+    fn snapshot_due(&self) -> bool {
+        if self.snapshot_entries == 0 || self.applied < self.snapshot_index + self.snapshot_entries
+        {
+            return false;
+        }
+        let state = self.kv.data_bytes();
+        state < LARGE_STATE || self.applied_bytes >= state / 4
+    }
+
     /// Starts a snapshot of the applied state unless one is being written.
-    /// The data is written and synced on a background thread from a frozen
-    /// view of the store, so the Ready loop (and with it heartbeats and
-    /// appends) never waits for a large snapshot; [`Applier::finish_snapshot`]
-    /// commits it.
+    /// The data is written, synced and renamed into place on a background
+    /// thread from a frozen view of the store, so the Ready loop (and with it
+    /// heartbeats and appends) never waits for a large snapshot;
+    /// [`Applier::finish_snapshot`] commits it with one fsync of the log.
     fn start_snapshot(&mut self) {
         if self.snapshotting.is_some() {
             return;
@@ -784,6 +830,7 @@ impl Applier {
             term,
             conf_state: self.conf_state.clone(),
         };
+        self.applied_bytes = 0;
         let mut writer = match self.wal.snapshot_writer(&to_wal_meta(&meta)) {
             Ok(w) => w,
             Err(e) => fatal("starting a snapshot file", e),
@@ -796,7 +843,7 @@ impl Applier {
                 let r = view
                     .write_snapshot(&mut writer)
                     .map_err(|e| e.to_string())
-                    .and_then(|_| writer.sync_data().map_err(|e| e.to_string()));
+                    .and_then(|_| writer.seal().map_err(|e| e.to_string()));
                 let _ = tx.send(r.map(|_| writer));
             });
         if let Err(e) = spawned {
@@ -822,9 +869,11 @@ impl Applier {
             // A snapshot from the leader overtook this one; drop it.
             drop(writer);
         } else {
+            let t0 = Instant::now();
             if let Err(e) = self.wal.commit_snapshot(writer) {
                 fatal("saving a snapshot", e);
             }
+            let t1 = Instant::now();
             crate::debug::crash_point("before_segment_release");
             if let Err(e) =
                 self.storage
@@ -841,6 +890,7 @@ impl Applier {
             self.prev_snapshot_index = self.snapshot_index;
             self.snapshot_index = index;
             self.publish_snapshot();
+            let t2 = Instant::now();
             // Keep the entries after the previous snapshot, so that recovery
             // can fall back to it should the newest snapshot file be damaged.
             if let Err(e) = self
@@ -849,15 +899,25 @@ impl Applier {
             {
                 warn!("releasing WAL segments: {e}");
             }
+            let t3 = Instant::now();
             info!("snapshot at {index} ({} keys)", self.kv.len());
+            if t3 - t0 > SLOW_STEP {
+                warn!(
+                    "committing the snapshot at {index} held the Ready loop for {:?} \
+                     (commit {:?}, compact {:?}, release {:?})",
+                    t3 - t0,
+                    t1 - t0,
+                    t2 - t1,
+                    t3 - t2
+                );
+            }
         }
         let reply = Reply::OkIndex(self.snapshot_index);
         for w in self.snapshot_waiters.drain(..) {
             w.send(reply.clone());
         }
         // Requests that came while this one was written want a newer one.
-        if self.snapshot_entries > 0 && self.applied >= self.snapshot_index + self.snapshot_entries
-        {
+        if self.snapshot_due() {
             self.start_snapshot();
         }
     }

@@ -214,14 +214,94 @@ pub fn decode_command(data: &[u8]) -> Option<(RequestId, Command)> {
     Some((id, cmd))
 }
 
-/// Keys and values are shared slices, so that a frozen copy of the whole
-/// map for a snapshot costs two reference counts per key, not a copy.
-type Map = HashMap<Arc<[u8]>, Arc<[u8]>>;
+type Shard = HashMap<Arc<[u8]>, Arc<[u8]>>;
+
+/// Number of [`Map`] shards: a power of two.
+const SHARDS: usize = 4096;
+
+/// The key-value map, split into shards that are copied on write.
+///
+/// A snapshot needs a frozen copy of the whole map, taken between two
+/// applied entries. Cloning one big map holding a million keys takes a
+/// quarter of a second, and the Ready loop (heartbeats included) would wait
+/// for it. Cloning a `Map` instead copies [`SHARDS`] reference counts; a
+/// shard is copied only when it is next written while a frozen copy still
+/// shares it, so the work is spread over many entries, one small shard at
+/// a time. Keys and values are shared slices, so even a copied shard copies
+/// two reference counts per key, never the bytes.
+#[derive(Clone, Debug)]
+struct Map {
+    shards: Vec<Arc<Shard>>,
+    len: usize,
+}
+
+impl Default for Map {
+    fn default() -> Map {
+        Map {
+            shards: (0..SHARDS).map(|_| Arc::new(Shard::new())).collect(),
+            len: 0,
+        }
+    }
+}
+
+impl Map {
+    fn shard_of(key: &[u8]) -> usize {
+        crc32fast::hash(key) as usize & (SHARDS - 1)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&Arc<[u8]>> {
+        self.shards[Map::shard_of(key)].get(key)
+    }
+
+    /// The shard holding `key`, copied first if a frozen copy shares it.
+    fn shard_mut(&mut self, key: &[u8]) -> &mut Shard {
+        Arc::make_mut(&mut self.shards[Map::shard_of(key)])
+    }
+
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut Arc<[u8]>> {
+        // Only a key that is there makes its shard worth copying.
+        let i = Map::shard_of(key);
+        if !self.shards[i].contains_key(key) {
+            return None;
+        }
+        Arc::make_mut(&mut self.shards[i]).get_mut(key)
+    }
+
+    fn insert(&mut self, key: Arc<[u8]>, value: Arc<[u8]>) -> Option<Arc<[u8]>> {
+        let old = self.shard_mut(&key).insert(key, value);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<Arc<[u8]>> {
+        let i = Map::shard_of(key);
+        if !self.shards[i].contains_key(key) {
+            return None;
+        }
+        let old = Arc::make_mut(&mut self.shards[i]).remove(key);
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Arc<[u8]>, &Arc<[u8]>)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+}
 
 /// The state machine: keys to values, plus where each member listens.
 #[derive(Default, Debug)]
 pub struct KvStore {
     map: Map,
+    /// Bytes of keys and values held, roughly the size of a snapshot.
+    data_bytes: u64,
     /// Raft address of each member, learned from conf changes.
     pub members: BTreeMap<NodeId, String>,
 }
@@ -240,23 +320,36 @@ impl KvStore {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
+    }
+
+    /// Bytes of keys and values held: about the size of a snapshot.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
     }
 
     /// Applies a command and returns the reply for its client.
     pub fn apply(&mut self, cmd: Command) -> Reply {
         match cmd {
             Command::Put { key, value } => {
+                let added = value.len() as u64;
                 match self.map.get_mut(key.as_slice()) {
-                    Some(v) => *v = value.into(),
+                    Some(v) => {
+                        self.data_bytes = self.data_bytes - v.len() as u64 + added;
+                        *v = value.into();
+                    }
                     None => {
+                        self.data_bytes += key.len() as u64 + added;
                         self.map.insert(key.into(), value.into());
                     }
                 }
                 Reply::Ok
             }
             Command::Delete { key } => match self.map.remove(key.as_slice()) {
-                Some(_) => Reply::Deleted,
+                Some(v) => {
+                    self.data_bytes -= (key.len() + v.len()) as u64;
+                    Reply::Deleted
+                }
                 None => Reply::NotFound,
             },
             Command::Cas {
@@ -266,6 +359,7 @@ impl KvStore {
             } => match self.map.get_mut(key.as_slice()) {
                 None => Reply::NotFound,
                 Some(current) if **current == *expected => {
+                    self.data_bytes = self.data_bytes - current.len() as u64 + value.len() as u64;
                     *current = value.into();
                     Reply::Ok
                 }
@@ -316,7 +410,8 @@ impl KvStore {
         if &magic != b"RNKV" || r.read_u32::<LittleEndian>()? != 1 {
             return Err(bad("unknown format"));
         }
-        self.map = HashMap::new();
+        self.map = Map::default();
+        self.data_bytes = 0;
         self.members.clear();
         let mut members = BTreeMap::new();
         for _ in 0..r.read_u64::<LittleEndian>()? {
@@ -326,11 +421,15 @@ impl KvStore {
         }
         self.members = members;
         let n = r.read_u64::<LittleEndian>()?;
-        self.map.reserve(n.min(1 << 20) as usize);
         for _ in 0..n {
             let k = read_vec(r, 1 << 16)?;
             let v = read_vec(r, 1 << 24)?;
-            self.map.insert(k.into(), v.into());
+            let k_len = k.len() as u64;
+            self.data_bytes += k_len + v.len() as u64;
+            if let Some(old) = self.map.insert(k.into(), v.into()) {
+                // A well-formed snapshot has no duplicate keys; stay exact anyway.
+                self.data_bytes -= k_len + old.len() as u64;
+            }
         }
         Ok(())
     }
@@ -362,7 +461,7 @@ fn write_snapshot(
         w.write_all(addr.as_bytes())?;
     }
     w.write_u64::<LittleEndian>(map.len() as u64)?;
-    for (k, v) in map {
+    for (k, v) in map.iter() {
         w.write_u32::<LittleEndian>(k.len() as u32)?;
         w.write_all(k)?;
         w.write_u32::<LittleEndian>(v.len() as u32)?;
@@ -458,5 +557,70 @@ mod tests {
             let mut fresh = KvStore::new();
             assert!(fresh.restore(&mut &bytes[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn data_bytes_follows_every_command_and_a_restore() {
+        let mut kv = KvStore::new();
+        let put = |k: &[u8], v: &[u8]| Command::Put {
+            key: k.to_vec(),
+            value: v.to_vec(),
+        };
+        let sum =
+            |kv: &KvStore| -> u64 { kv.map.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum() };
+        kv.apply(put(b"ab", b"1234"));
+        kv.apply(put(b"c", b"56"));
+        assert_eq!(kv.data_bytes(), 9);
+        kv.apply(put(b"ab", b"1"));
+        assert_eq!(kv.data_bytes(), 6);
+        kv.apply(Command::Cas {
+            key: b"c".to_vec(),
+            expected: b"56".to_vec(),
+            value: b"7890".to_vec(),
+        });
+        assert_eq!(kv.data_bytes(), 8);
+        kv.apply(Command::Delete {
+            key: b"ab".to_vec(),
+        });
+        kv.apply(Command::Delete {
+            key: b"zz".to_vec(),
+        });
+        assert_eq!(kv.data_bytes(), sum(&kv));
+        assert_eq!(kv.data_bytes(), 5);
+        let mut other = KvStore::new();
+        other.apply(put(b"old", b"state"));
+        other.restore(&mut &kv.snapshot_bytes()[..]).unwrap();
+        assert_eq!(other.data_bytes(), 5);
+    }
+
+    #[test]
+    fn a_view_stays_frozen_while_the_store_moves_on() {
+        let put = |k: String, v: &str| Command::Put {
+            key: k.into_bytes(),
+            value: v.as_bytes().to_vec(),
+        };
+        let mut kv = KvStore::new();
+        for i in 0..2000 {
+            kv.apply(put(format!("k{i}"), "old"));
+        }
+        let frozen = kv.snapshot_bytes();
+        let view = kv.view();
+        for i in 0..1000 {
+            kv.apply(put(format!("k{i}"), "new"));
+            kv.apply(Command::Delete {
+                key: format!("k{}", 1000 + i).into_bytes(),
+            });
+            kv.apply(put(format!("fresh{i}"), "x"));
+        }
+        let mut from_view = Vec::new();
+        view.write_snapshot(&mut from_view).unwrap();
+        assert_eq!(from_view, frozen, "the view saw later writes");
+        let mut restored = KvStore::new();
+        restored.restore(&mut &from_view[..]).unwrap();
+        assert_eq!(restored.len(), 2000);
+        assert_eq!(restored.get(b"k5"), Some(&b"old"[..]));
+        assert_eq!(kv.len(), 2000);
+        assert_eq!(kv.get(b"k5"), Some(&b"new"[..]));
+        assert_eq!(kv.get(b"k1500"), None);
     }
 }
