@@ -29,6 +29,18 @@ fn pipeline(c: &mut Client, lines: &[String]) -> Vec<String> {
     out
 }
 
+/// Panics with the first reply that is not `OK`, and how many were not.
+fn assert_all_ok(replies: &[String]) {
+    let bad: Vec<&String> = replies.iter().filter(|r| *r != "OK").collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} writes not OK, first: {:?}",
+        bad.len(),
+        replies.len(),
+        bad[0]
+    );
+}
+
 fn puts(prefix: &str, n: usize, keys: usize, value_len: usize) -> Vec<String> {
     let pad = "x".repeat(value_len);
     (0..n)
@@ -171,7 +183,7 @@ fn the_data_dir_stays_bounded_during_a_long_write_stream() {
     let mut sizes = Vec::new();
     for round in 0..12 {
         let replies = pipeline(&mut cl, &puts(&format!("b{}-", round % 2), 3000, 300, 512));
-        assert!(replies.iter().all(|r| r == "OK"));
+        assert_all_ok(&replies);
         let size = (1..=3)
             .map(|id| dir_size(&c.node(id).data_dir))
             .max()
@@ -188,8 +200,15 @@ fn the_data_dir_stays_bounded_during_a_long_write_stream() {
         max < 12 << 20,
         "data dir grew to {max} bytes: {sizes:?} KiB"
     );
-    let late = sizes[6..].iter().max().copied().unwrap_or(0);
-    let early = sizes[..6].iter().max().copied().unwrap_or(0);
+    // A sample can catch a new segment being preallocated next to a snapshot
+    // being written, so compare medians: unreleased segments would add about
+    // 1.5 MiB a round, 9 MiB between the two halves.
+    let median = |v: &[u64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let (early, late) = (median(&sizes[..6]), median(&sizes[6..]));
     assert!(late <= early + 1024, "still growing: {sizes:?}");
 }
 
@@ -212,7 +231,7 @@ fn measure_snapshot_transfer_rate_256mib() {
             let lines: Vec<String> = (0..4096)
                 .map(|i| format!("PUT s{}-{} {pass}{}", chunk, i, "z".repeat(1000)))
                 .collect();
-            assert!(pipeline(&mut cl, &lines).iter().all(|r| r == "OK"));
+            assert_all_ok(&pipeline(&mut cl, &lines));
         }
     }
     assert!(cl.request("SNAPSHOT").unwrap().starts_with("OK "));
@@ -269,7 +288,7 @@ fn measure_add_node_with_1gib_of_data() {
         let lines: Vec<String> = (0..4096)
             .map(|i| format!("PUT g{chunk}-{i} {}", "q".repeat(1000)))
             .collect();
-        assert!(pipeline(&mut cl, &lines).iter().all(|r| r == "OK"));
+        assert_all_ok(&pipeline(&mut cl, &lines));
     }
     println!("loaded 1 GiB in {:.1} s", t.elapsed().as_secs_f64());
     c.node_mut(4).spawn();

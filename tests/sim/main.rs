@@ -4,7 +4,8 @@
 //!
 //! - `cargo test --release --test sim` runs [`DEFAULT_SEEDS`] seeds, half
 //!   with 3 nodes and half with 5;
-//! - `RAFT_SIM_SEEDS=N` runs seeds `0..N` instead;
+//! - `RAFT_SIM_SEEDS=N` runs seeds `0..N` instead, and `RAFT_SIM_FROM=F` shifts
+//!   that range to `F..F+N`, so that a long run can be split across processes;
 //! - `RAFT_SIM_SEED=S` runs seed `S` alone and prints every step;
 //! - `RAFT_SIM_STEPS=N` changes the length of the chaos phase.
 //!
@@ -106,10 +107,11 @@ fn simulated_clusters_stay_safe_and_live() {
         return;
     }
     let seeds = env_u64("RAFT_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    let from = env_u64("RAFT_SIM_FROM").unwrap_or(0);
     let start = Instant::now();
     let mut total = Stats::default();
     let mut failures = Vec::new();
-    for seed in 0..seeds {
+    for seed in from..from + seeds {
         match run_seed(seed, false) {
             Ok(stats) => total.add(&stats),
             Err(why) => {
@@ -125,9 +127,10 @@ fn simulated_clusters_stay_safe_and_live() {
         }
     }
     println!(
-        "{seeds} seeds in {:.1} s: {} steps, {} leader terms, {} entries committed, \
+        "{seeds} seeds ({from}..{}) in {:.1} s: {} steps, {} leader terms, {} entries committed, \
          {} snapshots delivered, {} crashes, {} partitions, {} conf changes proposed, \
          {} reads answered, {:.1} ticks to liveness on average ({} at most)",
+        from + seeds,
         start.elapsed().as_secs_f64(),
         total.steps,
         total.leader_terms,
