@@ -1,6 +1,7 @@
 //! Membership at runtime (INTERFACE.md: ADD_NODE, REMOVE_NODE,
-//! TRANSFER_LEADER, --join), each under a running write load whose
-//! acknowledged writes must all be there at the end.
+//! TRANSFER_LEADER, --join), each under two running loads: a write stream
+//! whose acknowledged writes must all be there at the end, and the fault
+//! suite's GET/PUT/CAS workload, whose history must be linearizable.
 
 mod support;
 
@@ -10,10 +11,53 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use support::checker::{self, Budget};
+use support::history::counts;
+use support::workload::{Workload, WorkloadConfig};
 use support::{serial, Client, Cluster};
 
 const FAST: &[&str] = &["--tick-ms", "20", "--request-timeout-ms", "2000"];
 const LONG: Duration = Duration::from_secs(15);
+
+/// The fault suite's workload on `ids`: 5 clients doing GET, PUT and CAS on
+/// rotating keys, each on a connection to a random one of those nodes.
+fn checked_workload(c: &Cluster, ids: &[u64], seed: u64) -> Workload {
+    let nodes = ids
+        .iter()
+        .map(|&id| (id, c.node(id).client_addr.clone()))
+        .collect();
+    let cfg = WorkloadConfig {
+        clients: 5,
+        seed,
+        ..WorkloadConfig::default()
+    };
+    Workload::start(cfg, nodes)
+}
+
+/// Stops the workload and checks its history key by key.
+fn assert_linearizable(w: Workload, what: &str) {
+    let ops = w.stop().ops();
+    let n = counts(&ops);
+    let report = checker::check_history(&ops, Budget::default());
+    println!(
+        "{what}: checked workload ops ok={} failed={} indeterminate={} keys={} linearizable={}",
+        n.ok,
+        n.failed,
+        n.indeterminate,
+        report.keys,
+        report.verdict()
+    );
+    assert!(n.ok > 50, "{what}: the checked workload hardly ran: {n:?}");
+    let mut why = String::new();
+    for (key, v) in report.violations.iter().chain(&report.unknown).take(3) {
+        why.push_str(&checker::explain(&ops, key, v));
+        why.push('\n');
+    }
+    assert!(
+        report.linearizable(),
+        "{what}: history not linearizable\n{why}"
+    );
+}
 
 /// A cluster of `initial` bootstrapped nodes plus `total - initial` nodes
 /// prepared (not started) to join with `--join`.
@@ -162,6 +206,7 @@ fn grow_3_to_5_then_shrink_to_3_removing_the_leader_under_load() {
     let mut c = cluster_with_joiners(3, 5);
     c.wait_leader(LONG).expect("a leader");
     let load = Load::start((1..=3).map(|id| c.node(id).client_addr.clone()).collect());
+    let checked = checked_workload(&c, &[1, 2, 3], 11);
     thread::sleep(Duration::from_millis(300));
 
     for id in [4, 5] {
@@ -189,6 +234,7 @@ fn grow_3_to_5_then_shrink_to_3_removing_the_leader_under_load() {
         .expect("a leader after removing the old one");
     assert!(remaining.contains(&new_leader));
     let acked = load.finish();
+    assert_linearizable(checked, "grow/shrink");
     c.node_mut(leader).kill();
     c.node_mut(other).kill();
 
@@ -209,11 +255,14 @@ fn replace_a_member_and_restart_everyone() {
     let mut c = cluster_with_joiners(3, 4);
     c.wait_leader(LONG).expect("a leader");
     let load = Load::start((1..=3).map(|id| c.node(id).client_addr.clone()).collect());
+    let checked = checked_workload(&c, &[1, 2, 3], 12);
     c.node_mut(4).spawn();
     request_ok(&c, 2, &format!("ADD_NODE 4 {}", c.node(4).peer_addr));
     request_ok(&c, 2, "REMOVE_NODE 1");
     wait_members(&c, &[2, 3, 4], "2,3,4");
+    thread::sleep(Duration::from_millis(300));
     let acked = load.finish();
+    assert_linearizable(checked, "replace");
     c.node_mut(1).kill();
     check_acked(&c, &[2, 3, 4], &acked);
     restart_all(&mut c, &[2, 3, 4]);
@@ -232,6 +281,7 @@ fn a_conf_change_commits_while_a_member_is_cut_off_and_it_catches_up_after() {
         c.node(leader).client_addr.clone(),
         c.node(via).client_addr.clone(),
     ]);
+    let checked = checked_workload(&c, &[leader, via], 13);
     c.node_mut(cut).pause(); // a partition of one: no traffic in or out
     c.node_mut(4).spawn();
     request_ok(&c, via, &format!("ADD_NODE 4 {}", c.node(4).peer_addr));
@@ -239,6 +289,7 @@ fn a_conf_change_commits_while_a_member_is_cut_off_and_it_catches_up_after() {
     c.node_mut(cut).resume();
     wait_members(&c, &[1, 2, 3, 4], "1,2,3,4");
     let acked = load.finish();
+    assert_linearizable(checked, "conf change with a member cut off");
     c.wait_converged(1, LONG).expect("all four converge");
     check_acked(&c, &[1, 2, 3, 4], &acked);
 }
