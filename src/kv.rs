@@ -233,6 +233,8 @@ const SHARDS: usize = 4096;
 struct Map {
     shards: Vec<Arc<Shard>>,
     len: usize,
+    /// Bytes of keys and values held, roughly the size of a snapshot.
+    bytes: u64,
 }
 
 impl Default for Map {
@@ -240,6 +242,7 @@ impl Default for Map {
         Map {
             shards: (0..SHARDS).map(|_| Arc::new(Shard::new())).collect(),
             len: 0,
+            bytes: 0,
         }
     }
 }
@@ -253,38 +256,57 @@ impl Map {
         self.shards[Map::shard_of(key)].get(key)
     }
 
-    /// The shard holding `key`, copied first if a frozen copy shares it.
-    fn shard_mut(&mut self, key: &[u8]) -> &mut Shard {
-        Arc::make_mut(&mut self.shards[Map::shard_of(key)])
-    }
-
-    fn get_mut(&mut self, key: &[u8]) -> Option<&mut Arc<[u8]>> {
-        // Only a key that is there makes its shard worth copying.
-        let i = Map::shard_of(key);
-        if !self.shards[i].contains_key(key) {
+    /// The shard holding `key` for writing, or `None` if the key is absent.
+    /// A shard a frozen copy shares is copied first, but only for a key that
+    /// is there: a miss is not worth a copy.
+    fn shard_with<'a>(shards: &'a mut [Arc<Shard>], key: &[u8]) -> Option<&'a mut Shard> {
+        let shard = &mut shards[Map::shard_of(key)];
+        if Arc::strong_count(shard) > 1 && !shard.contains_key(key) {
             return None;
         }
-        Arc::make_mut(&mut self.shards[i]).get_mut(key)
+        Some(Arc::make_mut(shard))
     }
 
-    fn insert(&mut self, key: Arc<[u8]>, value: Arc<[u8]>) -> Option<Arc<[u8]>> {
-        let old = self.shard_mut(&key).insert(key, value);
-        if old.is_none() {
-            self.len += 1;
+    /// Sets `key` to `value`; returns the old value.
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Option<Arc<[u8]>> {
+        let shard = Arc::make_mut(&mut self.shards[Map::shard_of(&key)]);
+        let added = value.len() as u64;
+        // Overwriting keeps the key's allocation; only a new key is copied in.
+        if let Some(v) = shard.get_mut(key.as_slice()) {
+            self.bytes = self.bytes - v.len() as u64 + added;
+            return Some(std::mem::replace(v, value.into()));
         }
-        old
+        self.bytes += key.len() as u64 + added;
+        self.len += 1;
+        shard.insert(key.into(), value.into());
+        None
+    }
+
+    /// Sets `key` to `value` if it holds `expected`. `Err` carries the value
+    /// found, `None` if the key is absent.
+    fn compare_and_set(
+        &mut self,
+        key: &[u8],
+        expected: &[u8],
+        value: Vec<u8>,
+    ) -> Result<(), Option<Vec<u8>>> {
+        let Some(current) = Map::shard_with(&mut self.shards, key).and_then(|s| s.get_mut(key))
+        else {
+            return Err(None);
+        };
+        if **current != *expected {
+            return Err(Some(current.to_vec()));
+        }
+        self.bytes = self.bytes - current.len() as u64 + value.len() as u64;
+        *current = value.into();
+        Ok(())
     }
 
     fn remove(&mut self, key: &[u8]) -> Option<Arc<[u8]>> {
-        let i = Map::shard_of(key);
-        if !self.shards[i].contains_key(key) {
-            return None;
-        }
-        let old = Arc::make_mut(&mut self.shards[i]).remove(key);
-        if old.is_some() {
-            self.len -= 1;
-        }
-        old
+        let old = Map::shard_with(&mut self.shards, key)?.remove(key)?;
+        self.len -= 1;
+        self.bytes -= (key.len() + old.len()) as u64;
+        Some(old)
     }
 
     fn len(&self) -> usize {
@@ -300,8 +322,6 @@ impl Map {
 #[derive(Default, Debug)]
 pub struct KvStore {
     map: Map,
-    /// Bytes of keys and values held, roughly the size of a snapshot.
-    data_bytes: u64,
     /// Raft address of each member, learned from conf changes.
     pub members: BTreeMap<NodeId, String>,
 }
@@ -325,45 +345,28 @@ impl KvStore {
 
     /// Bytes of keys and values held: about the size of a snapshot.
     pub fn data_bytes(&self) -> u64 {
-        self.data_bytes
+        self.map.bytes
     }
 
     /// Applies a command and returns the reply for its client.
     pub fn apply(&mut self, cmd: Command) -> Reply {
         match cmd {
             Command::Put { key, value } => {
-                let added = value.len() as u64;
-                match self.map.get_mut(key.as_slice()) {
-                    Some(v) => {
-                        self.data_bytes = self.data_bytes - v.len() as u64 + added;
-                        *v = value.into();
-                    }
-                    None => {
-                        self.data_bytes += key.len() as u64 + added;
-                        self.map.insert(key.into(), value.into());
-                    }
-                }
+                self.map.put(key, value);
                 Reply::Ok
             }
-            Command::Delete { key } => match self.map.remove(key.as_slice()) {
-                Some(v) => {
-                    self.data_bytes -= (key.len() + v.len()) as u64;
-                    Reply::Deleted
-                }
+            Command::Delete { key } => match self.map.remove(&key) {
+                Some(_) => Reply::Deleted,
                 None => Reply::NotFound,
             },
             Command::Cas {
                 key,
                 expected,
                 value,
-            } => match self.map.get_mut(key.as_slice()) {
-                None => Reply::NotFound,
-                Some(current) if **current == *expected => {
-                    self.data_bytes = self.data_bytes - current.len() as u64 + value.len() as u64;
-                    *current = value.into();
-                    Reply::Ok
-                }
-                Some(current) => Reply::Mismatch(current.to_vec()),
+            } => match self.map.compare_and_set(&key, &expected, value) {
+                Ok(()) => Reply::Ok,
+                Err(None) => Reply::NotFound,
+                Err(Some(current)) => Reply::Mismatch(current),
             },
         }
     }
@@ -411,7 +414,6 @@ impl KvStore {
             return Err(bad("unknown format"));
         }
         self.map = Map::default();
-        self.data_bytes = 0;
         self.members.clear();
         let mut members = BTreeMap::new();
         for _ in 0..r.read_u64::<LittleEndian>()? {
@@ -424,12 +426,7 @@ impl KvStore {
         for _ in 0..n {
             let k = read_vec(r, 1 << 16)?;
             let v = read_vec(r, 1 << 24)?;
-            let k_len = k.len() as u64;
-            self.data_bytes += k_len + v.len() as u64;
-            if let Some(old) = self.map.insert(k.into(), v.into()) {
-                // A well-formed snapshot has no duplicate keys; stay exact anyway.
-                self.data_bytes -= k_len + old.len() as u64;
-            }
+            self.map.put(k, v);
         }
         Ok(())
     }

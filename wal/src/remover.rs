@@ -20,9 +20,8 @@
 //! [`Options::remove_in_background`]: crate::Options::remove_in_background
 
 use std::path::PathBuf;
-use std::thread::JoinHandle;
-
 use std::sync::mpsc::{channel, Sender};
+use std::thread::JoinHandle;
 
 use crate::error::Error;
 use crate::fsutil;

@@ -429,7 +429,7 @@ impl SnapshotWriter {
     /// leaves its file, which a later commit's clean-up removes once two
     /// newer snapshots exist.
     pub fn seal(&mut self) -> Result<(), Error> {
-        let Some(mut out) = self.out.take() else {
+        let Some(out) = self.out.take() else {
             return match self.sealed {
                 Some(_) => Ok(()),
                 None => Err(Error::Broken {
@@ -437,26 +437,7 @@ impl SnapshotWriter {
                 }),
             };
         };
-        let mut trailer = [0u8; TRAILER_LEN as usize];
-        LE::write_u64(&mut trailer[0..8], self.len);
-        LE::write_u32(&mut trailer[8..12], self.hasher.clone().finalize());
-        trailer[12..16].copy_from_slice(&TRAILER_MAGIC);
-        let sealed = (|| {
-            out.write_all(&trailer)
-                .map_err(Error::io("write", &self.tmp))?;
-            let file = out
-                .into_inner()
-                .map_err(|e| Error::io("write", &self.tmp)(e.into_error()))?;
-            file.sync_all().map_err(Error::io("fsync", &self.tmp))?;
-            drop(file);
-            let path = self
-                .dir
-                .join(snapshot_file_name(self.meta.index, self.meta.term));
-            failpoint::hit("snapshot:before-rename")?;
-            fsutil::rename_durable(&self.tmp, &path, &self.dir)?;
-            Ok(path)
-        })();
-        match sealed {
+        match self.complete(out) {
             Ok(path) => {
                 self.sealed = Some(path);
                 Ok(())
@@ -466,6 +447,27 @@ impl SnapshotWriter {
                 Err(e)
             }
         }
+    }
+
+    /// Writes the trailer, makes the file durable and renames it into place.
+    fn complete(&self, mut out: BufWriter<File>) -> Result<PathBuf, Error> {
+        let mut trailer = [0u8; TRAILER_LEN as usize];
+        LE::write_u64(&mut trailer[0..8], self.len);
+        LE::write_u32(&mut trailer[8..12], self.hasher.clone().finalize());
+        trailer[12..16].copy_from_slice(&TRAILER_MAGIC);
+        out.write_all(&trailer)
+            .map_err(Error::io("write", &self.tmp))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io("write", &self.tmp)(e.into_error()))?;
+        file.sync_all().map_err(Error::io("fsync", &self.tmp))?;
+        drop(file);
+        let path = self
+            .dir
+            .join(snapshot_file_name(self.meta.index, self.meta.term));
+        failpoint::hit("snapshot:before-rename")?;
+        fsutil::rename_durable(&self.tmp, &path, &self.dir)?;
+        Ok(path)
     }
 
     /// Seals the file if that was not done yet, and returns its final path.

@@ -162,6 +162,7 @@ impl Wal {
         fsutil::create_dir_durable(&snap_dir)?;
 
         let mut prealloc = Preallocator::new(opts.preallocate_in_background);
+        let remover = Remover::new(opts.remove_in_background);
         let rec = recovery::recover(dir, &snap_dir, &opts)?;
         let (mut wal, recovered) = match rec {
             Some(r) => {
@@ -185,7 +186,7 @@ impl Wal {
                 let mut wal = Wal {
                     dir: dir.to_path_buf(),
                     snap_dir,
-                    remover: Remover::new(opts.remove_in_background),
+                    remover,
                     opts,
                     _lock: lock,
                     segments: r.segments,
@@ -232,7 +233,7 @@ impl Wal {
                 let wal = Wal {
                     dir: dir.to_path_buf(),
                     snap_dir,
-                    remover: Remover::new(opts.remove_in_background),
+                    remover,
                     opts,
                     _lock: lock,
                     segments: vec![SegmentInfo {
