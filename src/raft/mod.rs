@@ -24,6 +24,8 @@ mod log;
 mod log_unstable;
 mod message;
 mod progress;
+// Named after etcd's raft/raft.go, which it mirrors.
+#[allow(clippy::module_inception)]
 mod raft;
 mod rawnode;
 mod read_only;
@@ -33,7 +35,7 @@ mod types;
 
 pub use self::message::{Message, MessageBody};
 pub use self::progress::ProgressState;
-pub use self::raft::{Config, Error, NO_LEADER};
+pub use self::raft::{Config, DropReason, Error};
 pub use self::rawnode::{PeerProgress, RawNode, Ready, Status};
 pub use self::rng::Rng;
 pub use self::storage::{MemStorage, Storage, StorageError};

@@ -106,12 +106,38 @@ impl Config {
     }
 }
 
+/// Why a proposal (or a read or transfer request) was not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// No leader is known to take the request.
+    NoLeader,
+    /// This node was removed from the configuration.
+    NotAMember,
+    /// The leader is handing over leadership and takes no proposals meanwhile.
+    TransferInProgress,
+    /// A conf-change entry that does not decode.
+    MalformedConfChange,
+    /// Another conf change is proposed and not yet applied.
+    ConfChangePending,
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DropReason::NoLeader => "no leader is known",
+            DropReason::NotAMember => "this node is no longer a member",
+            DropReason::TransferInProgress => "leadership transfer in progress",
+            DropReason::MalformedConfChange => "malformed conf change",
+            DropReason::ConfChangePending => "a conf change is already pending",
+        })
+    }
+}
+
 /// Errors the core returns to its caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Error {
-    /// The proposal was not accepted; nothing was appended. The reason is
-    /// meant for a human (no leader, transfer in progress, conf change pending).
-    ProposalDropped(&'static str),
+    /// The proposal was not accepted; nothing was appended.
+    ProposalDropped(DropReason),
     /// The configuration or the recovered state is inconsistent.
     InvalidConfig(String),
 }
@@ -126,9 +152,6 @@ impl std::fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
-
-/// The reason given when there is no leader to take a request.
-pub const NO_LEADER: &str = "no leader is known";
 
 /// One node's Raft state.
 pub struct Raft<S: Storage> {
@@ -963,10 +986,8 @@ impl<S: Storage> Raft<S> {
                 );
                 self.hup(true);
             }
-            MessageBody::ReadIndexResponse { index, context } => {
-                if from == self.leader {
-                    self.read_states.push(ReadState { index, context });
-                }
+            MessageBody::ReadIndexResponse { index, context } if from == self.leader => {
+                self.read_states.push(ReadState { index, context });
             }
             _ => {}
         }
@@ -1113,13 +1134,13 @@ impl<S: Storage> Raft<S> {
                 });
                 return Ok(());
             }
-            _ => return Err(Error::ProposalDropped(NO_LEADER)),
+            _ => return Err(Error::ProposalDropped(DropReason::NoLeader)),
         }
         if !self.prs.progress.contains_key(&self.id) {
-            return Err(Error::ProposalDropped("this node is no longer a member"));
+            return Err(Error::ProposalDropped(DropReason::NotAMember));
         }
         if self.lead_transferee != NO_NODE {
-            return Err(Error::ProposalDropped("leadership transfer in progress"));
+            return Err(Error::ProposalDropped(DropReason::TransferInProgress));
         }
         let mut conf_at = None;
         for (i, e) in entries.iter_mut().enumerate() {
@@ -1127,10 +1148,10 @@ impl<S: Storage> Raft<S> {
                 continue;
             }
             if ConfChange::decode(&e.data).is_err() {
-                return Err(Error::ProposalDropped("malformed conf change"));
+                return Err(Error::ProposalDropped(DropReason::MalformedConfChange));
             }
             if conf_at.is_some() || self.pending_conf_index > self.log.applied {
-                return Err(Error::ProposalDropped("a conf change is already pending"));
+                return Err(Error::ProposalDropped(DropReason::ConfChangePending));
             }
             conf_at = Some(i);
         }
@@ -1172,7 +1193,7 @@ impl<S: Storage> Raft<S> {
                 });
                 Ok(())
             }
-            _ => Err(Error::ProposalDropped(NO_LEADER)),
+            _ => Err(Error::ProposalDropped(DropReason::NoLeader)),
         }
     }
 
@@ -1194,7 +1215,7 @@ impl<S: Storage> Raft<S> {
                 });
                 Ok(())
             }
-            _ => Err(Error::ProposalDropped(NO_LEADER)),
+            _ => Err(Error::ProposalDropped(DropReason::NoLeader)),
         }
     }
 

@@ -181,6 +181,12 @@ impl<S: Storage> RawNode<S> {
         self.raft.soft_state()
     }
 
+    /// The voter leadership is being handed to, or [`NO_NODE`](super::NO_NODE)
+    /// when no transfer is in progress. Proposals are refused meanwhile.
+    pub fn lead_transferee(&self) -> NodeId {
+        self.raft.lead_transferee
+    }
+
     /// The storage handle the core reads from.
     pub fn storage(&self) -> &S {
         &self.raft.log.storage
