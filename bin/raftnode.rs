@@ -1,20 +1,29 @@
-//! The raftnode binary: parses the command line of INTERFACE.md §1 and runs
-//! one cluster member until it is killed.
+//! The raftnode binary: parses the command line of `docs/PROTOCOL.md` §1
+//! and runs one cluster member until it is stopped.
+//!
+//! SIGTERM or Ctrl-C stop the node gracefully (see `src/node.rs`): a leader
+//! hands its leadership over first, requests in flight are answered, the
+//! WAL is closed, and the process exits 0. A second signal exits at once,
+//! which is as safe as `kill -9`: nothing acknowledged is lost either way.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
-use raftnode::NodeConfig;
+use raftnode::{NodeConfig, Stopper};
 
 /// One member of a raftnode cluster: a Raft-replicated key-value store.
 ///
 /// Clients connect to --client-addr and speak a line protocol (PUT, GET, DEL,
 /// CAS, STATUS, ADD_NODE, REMOVE_NODE, TRANSFER_LEADER, SNAPSHOT, PING).
 /// With no flags, starts a one-node cluster: raft on 127.0.0.1:7001, clients
-/// on 127.0.0.1:8001, data in data/node-1.
+/// on 127.0.0.1:8001, data in data/node-1. SIGTERM or Ctrl-C stop it
+/// gracefully (a leader hands over its leadership first); a second signal
+/// stops it at once.
 #[derive(Parser, Debug)]
 #[command(name = "raftnode", version, about, long_about)]
 struct Cli {
@@ -95,6 +104,26 @@ fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
     Ok(peers)
 }
 
+/// Turns the first SIGTERM or SIGINT into a graceful stop, and a second
+/// one into an immediate exit.
+fn stop_on_signals(stopper: Stopper) -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut got = signals.forever();
+            if let Some(sig) = got.next() {
+                log::info!("signal {sig}: stopping gracefully (send it again to stop at once)");
+                stopper.stop();
+            }
+            if got.next().is_some() {
+                eprintln!("raftnode: second signal: exiting now");
+                std::process::exit(1);
+            }
+        })?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -125,12 +154,24 @@ fn main() -> ExitCode {
         snapshot_entries: cli.snapshot_entries,
         request_timeout_ms: cli.request_timeout_ms,
     };
-    match raftnode::start(cfg) {
-        Ok(running) => {
-            running.wait();
+    let running = match raftnode::start(cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("raftnode: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = stop_on_signals(running.stopper()) {
+        eprintln!("raftnode: cannot install the signal handler: {e}");
+        return ExitCode::FAILURE;
+    }
+    match running.wait() {
+        Ok(()) => {
+            log::info!("stopped");
             ExitCode::SUCCESS
         }
         Err(e) => {
+            log::error!("{e}");
             eprintln!("raftnode: {e}");
             ExitCode::FAILURE
         }

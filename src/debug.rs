@@ -16,6 +16,9 @@
 //!   sent), `before_segment_release` (a snapshot is durable, old segments are
 //!   not released), `mid_apply` (a committed entry is applied, its client is
 //!   not answered, later entries of the Ready are not applied).
+//! - [`error_point`]: the same switch, but the operation fails as if the
+//!   disk had returned an error, instead of aborting. Points: `wal_save` (a
+//!   Ready's WAL write fails: the node must stop without acknowledging it).
 //! - `RAFTNODE_DEBUG_UNSAFE_LOCAL_READS=1` (TEST ONLY, breaks
 //!   linearizability): `GET` is served from local state without a
 //!   read-index round trip, so a partitioned or lagging node answers stale
@@ -31,6 +34,13 @@ use std::sync::OnceLock;
 #[inline(always)]
 pub fn crash_point(name: &str) {
     wal::crash_point(name, String::new);
+}
+
+/// True if the `failpoints` build armed error point `name` for this hit;
+/// always false without the feature.
+#[inline(always)]
+pub fn error_point(name: &str) -> bool {
+    wal::error_point(name)
 }
 
 fn flag(name: &str) -> bool {

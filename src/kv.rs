@@ -12,6 +12,10 @@
 //! cas:    expected: len u32 + bytes, then the new value: the rest
 //! ```
 //!
+//! A conf-change entry's context is `origin node id u64, request id u64`
+//! followed by the member's raft address (empty for a removal); see
+//! [`encode_conf_context`].
+//!
 //! Applying a command yields the [`Reply`] for the client that sent it. Every
 //! node applies every command; only the node named as origin answers.
 //! An entry that does not decode is skipped with a warning on every node
@@ -31,6 +35,7 @@ use std::sync::Arc;
 
 use byteorder::{ByteOrder, LittleEndian, ReadBytesExt, WriteBytesExt};
 
+use crate::protocol::Reply;
 use crate::raft::NodeId;
 
 /// A write command, as proposed to Raft.
@@ -55,79 +60,6 @@ pub enum Command {
 pub struct RequestId {
     pub node: NodeId,
     pub seq: u64,
-}
-
-/// The outcome of a request, as the client will see it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
-    Ok,
-    OkIndex(u64),
-    Value(Vec<u8>),
-    NotFound,
-    Deleted,
-    Mismatch(Vec<u8>),
-    Pong,
-    Status(String),
-    Error(ErrorCode, String),
-}
-
-/// The error codes of the client protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorCode {
-    BadRequest,
-    Timeout,
-    NoLeader,
-    /// The leader changed while the request was in flight.
-    LeaderChanged,
-    /// The request was refused by Raft (e.g. a conf change is pending).
-    Unavailable,
-    /// The node failed internally (e.g. a disk error).
-    Internal,
-}
-
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadRequest => "BAD_REQUEST",
-            ErrorCode::Timeout => "TIMEOUT",
-            ErrorCode::NoLeader => "NO_LEADER",
-            ErrorCode::LeaderChanged => "LEADER_CHANGED",
-            ErrorCode::Unavailable => "UNAVAILABLE",
-            ErrorCode::Internal => "INTERNAL",
-        }
-    }
-}
-
-impl Reply {
-    pub fn error(code: ErrorCode, msg: impl Into<String>) -> Reply {
-        Reply::Error(code, msg.into())
-    }
-
-    /// Appends the reply line, with its `\n`, to `out`.
-    pub fn write_line(&self, out: &mut Vec<u8>) {
-        match self {
-            Reply::Ok => out.extend_from_slice(b"OK"),
-            Reply::OkIndex(i) => {
-                let _ = write!(out, "OK {i}");
-            }
-            Reply::Value(v) => {
-                out.extend_from_slice(b"VALUE ");
-                out.extend_from_slice(v);
-            }
-            Reply::NotFound => out.extend_from_slice(b"NOT_FOUND"),
-            Reply::Deleted => out.extend_from_slice(b"DELETED"),
-            Reply::Mismatch(v) => {
-                out.extend_from_slice(b"MISMATCH ");
-                out.extend_from_slice(v);
-            }
-            Reply::Pong => out.extend_from_slice(b"PONG"),
-            Reply::Status(s) => out.extend_from_slice(s.as_bytes()),
-            Reply::Error(code, msg) => {
-                let _ = write!(out, "ERR {} {}", code.as_str(), msg);
-            }
-        }
-        out.push(b'\n');
-    }
 }
 
 const PUT: u8 = 1;
@@ -166,6 +98,27 @@ pub fn encode_command(id: RequestId, cmd: &Command) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Encodes the context of a conf-change entry: who waits for it, and the
+/// member's raft address (empty for a removal).
+pub fn encode_conf_context(id: RequestId, addr: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + addr.len());
+    out.extend_from_slice(&id.node.to_le_bytes());
+    out.extend_from_slice(&id.seq.to_le_bytes());
+    out.extend_from_slice(addr.as_bytes());
+    out
+}
+
+/// Decodes [`encode_conf_context`]; `None` if malformed.
+pub fn decode_conf_context(ctx: &[u8]) -> Option<(RequestId, String)> {
+    if ctx.len() < 16 {
+        return None;
+    }
+    let node = LittleEndian::read_u64(&ctx[..8]);
+    let seq = LittleEndian::read_u64(&ctx[8..16]);
+    let addr = String::from_utf8(ctx[16..].to_vec()).ok()?;
+    Some((RequestId { node, seq }, addr))
 }
 
 /// Splits `len u32 + bytes` off the front of `buf`.

@@ -1,11 +1,16 @@
 //! raftnode: a Raft-replicated key-value node.
 //!
 //! - [`raft`]: the pure consensus core (no IO, no clock, no global randomness);
-//! - [`node`]: the node thread that owns the core (etcd's `node.run`);
-//! - [`apply`]: the ready-handling thread: persist, send, apply, advance;
+//! - [`node`]: the node thread that owns the core (etcd's `node.run`), with
+//!   [`policy`]: batching, transfers, leader changes, learner promotion;
+//! - [`apply`]: the ready thread: persist, send, apply, advance (etcd's
+//!   `raftNode.start`), with [`snapshots`] and [`reads`];
+//! - [`datadir`]: recovery and bootstrap of the data dir;
 //! - [`transport`]: peer connections, one sender thread per peer;
-//! - [`server`], [`protocol`]: the client line protocol;
-//! - [`kv`]: the replicated key-value state machine.
+//! - [`server`], [`protocol`]: the client line protocol (`docs/PROTOCOL.md`);
+//! - [`kv`]: the replicated key-value state machine;
+//! - [`shared`]: the little state that crosses threads;
+//! - [`error`]: why a node could not start, or had to stop.
 //!
 //! ```text
 //!  clients ──► client threads ──requests──► ┌────────────┐ ──Ready──► ┌──────────────┐ ──► WAL (fsync)
@@ -17,13 +22,20 @@
 //! ```
 
 pub mod apply;
+pub mod datadir;
 pub mod debug;
+pub mod error;
 pub mod kv;
 pub mod node;
+pub mod policy;
 pub mod protocol;
 pub mod raft;
+pub mod reads;
 pub mod reply;
 pub mod server;
+pub mod shared;
+pub mod snapshots;
+pub mod stats;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -33,9 +45,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, unbounded};
+use crossbeam_channel::{bounded, unbounded, Sender};
 
+pub use crate::error::{Fatal, StartError};
 use crate::raft::{Config, NodeId, RawNode};
+use crate::shared::Shared;
+use crate::snapshots::Inbox;
 
 /// Everything a node is started with (the command line, parsed).
 #[derive(Clone, Debug)]
@@ -56,38 +71,72 @@ pub struct NodeConfig {
 /// A running node's handles.
 pub struct Running {
     node: thread::JoinHandle<()>,
+    ready: thread::JoinHandle<Result<(), Fatal>>,
+    stop: Sender<()>,
+    server: server::Server,
+}
+
+/// Asks a running node to stop gracefully; cheap to clone and send.
+#[derive(Clone)]
+pub struct Stopper(Sender<()>);
+
+impl Stopper {
+    /// Starts a graceful stop (see `node.rs`); [`Running::wait`] returns
+    /// when it is done. Calling it again does nothing more.
+    pub fn stop(&self) {
+        let _ = self.0.try_send(());
+    }
 }
 
 impl Running {
-    /// Blocks until the node thread ends.
-    pub fn wait(self) {
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop.clone())
+    }
+
+    /// Blocks until the node stops: `Ok` after a graceful stop, `Err` when
+    /// its storage failed. The WAL is closed when this returns.
+    pub fn wait(self) -> Result<(), Fatal> {
+        let result = match self.ready.join() {
+            Ok(r) => r,
+            Err(_) => Err(Fatal::new("running the ready loop", "the thread panicked")),
+        };
         let _ = self.node.join();
+        if result.is_ok() {
+            // Let the connections write their last answers.
+            self.server.close(Duration::from_secs(1));
+        }
+        result
     }
 }
 
 /// Starts a node: recovers or bootstraps its data dir, binds its peer and
-/// client addresses, and starts its threads. Every failure is one line.
-pub fn start(cfg: NodeConfig) -> Result<Running, String> {
+/// client addresses, and starts its threads.
+pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
     let own = cfg
         .peers
         .get(&cfg.id)
-        .ok_or_else(|| format!("--peers does not name this node (id {})", cfg.id))?
+        .ok_or(StartError::NotInPeers(cfg.id))?
         .clone();
     if cfg.election_ticks <= cfg.heartbeat_ticks {
-        return Err(format!(
-            "--election-ticks ({}) must be greater than --heartbeat-ticks ({})",
-            cfg.election_ticks, cfg.heartbeat_ticks
-        ));
+        return Err(StartError::ElectionTicks {
+            election: cfg.election_ticks,
+            heartbeat: cfg.heartbeat_ticks,
+        });
     }
+    let bind = |what: &'static str, addr: &str| {
+        TcpListener::bind(addr).map_err(|source| StartError::Bind {
+            what,
+            addr: addr.to_string(),
+            source,
+        })
+    };
     // Bind both addresses before touching the disk, so a node started twice
     // fails on the address (or on the WAL lock) without side effects.
-    let client_listener = TcpListener::bind(&cfg.client_addr)
-        .map_err(|e| format!("cannot listen for clients on {}: {e}", cfg.client_addr))?;
-    let peer_listener =
-        TcpListener::bind(&own).map_err(|e| format!("cannot listen for peers on {own}: {e}"))?;
-    let rec = apply::open_data_dir(&cfg.data_dir, cfg.id, &cfg.peers, cfg.join)?;
+    let client_listener = bind("clients", &cfg.client_addr)?;
+    let peer_listener = bind("peers", &own)?;
+    let rec = datadir::open(&cfg.data_dir, cfg.id, &cfg.peers, cfg.join)?;
 
-    let shared = Arc::new(node::Shared::default());
+    let shared = Arc::new(Shared::default());
     // Request ids never repeat across restarts (etcd's idutil does the
     // same): milliseconds since the epoch in the high bits; a previous run
     // would have needed 4 million requests per millisecond it lived to
@@ -96,26 +145,29 @@ pub fn start(cfg: NodeConfig) -> Result<Running, String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    shared.start_seq_at(now_ms << 22);
+    shared.pending().start_ids_at(now_ms << 22);
+    let inbox = Arc::new(Inbox::new(cfg.data_dir.join(datadir::INCOMING_DIR)));
     let (inbound_tx, inbound_rx) = bounded(8192);
     let (report_tx, report_rx) = bounded(1024);
-    let snapshots = {
-        let shared = shared.clone();
-        transport::SnapshotFiles {
-            current: Arc::new(move || shared.snapshot_file()),
-            incoming: cfg.data_dir.join(apply::INCOMING_DIR),
-        }
-    };
-    let transport =
-        transport::Transport::start(cfg.id, peer_listener, inbound_tx, report_tx, snapshots)
-            .map_err(|e| format!("cannot start the peer listener on {own}: {e}"))?;
+    let transport = transport::Transport::start(
+        cfg.id,
+        peer_listener,
+        inbound_tx,
+        report_tx,
+        shared.clone(),
+        inbox.clone(),
+    )
+    .map_err(|source| StartError::Thread {
+        name: "peer listener",
+        source,
+    })?;
 
     let mut rc = Config::new(cfg.id);
     rc.election_ticks = cfg.election_ticks;
     rc.heartbeat_ticks = cfg.heartbeat_ticks;
     rc.applied = rec.applied;
     rc.seed = cfg.id ^ std::process::id() as u64 ^ (rec.storage.hard_state().term << 32);
-    let raw = RawNode::new(&rc, rec.storage.clone()).map_err(|e| e.to_string())?;
+    let raw = RawNode::new(&rc, rec.storage.clone())?;
 
     let (req_tx, req_rx) = unbounded();
     let (ready_tx, ready_rx) = bounded(1);
@@ -124,27 +176,31 @@ pub fn start(cfg: NodeConfig) -> Result<Running, String> {
     let (reads_tx, reads_rx) = unbounded();
     let (status_tx, status_rx) = unbounded();
     let (snap_tx, snap_rx) = unbounded();
-    let (_stop_tx, stop_rx) = bounded::<()>(1);
+    let (stop_tx, stop_rx) = bounded(1);
 
     let applier = apply::Applier::new(
         cfg.id,
         rec,
         transport,
         shared.clone(),
+        inbox,
         apply::ApplyChannels {
             ready: ready_rx,
             advance: advance_tx,
             conf: conf_tx,
-            read_batches: reads_rx,
+            read_notices: reads_rx,
             snapshot_requests: snap_rx,
         },
         cfg.peers.clone(),
         cfg.snapshot_entries,
     );
-    thread::Builder::new()
+    let ready = thread::Builder::new()
         .name("ready".into())
         .spawn(move || applier.run())
-        .map_err(|e| format!("cannot start the ready thread: {e}"))?;
+        .map_err(|source| StartError::Thread {
+            name: "ready",
+            source,
+        })?;
 
     let node_loop = node::NodeLoop::new(
         raw,
@@ -155,23 +211,23 @@ pub fn start(cfg: NodeConfig) -> Result<Running, String> {
             ready: ready_tx,
             advance: advance_rx,
             conf: conf_rx,
-            read_batches: reads_tx,
             status: status_rx,
             stop: stop_rx,
         },
+        policy::Policy::new(shared.clone(), reads_tx),
         shared.clone(),
-        cfg.tick_ms,
+        Duration::from_millis(cfg.tick_ms),
+        cfg.election_ticks as u32,
     );
     let node = thread::Builder::new()
         .name("node".into())
-        .spawn(move || {
-            // Keep the stop sender alive as long as the node runs.
-            let _stop = _stop_tx;
-            node_loop.run()
-        })
-        .map_err(|e| format!("cannot start the node thread: {e}"))?;
+        .spawn(move || node_loop.run())
+        .map_err(|source| StartError::Thread {
+            name: "node",
+            source,
+        })?;
 
-    server::serve(
+    let server = server::serve(
         client_listener,
         server::ClientContext {
             id: cfg.id,
@@ -182,6 +238,14 @@ pub fn start(cfg: NodeConfig) -> Result<Running, String> {
             timeout: Duration::from_millis(cfg.request_timeout_ms),
         },
     )
-    .map_err(|e| format!("cannot start the client server: {e}"))?;
-    Ok(Running { node })
+    .map_err(|source| StartError::Thread {
+        name: "client listener",
+        source,
+    })?;
+    Ok(Running {
+        node,
+        ready,
+        stop: stop_tx,
+        server,
+    })
 }

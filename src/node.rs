@@ -1,164 +1,46 @@
-//! The node thread: the one thread that owns the consensus core.
+//! The node thread: the one thread that owns the consensus core, as etcd's
+//! `node.run` does.
 //!
-//! This is etcd's `node.run`, one to one. A single loop selects over
+//! A single loop selects over
 //!
 //! - the tick channel (the only clock the core ever sees);
-//! - client requests: proposals, reads, conf changes, transfers. This arm is
-//!   switched off with `never()` while no leader is known, as etcd sets
-//!   `propc = nil`, so requests wait in the channel rather than being dropped;
+//! - client requests. Like etcd's `propc = nil`, this arm is switched off
+//!   with `never()` while no leader is known, and while this node is handing
+//!   its leadership over, so requests wait in the channel rather than being
+//!   refused;
 //! - inbound peer messages and transport reports;
-//! - advance, from the ready-handling thread (`apply.rs`), armed only while
-//!   a Ready is out;
-//! - conf-change applications from the ready-handling thread;
+//! - advance, from the ready thread (`apply.rs`), armed only while a Ready
+//!   is out;
+//! - conf changes the ready thread is applying;
 //! - status requests and stop.
 //!
 //! At the top of every iteration, if the core has a Ready and none is out,
-//! it is handed to the ready-handling thread, so there is at most one Ready
-//! in flight and everything the core produced meanwhile (all proposals that
-//! arrived while the disk was busy) goes into the next one: group commit.
+//! it is handed to the ready thread, so there is at most one Ready in flight
+//! and everything the core produced meanwhile (all proposals that arrived
+//! while the disk was busy) goes into the next one: group commit.
 //!
-//! Proposals are batched: the loop drains every request already queued and
-//! proposes all writes in one `propose_batch`, and all reads under one
-//! read-index context, so one heartbeat round confirms many reads.
+//! What the node decides beyond Raft (batching, transfers, leader changes,
+//! learner promotion) lives in `policy.rs`; this file only routes.
+//!
+//! **Stopping** (SIGTERM, Ctrl-C) goes through the same loop: the node
+//! refuses new requests, hands its leadership to the most up-to-date voter
+//! if it leads, waits a little for the requests in flight to be answered,
+//! fails the rest with `ERR UNAVAILABLE`, and returns. The ready thread then
+//! finishes its Ready and closes the WAL.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{never, select, tick, Receiver, Sender};
-use log::{debug, info};
+use log::{info, warn};
 
-use crate::kv::{ErrorCode, Reply, RequestId};
+use crate::policy::{NodeRequest, Policy};
+use crate::protocol::{ErrorCode, Reply};
 use crate::raft::{
-    ConfChange, ConfState, Error as RaftError, MemStorage, Message, NodeId, RawNode, Ready, Role,
-    NO_LEADER, NO_NODE,
+    ConfChange, ConfState, MemStorage, Message, NodeId, RawNode, Ready, Role, NO_NODE,
 };
-use crate::reply::ReplyTx;
+use crate::shared::Shared;
 use crate::transport::Report;
-
-/// Reply channels of requests this node owns, by request sequence number.
-/// The ready-handling thread answers them when their entry is applied.
-#[derive(Default)]
-pub struct Shared {
-    /// Known leader, 0 if none (for `ERR NO_LEADER` decisions).
-    pub leader: AtomicU64,
-    /// Index of the newest snapshot, for STATUS.
-    pub snapshot_index: AtomicU64,
-    /// Learners waiting to be promoted to voters, with the context (client
-    /// request and address) of the ADD_NODE that added them. Kept by the ready
-    /// thread as conf changes apply; read by the leader's node thread.
-    pub promotions: Mutex<BTreeMap<NodeId, Vec<u8>>>,
-    /// The newest snapshot file, which peer senders stream from.
-    pub snapshot_path: Mutex<Option<std::path::PathBuf>>,
-    next_seq: AtomicU64,
-    pending: Mutex<HashMap<u64, ReplyTx>>,
-}
-
-impl Shared {
-    /// Starts this incarnation's request ids at `base`. Entries proposed by
-    /// an earlier incarnation of the node can still be applied after a
-    /// restart, and they would answer whichever request of this incarnation
-    /// had the same id; ids must therefore never repeat across restarts.
-    pub fn start_seq_at(&self, base: u64) {
-        self.next_seq.store(base, Ordering::Relaxed);
-    }
-
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ReplyTx>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Registers a request that will be answered when its entry applies.
-    pub fn register(&self, seq: u64, reply: ReplyTx) {
-        self.pending().insert(seq, reply);
-    }
-
-    /// Answers request `seq`, if someone still waits for it.
-    pub fn answer(&self, seq: u64, reply: Reply) {
-        if let Some(tx) = self.pending().remove(&seq) {
-            tx.send(reply);
-        }
-    }
-
-    /// Answers every waiting request with `reply` (used when the leader
-    /// changes: forwarded proposals may have been lost with the old leader).
-    pub fn answer_all(&self, reply: &Reply) {
-        for (_, tx) in self.pending().drain() {
-            tx.send(reply.clone());
-        }
-    }
-
-    pub fn set_snapshot(&self, index: u64, path: Option<std::path::PathBuf>) {
-        self.snapshot_index.store(index, Ordering::Relaxed);
-        *self.snapshot_path.lock().unwrap_or_else(|e| e.into_inner()) = path;
-    }
-
-    pub fn promotions(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Vec<u8>>> {
-        self.promotions.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn snapshot_file(&self) -> Option<std::path::PathBuf> {
-        self.snapshot_path
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Forgets request `seq` (its client gave up).
-    pub fn forget(&self, seq: u64) {
-        self.pending().remove(&seq);
-    }
-}
-
-/// A client request for the node thread.
-pub enum NodeRequest {
-    /// An encoded command; answered through [`Shared`] when applied.
-    Propose {
-        data: Vec<u8>,
-        seq: u64,
-        deadline: Instant,
-    },
-    /// A linearizable read of `key`.
-    Read {
-        key: Vec<u8>,
-        reply: ReplyTx,
-        deadline: Instant,
-    },
-    /// A membership change; answered through [`Shared`] when applied.
-    ConfChange {
-        cc: ConfChange,
-        seq: u64,
-        deadline: Instant,
-    },
-    /// Move leadership; answered when `target` is known to lead.
-    Transfer {
-        target: NodeId,
-        reply: ReplyTx,
-        deadline: Instant,
-    },
-}
-
-/// What the node thread tells the ready thread about reads.
-pub enum ReadNotice {
-    /// Reads issued under read-index context `ctx`.
-    Batch(Vec<u8>, Vec<ReadWaiter>),
-    /// The leader changed: read-index requests in flight may be lost.
-    LeaderChanged,
-    /// TEST ONLY (`RAFTNODE_DEBUG_UNSAFE_LOCAL_READS`): reads to serve from
-    /// local state without a read index.
-    Local(Vec<ReadWaiter>),
-}
-
-/// A read waiting for its read index to be applied.
-pub struct ReadWaiter {
-    pub key: Vec<u8>,
-    pub reply: ReplyTx,
-    pub deadline: Instant,
-}
+use std::sync::Arc;
 
 /// The node's local view, for STATUS.
 #[derive(Clone, Debug)]
@@ -181,74 +63,82 @@ pub struct NodeChannels {
     pub ready: Sender<Ready>,
     pub advance: Receiver<()>,
     pub conf: Receiver<(ConfChange, Sender<ConfState>)>,
-    pub read_batches: Sender<ReadNotice>,
     pub status: Receiver<Sender<StatusInfo>>,
     pub stop: Receiver<()>,
+}
+
+/// How many queued inbound messages one iteration steps at most before it
+/// builds a Ready.
+const MAX_INBOUND_BATCH: usize = 8192;
+
+/// How long a stopping node waits for requests in flight to be answered.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Where a graceful stop is.
+enum Stopping {
+    /// Waiting for leadership to move to another voter.
+    Transferring { until: Instant },
+    /// Waiting for requests in flight to be answered.
+    Draining { until: Instant },
 }
 
 pub struct NodeLoop {
     raw: RawNode<MemStorage>,
     ch: NodeChannels,
+    policy: Policy,
     shared: Arc<Shared>,
-    tick_ms: u64,
-    /// A Ready is with the ready-handling thread.
+    tick: Duration,
+    /// Ticks of an election timeout, to bound a leadership hand-over.
+    election_ticks: u32,
+    /// A Ready is with the ready thread.
     outstanding: bool,
-    read_seq: u64,
-    transfers: Vec<(NodeId, ReplyTx, Instant)>,
-    /// The last leader known (never reset to none), and its term.
-    leader: NodeId,
-    leader_term: u64,
-    /// Promotions proposed and when, so they are not proposed every tick.
-    promoting: HashMap<NodeId, Instant>,
+    stopping: Option<Stopping>,
 }
-
-/// A learner is promoted once its log is within this many entries of the
-/// leader's (and it is being replicated to normally).
-pub const PROMOTE_GAP: u64 = 100;
-
-/// How many queued requests one iteration takes in at most.
-const MAX_BATCH: usize = 8192;
 
 impl NodeLoop {
     pub fn new(
         raw: RawNode<MemStorage>,
         ch: NodeChannels,
+        policy: Policy,
         shared: Arc<Shared>,
-        tick_ms: u64,
+        tick: Duration,
+        election_ticks: u32,
     ) -> NodeLoop {
         NodeLoop {
             raw,
             ch,
+            policy,
             shared,
-            tick_ms,
+            tick,
+            election_ticks,
             outstanding: false,
-            read_seq: 0,
-            transfers: Vec::new(),
-            leader: NO_NODE,
-            leader_term: 0,
-            promoting: HashMap::new(),
+            stopping: None,
         }
     }
 
     pub fn run(mut self) {
-        let ticker = tick(Duration::from_millis(self.tick_ms));
+        let ticker = tick(self.tick);
         let never_req = never::<NodeRequest>();
         let never_adv = never::<()>();
         loop {
             if !self.outstanding && self.raw.has_ready() {
                 let rd = self.raw.ready();
                 if let Some(ss) = rd.soft_state {
-                    self.shared.leader.store(ss.leader, Ordering::Relaxed);
-                    self.leader_changed(ss.leader);
-                    self.check_transfers(ss.leader);
+                    let term = self.raw.status().hard_state.term;
+                    self.policy
+                        .soft_state_changed(ss, term, self.stopping.is_some());
                 }
                 if self.ch.ready.send(rd).is_err() {
-                    return; // ready-handling thread is gone: shutting down
+                    return; // the ready thread is gone: its error stops the node
                 }
                 self.outstanding = true;
             }
-            let leader_known = self.raw.soft_state().leader != NO_NODE;
-            let requests = if leader_known {
+            if self.stop_progressed() {
+                return;
+            }
+            let accepting =
+                self.raw.soft_state().leader != NO_NODE && self.raw.lead_transferee() == NO_NODE;
+            let requests = if accepting {
                 &self.ch.requests
             } else {
                 &never_req
@@ -261,23 +151,19 @@ impl NodeLoop {
             select! {
                 recv(ticker) -> _ => {
                     self.raw.tick();
-                    self.expire_transfers();
-                    self.maybe_promote_learners();
+                    self.policy.tick(&mut self.raw);
                 }
                 recv(requests) -> r => {
                     if let Ok(r) = r {
-                        self.handle_requests(r);
+                        self.policy.requests(&mut self.raw, r, &self.ch.requests);
                     }
                 }
                 recv(self.ch.inbound) -> m => {
                     if let Ok(m) = m {
                         self.raw.step(m);
                         // Take in everything already queued before building a Ready.
-                        for _ in 0..MAX_BATCH {
-                            match self.ch.inbound.try_recv() {
-                                Ok(m) => self.raw.step(m),
-                                Err(_) => break,
-                            }
+                        for m in self.ch.inbound.try_iter().take(MAX_INBOUND_BATCH) {
+                            self.raw.step(m);
                         }
                     }
                 }
@@ -286,13 +172,17 @@ impl NodeLoop {
                     Ok(Report::Snapshot(id, ok)) => self.raw.report_snapshot(id, ok),
                     Err(_) => {}
                 },
-                recv(advance) -> _ => {
+                recv(advance) -> r => {
+                    if r.is_err() {
+                        return; // the ready thread is gone
+                    }
                     self.raw.advance();
                     self.outstanding = false;
                 }
                 recv(self.ch.conf) -> c => {
                     if let Ok((cc, reply)) = c {
                         let cs = self.raw.apply_conf_change(&cc);
+                        self.policy.conf_change_applied(&cc, &cs);
                         let _ = reply.send(cs);
                     }
                 }
@@ -301,7 +191,7 @@ impl NodeLoop {
                         let _ = reply.send(self.status());
                     }
                 }
-                recv(self.ch.stop) -> _ => return,
+                recv(self.ch.stop) -> _ => self.begin_stop(),
             }
         }
     }
@@ -320,216 +210,71 @@ impl NodeLoop {
         }
     }
 
-    /// Takes `first` and every request already queued, and feeds them to
-    /// the core in as few calls as possible.
-    fn handle_requests(&mut self, first: NodeRequest) {
-        let now = Instant::now();
-        let mut writes: Vec<Vec<u8>> = Vec::new();
-        let mut seqs: Vec<u64> = Vec::new();
-        let mut reads: Vec<ReadWaiter> = Vec::new();
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(req) = next.take() {
-            taken += 1;
-            match req {
-                // A request whose client already gave up is not proposed.
-                NodeRequest::Propose { deadline, seq, .. } if deadline <= now => {
-                    self.shared.forget(seq)
-                }
-                NodeRequest::Propose { data, seq, .. } => {
-                    writes.push(data);
-                    seqs.push(seq);
-                }
-                NodeRequest::Read {
-                    key,
-                    reply,
-                    deadline,
-                } => {
-                    if deadline > now {
-                        reads.push(ReadWaiter {
-                            key,
-                            reply,
-                            deadline,
-                        });
-                    }
-                }
-                NodeRequest::ConfChange { cc, seq, deadline } => {
-                    if deadline <= now {
-                        self.shared.forget(seq);
-                    } else if let Err(e) = self.raw.propose_conf_change(&cc) {
-                        self.shared.answer(seq, refusal(&e));
-                    }
-                }
-                NodeRequest::Transfer {
-                    target,
-                    reply,
-                    deadline,
-                } => {
-                    if self.raw.soft_state().leader == target {
-                        reply.send(Reply::Ok);
-                    } else if let Err(e) = self.raw.transfer_leader(target) {
-                        reply.send(refusal(&e));
-                    } else {
-                        self.transfers.push((target, reply, deadline));
-                    }
-                }
-            }
-            if taken < MAX_BATCH {
-                next = self.ch.requests.try_recv().ok();
-            }
-        }
-        if !writes.is_empty() {
-            debug!("proposing a batch of {}", writes.len());
-            if let Err(e) = self.raw.propose_batch(writes) {
-                let reply = refusal(&e);
-                for seq in seqs {
-                    self.shared.answer(seq, reply.clone());
-                }
-            }
-        }
-        if !reads.is_empty() && crate::debug::unsafe_local_reads() {
-            let _ = self.ch.read_batches.send(ReadNotice::Local(reads));
-        } else if !reads.is_empty() {
-            self.read_seq += 1;
-            let mut ctx = self.raw.id().to_le_bytes().to_vec();
-            ctx.extend_from_slice(&self.read_seq.to_le_bytes());
-            match self.raw.read_index(ctx.clone()) {
-                Ok(()) => {
-                    // The batch reaches the ready-handling thread before the
-                    // Ready that carries its read state.
-                    let _ = self.ch.read_batches.send(ReadNotice::Batch(ctx, reads));
-                }
-                Err(e) => {
-                    let reply = refusal(&e);
-                    for r in reads {
-                        r.reply.send(reply.clone());
-                    }
-                }
-            }
-        }
-    }
-
-    /// Requests forwarded to (or accepted by) the old leader may be lost or
-    /// may still commit: once a *different* leader is known, answer them,
-    /// as etcd does, with an error that says the outcome is unknown, rather
-    /// than let them wait for the timeout. Losing track of the leader for a
-    /// moment (a PreVote round that goes back to the same leader) fails
-    /// nothing. Requests still queued in the channel are not affected.
-    fn leader_changed(&mut self, leader: NodeId) {
-        if leader == NO_NODE {
+    /// Starts a graceful stop: refuse new requests, and if this node leads,
+    /// hand leadership to the voter whose log is longest, so that a rolling
+    /// restart costs no election timeout.
+    fn begin_stop(&mut self) {
+        if self.stopping.is_some() {
             return;
         }
-        let term = self.raw.status().hard_state.term;
-        if (leader, term) == (self.leader, self.leader_term) {
-            return;
-        }
-        let had_leader = self.leader != NO_NODE;
-        self.leader = leader;
-        self.leader_term = term;
-        if had_leader {
-            info!("leader changed to {leader}; failing requests in flight");
-            let msg = "leader changed while the request was in flight; the outcome is unknown";
-            self.shared
-                .answer_all(&Reply::error(ErrorCode::LeaderChanged, msg));
-            let _ = self.ch.read_batches.send(ReadNotice::LeaderChanged);
-        }
-    }
-
-    /// On the leader: proposes to promote every learner whose log has caught
-    /// up (etcd leaves this to the operator; here ADD_NODE does it).
-    fn maybe_promote_learners(&mut self) {
-        if self.raw.soft_state().role != Role::Leader {
-            return;
-        }
-        let waiting: Vec<(NodeId, Vec<u8>)> = self
-            .shared
-            .promotions()
-            .iter()
-            .map(|(id, ctx)| (*id, ctx.clone()))
-            .collect();
-        if waiting.is_empty() {
-            return;
-        }
+        self.shared.begin_stop();
         let st = self.raw.status();
+        let target = st
+            .progress
+            .iter()
+            .filter(|(id, p)| **id != st.id && !p.is_learner && p.recent_active)
+            .max_by_key(|(_, p)| p.matched)
+            .map(|(id, _)| *id);
         let now = Instant::now();
-        for (id, context) in waiting {
-            let Some(p) = st.progress.get(&id) else {
-                continue;
-            };
-            let caught_up = p.is_learner
-                && p.state == crate::raft::ProgressState::Replicate
-                && p.matched + PROMOTE_GAP >= st.last_index;
-            let recently = self
-                .promoting
-                .get(&id)
-                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(1));
-            if !caught_up || recently {
-                continue;
-            }
-            let cc = ConfChange {
-                kind: crate::raft::ConfChangeKind::AddNode,
-                node_id: id,
-                context,
-            };
-            match self.raw.propose_conf_change(&cc) {
-                Ok(()) => {
-                    info!(
-                        "learner {id} caught up (match {} of {}); promoting it to voter",
-                        p.matched, st.last_index
-                    );
-                    self.promoting.insert(id, now);
+        match target {
+            Some(target) if st.soft_state.role == Role::Leader => {
+                info!("stopping: handing leadership to {target} first");
+                if let Err(e) = self.raw.transfer_leader(target) {
+                    warn!("cannot hand leadership to {target}: {e}");
                 }
-                Err(e) => debug!("cannot promote learner {id} yet: {e}"),
+                let until = now + self.tick * 2 * self.election_ticks;
+                self.stopping = Some(Stopping::Transferring { until });
+            }
+            _ => {
+                info!("stopping");
+                self.stopping = Some(Stopping::Draining { until: now + DRAIN });
             }
         }
     }
 
-    fn check_transfers(&mut self, leader: NodeId) {
-        self.transfers.retain(|(target, reply, _)| {
-            if *target == leader {
-                info!("leadership transferred to {target}");
-                reply.send(Reply::Ok);
+    /// Moves a graceful stop along; true when the loop should end.
+    fn stop_progressed(&mut self) -> bool {
+        let now = Instant::now();
+        match self.stopping {
+            None => false,
+            Some(Stopping::Transferring { until }) => {
+                let ss = self.raw.soft_state();
+                if ss.role != Role::Leader || now >= until {
+                    if ss.role == Role::Leader {
+                        warn!("leadership did not move in time; stopping anyway");
+                    }
+                    self.stopping = Some(Stopping::Draining { until: now + DRAIN });
+                }
                 false
-            } else {
+            }
+            Some(Stopping::Draining { until }) => {
+                if !self.shared.pending().is_empty() && now < until {
+                    return false;
+                }
+                let reply = Reply::error(ErrorCode::Unavailable, "node is shutting down");
+                self.shared.pending().answer_all(&reply);
+                self.policy.fail_waiting(&reply);
+                for r in self.ch.requests.try_iter() {
+                    match r {
+                        NodeRequest::Read { reply: tx, .. }
+                        | NodeRequest::Transfer { reply: tx, .. } => tx.send(reply.clone()),
+                        // Registered, so answered above.
+                        NodeRequest::Propose { .. } | NodeRequest::ConfChange { .. } => {}
+                    }
+                }
+                info!("node loop stopped");
                 true
             }
-        });
-    }
-
-    fn expire_transfers(&mut self) {
-        let now = Instant::now();
-        self.transfers.retain(|(_, _, deadline)| *deadline > now);
-    }
-}
-
-/// The client-facing error for a request the core refused.
-pub fn refusal(e: &RaftError) -> Reply {
-    match e {
-        RaftError::ProposalDropped(why) if *why == NO_LEADER => {
-            Reply::error(ErrorCode::NoLeader, "no leader is known; retry shortly")
         }
-        RaftError::ProposalDropped(why) => Reply::error(ErrorCode::Unavailable, *why),
-        RaftError::InvalidConfig(why) => Reply::error(ErrorCode::Internal, why.clone()),
     }
-}
-
-/// Encodes the context of a conf-change entry: who waits for it, and the
-/// member's raft address (empty for a removal).
-pub fn encode_conf_context(id: RequestId, addr: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + addr.len());
-    out.extend_from_slice(&id.node.to_le_bytes());
-    out.extend_from_slice(&id.seq.to_le_bytes());
-    out.extend_from_slice(addr.as_bytes());
-    out
-}
-
-/// Decodes [`encode_conf_context`]; `None` if malformed.
-pub fn decode_conf_context(ctx: &[u8]) -> Option<(RequestId, String)> {
-    if ctx.len() < 16 {
-        return None;
-    }
-    let node = u64::from_le_bytes(ctx[..8].try_into().ok()?);
-    let seq = u64::from_le_bytes(ctx[8..16].try_into().ok()?);
-    let addr = String::from_utf8(ctx[16..].to_vec()).ok()?;
-    Some((RequestId { node, seq }, addr))
 }

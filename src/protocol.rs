@@ -1,9 +1,14 @@
-//! The client line protocol of INTERFACE.md §2: parsing request lines.
+//! The client line protocol (`docs/PROTOCOL.md` §2): request lines in,
+//! reply lines out.
 //!
 //! One request per line; tokens separated by one space; the value of `PUT`
 //! and the new value of `CAS` are the rest of the line and may contain
 //! spaces or be empty. Parsing never fails the connection: every bad line
 //! becomes a [`ParseError`] that the server answers with `ERR BAD_REQUEST`.
+//! Every request gets exactly one [`Reply`], written by [`Reply::write_line`].
+
+use std::fmt;
+use std::io::Write;
 
 use crate::kv::Command;
 use crate::raft::NodeId;
@@ -28,13 +33,149 @@ pub enum Request {
     Ping,
 }
 
-/// Why a line is not a valid request; the text goes after `ERR BAD_REQUEST`.
+/// The outcome of a request, as the client will see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParseError(pub String);
-
-fn err<T>(msg: impl Into<String>) -> Result<T, ParseError> {
-    Err(ParseError(msg.into()))
+pub enum Reply {
+    Ok,
+    OkIndex(u64),
+    Value(Vec<u8>),
+    NotFound,
+    Deleted,
+    Mismatch(Vec<u8>),
+    Pong,
+    Status(String),
+    Error(ErrorCode, String),
 }
+
+/// The error codes of the client protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    Timeout,
+    NoLeader,
+    /// The leader changed while the request was in flight.
+    LeaderChanged,
+    /// The request was refused (a conf change is pending, the node is
+    /// shutting down, ...).
+    Unavailable,
+    /// The node failed internally (e.g. a disk error).
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::NoLeader => "NO_LEADER",
+            ErrorCode::LeaderChanged => "LEADER_CHANGED",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl Reply {
+    pub fn error(code: ErrorCode, msg: impl Into<String>) -> Reply {
+        Reply::Error(code, msg.into())
+    }
+
+    /// Appends the reply line, with its `\n`, to `out`.
+    pub fn write_line(&self, out: &mut Vec<u8>) {
+        match self {
+            Reply::Ok => out.extend_from_slice(b"OK"),
+            Reply::OkIndex(i) => {
+                let _ = write!(out, "OK {i}");
+            }
+            Reply::Value(v) => {
+                out.extend_from_slice(b"VALUE ");
+                out.extend_from_slice(v);
+            }
+            Reply::NotFound => out.extend_from_slice(b"NOT_FOUND"),
+            Reply::Deleted => out.extend_from_slice(b"DELETED"),
+            Reply::Mismatch(v) => {
+                out.extend_from_slice(b"MISMATCH ");
+                out.extend_from_slice(v);
+            }
+            Reply::Pong => out.extend_from_slice(b"PONG"),
+            Reply::Status(s) => out.extend_from_slice(s.as_bytes()),
+            Reply::Error(code, msg) => {
+                let _ = write!(out, "ERR {} {}", code.as_str(), msg);
+            }
+        }
+        out.push(b'\n');
+    }
+}
+
+/// Why a line is not a valid request; its text goes after `ERR BAD_REQUEST`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    Empty,
+    NotUtf8,
+    Nul,
+    /// The command word, cut to 32 characters.
+    UnknownCommand(String),
+    MissingArgument {
+        usage: &'static str,
+    },
+    /// `PUT` without a value (an empty value is `PUT <key> `).
+    MissingValue {
+        usage: &'static str,
+    },
+    /// `CAS` without its new value.
+    MissingNewValue {
+        usage: &'static str,
+    },
+    TooManyArguments {
+        usage: &'static str,
+    },
+    EmptyKey,
+    KeyTooLong(usize),
+    KeyHasWhitespace,
+    ValueTooLong(usize),
+    BadNodeId(String),
+    BadAddress(String),
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::Empty => f.write_str("empty request"),
+            ParseError::NotUtf8 => f.write_str("request is not valid UTF-8"),
+            ParseError::Nul => f.write_str("request contains a NUL byte"),
+            ParseError::UnknownCommand(cmd) => write!(
+                f,
+                "unknown command {cmd:?}; known: PUT GET DEL CAS STATUS ADD_NODE \
+                 REMOVE_NODE TRANSFER_LEADER SNAPSHOT PING"
+            ),
+            ParseError::MissingArgument { usage } => {
+                write!(f, "missing argument; usage: {usage}")
+            }
+            ParseError::MissingValue { usage } => write!(
+                f,
+                "missing value; usage: {usage} (an empty value is \"PUT <key> \")"
+            ),
+            ParseError::MissingNewValue { usage } => {
+                write!(f, "missing new value; usage: {usage}")
+            }
+            ParseError::TooManyArguments { usage } => {
+                write!(f, "too many arguments; usage: {usage}")
+            }
+            ParseError::EmptyKey => f.write_str("empty key (keys are 1 to 1024 bytes)"),
+            ParseError::KeyTooLong(n) => write!(f, "key is {n} bytes, the limit is {MAX_KEY}"),
+            ParseError::KeyHasWhitespace => {
+                f.write_str("key contains whitespace or a control character")
+            }
+            ParseError::ValueTooLong(n) => {
+                write!(f, "value is {n} bytes, the limit is {MAX_VALUE}")
+            }
+            ParseError::BadNodeId(tok) => write!(f, "{tok:?} is not a node id (an integer >= 1)"),
+            ParseError::BadAddress(addr) => write!(f, "{addr:?} is not a host:port address"),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
 
 /// Splits off the next space-separated token; the rest follows the space.
 fn next_token(s: &str) -> (&str, Option<&str>) {
@@ -46,26 +187,20 @@ fn next_token(s: &str) -> (&str, Option<&str>) {
 
 fn key(tok: &str) -> Result<Vec<u8>, ParseError> {
     if tok.is_empty() {
-        return err("empty key (keys are 1 to 1024 bytes)");
+        return Err(ParseError::EmptyKey);
     }
     if tok.len() > MAX_KEY {
-        return err(format!(
-            "key is {} bytes, the limit is {MAX_KEY}",
-            tok.len()
-        ));
+        return Err(ParseError::KeyTooLong(tok.len()));
     }
     if tok.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return err("key contains whitespace or a control character");
+        return Err(ParseError::KeyHasWhitespace);
     }
     Ok(tok.as_bytes().to_vec())
 }
 
 fn value(v: &str) -> Result<Vec<u8>, ParseError> {
     if v.len() > MAX_VALUE {
-        return err(format!(
-            "value is {} bytes, the limit is {MAX_VALUE}",
-            v.len()
-        ));
+        return Err(ParseError::ValueTooLong(v.len()));
     }
     Ok(v.as_bytes().to_vec())
 }
@@ -73,15 +208,26 @@ fn value(v: &str) -> Result<Vec<u8>, ParseError> {
 fn node_id(tok: &str) -> Result<NodeId, ParseError> {
     match tok.parse::<NodeId>() {
         Ok(id) if id >= 1 => Ok(id),
-        _ => err(format!("{tok:?} is not a node id (an integer >= 1)")),
+        _ => Err(ParseError::BadNodeId(tok.to_string())),
     }
 }
 
 /// Requires that nothing follows the last expected argument.
-fn done(rest: Option<&str>, usage: &str) -> Result<(), ParseError> {
+fn done(rest: Option<&str>, usage: &'static str) -> Result<(), ParseError> {
     match rest {
         None => Ok(()),
-        Some(_) => err(format!("too many arguments; usage: {usage}")),
+        Some(_) => Err(ParseError::TooManyArguments { usage }),
+    }
+}
+
+/// The next token of `rest` and what follows it; the token must be there.
+fn arg<'a>(
+    rest: Option<&'a str>,
+    usage: &'static str,
+) -> Result<(&'a str, Option<&'a str>), ParseError> {
+    match rest {
+        Some(r) if !r.is_empty() => Ok(next_token(r)),
+        _ => Err(ParseError::MissingArgument { usage }),
     }
 }
 
@@ -89,53 +235,43 @@ fn done(rest: Option<&str>, usage: &str) -> Result<(), ParseError> {
 pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let Ok(line) = std::str::from_utf8(line) else {
-        return err("request is not valid UTF-8");
+        return Err(ParseError::NotUtf8);
     };
     if line.contains('\0') {
-        return err("request contains a NUL byte");
+        return Err(ParseError::Nul);
     }
     let (cmd, rest) = next_token(line);
-    let arg = |rest: Option<&str>, usage: &str| -> Result<(String, Option<String>), ParseError> {
-        match rest {
-            Some(r) if !r.is_empty() => {
-                let (tok, more) = next_token(r);
-                Ok((tok.to_string(), more.map(str::to_string)))
-            }
-            _ => err(format!("missing argument; usage: {usage}")),
-        }
-    };
     match cmd.to_ascii_uppercase().as_str() {
         "PUT" => {
             let usage = "PUT <key> <value>";
             let (k, v) = arg(rest, usage)?;
-            let Some(v) = v else {
-                return err(format!("missing value; usage: {usage} (an empty value is \"PUT <key> \")"));
-            };
-            Ok(Request::Write(Command::Put { key: key(&k)?, value: value(&v)? }))
+            let v = v.ok_or(ParseError::MissingValue { usage })?;
+            Ok(Request::Write(Command::Put {
+                key: key(k)?,
+                value: value(v)?,
+            }))
         }
         "GET" => {
             let usage = "GET <key>";
             let (k, more) = arg(rest, usage)?;
-            done(more.as_deref(), usage)?;
-            Ok(Request::Get { key: key(&k)? })
+            done(more, usage)?;
+            Ok(Request::Get { key: key(k)? })
         }
         "DEL" => {
             let usage = "DEL <key>";
             let (k, more) = arg(rest, usage)?;
-            done(more.as_deref(), usage)?;
-            Ok(Request::Write(Command::Delete { key: key(&k)? }))
+            done(more, usage)?;
+            Ok(Request::Write(Command::Delete { key: key(k)? }))
         }
         "CAS" => {
             let usage = "CAS <key> <expected> <new value>";
             let (k, more) = arg(rest, usage)?;
-            let (expected, new) = arg(more.as_deref(), usage)?;
-            let Some(new) = new else {
-                return err(format!("missing new value; usage: {usage}"));
-            };
+            let (expected, new) = arg(more, usage)?;
+            let new = new.ok_or(ParseError::MissingNewValue { usage })?;
             Ok(Request::Write(Command::Cas {
-                key: key(&k)?,
-                expected: value(&expected)?,
-                value: value(&new)?,
+                key: key(k)?,
+                expected: value(expected)?,
+                value: value(new)?,
             }))
         }
         "STATUS" => done(rest, "STATUS").map(|_| Request::Status),
@@ -144,30 +280,30 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
         "ADD_NODE" => {
             let usage = "ADD_NODE <id> <host:port>";
             let (id, more) = arg(rest, usage)?;
-            let (addr, more) = arg(more.as_deref(), usage)?;
-            done(more.as_deref(), usage)?;
+            let (addr, more) = arg(more, usage)?;
+            done(more, usage)?;
             if addr.is_empty() || !addr.contains(':') {
-                return err(format!("{addr:?} is not a host:port address"));
+                return Err(ParseError::BadAddress(addr.to_string()));
             }
-            Ok(Request::AddNode { id: node_id(&id)?, addr })
+            Ok(Request::AddNode {
+                id: node_id(id)?,
+                addr: addr.to_string(),
+            })
         }
         "REMOVE_NODE" => {
             let usage = "REMOVE_NODE <id>";
             let (id, more) = arg(rest, usage)?;
-            done(more.as_deref(), usage)?;
-            Ok(Request::RemoveNode { id: node_id(&id)? })
+            done(more, usage)?;
+            Ok(Request::RemoveNode { id: node_id(id)? })
         }
         "TRANSFER_LEADER" => {
             let usage = "TRANSFER_LEADER <id>";
             let (id, more) = arg(rest, usage)?;
-            done(more.as_deref(), usage)?;
-            Ok(Request::TransferLeader { id: node_id(&id)? })
+            done(more, usage)?;
+            Ok(Request::TransferLeader { id: node_id(id)? })
         }
-        "" => err("empty request"),
-        _ => err(format!(
-            "unknown command {:?}; known: PUT GET DEL CAS STATUS ADD_NODE REMOVE_NODE TRANSFER_LEADER SNAPSHOT PING",
-            cmd.chars().take(32).collect::<String>()
-        )),
+        "" => Err(ParseError::Empty),
+        _ => Err(ParseError::UnknownCommand(cmd.chars().take(32).collect())),
     }
 }
 
@@ -220,7 +356,7 @@ mod tests {
             b"STATUS now",
         ] {
             let e = parse(line).unwrap_err();
-            assert!(!e.0.is_empty());
+            assert!(!e.to_string().is_empty());
         }
         let long_key = format!("GET {}", "k".repeat(MAX_KEY + 1));
         assert!(parse(long_key.as_bytes()).is_err());

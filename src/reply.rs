@@ -1,4 +1,5 @@
-//! One-shot reply slots and the per-connection answer queue.
+//! One-shot reply slots, the registry of requests waiting for their entry
+//! to apply, and the per-connection answer queue.
 //!
 //! Every client request gets exactly one reply, produced on the node or
 //! ready thread and consumed by the connection's writer thread. A crossbeam
@@ -7,11 +8,12 @@
 //! 2-core machine that was a fifth of the node's CPU in the benchmark's
 //! profile. A mutex and a condvar park at once.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::kv::Reply;
+use crate::protocol::Reply;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -64,6 +66,66 @@ impl ReplyRx {
                 Err(e) => e.into_inner().0,
             };
         }
+    }
+}
+
+/// Requests this node proposed, waiting for their entry to apply, by
+/// request id. Client threads register them, the ready thread answers them
+/// as entries apply, the node thread when a proposal is refused or the
+/// leader changes.
+#[derive(Default)]
+pub struct Pending {
+    next_id: AtomicU64,
+    waiting: Mutex<HashMap<u64, ReplyTx>>,
+}
+
+impl Pending {
+    /// Starts this incarnation's request ids at `base`. Entries proposed by
+    /// an earlier incarnation of the node can still be applied after a
+    /// restart, and they would answer whichever request of this incarnation
+    /// had the same id; ids must therefore never repeat across restarts.
+    pub fn start_ids_at(&self, base: u64) {
+        self.next_id.store(base, Ordering::Relaxed);
+    }
+
+    fn waiting(&self) -> MutexGuard<'_, HashMap<u64, ReplyTx>> {
+        lock(&self.waiting)
+    }
+
+    /// Registers a request that will be answered through `reply`; returns
+    /// its id, which travels in the proposed entry.
+    pub fn register(&self, reply: ReplyTx) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        self.waiting().insert(id, reply);
+        id
+    }
+
+    /// Answers request `id`, if someone still waits for it.
+    pub fn answer(&self, id: u64, reply: Reply) {
+        if let Some(tx) = self.waiting().remove(&id) {
+            tx.send(reply);
+        }
+    }
+
+    /// Answers every waiting request with `reply`.
+    pub fn answer_all(&self, reply: &Reply) {
+        for (_, tx) in self.waiting().drain() {
+            tx.send(reply.clone());
+        }
+    }
+
+    /// Forgets request `id` (its client gave up).
+    pub fn forget(&self, id: u64) {
+        self.waiting().remove(&id);
+    }
+
+    /// How many requests wait.
+    pub fn len(&self) -> usize {
+        self.waiting().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

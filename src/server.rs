@@ -1,4 +1,4 @@
-//! The client server: the line protocol of INTERFACE.md §2 over TCP.
+//! The client server: the line protocol of `docs/PROTOCOL.md` §2 over TCP.
 //!
 //! Each connection gets two threads. The reader parses lines and starts each
 //! request (writes and reads go to the node thread; PING is answered on the
@@ -9,10 +9,15 @@
 //!
 //! A request that gets no answer by its deadline is answered `ERR TIMEOUT`
 //! (or `ERR NO_LEADER` if no leader is known): its outcome is unknown.
+//!
+//! When the node stops, new connections and new requests are refused with
+//! `ERR UNAVAILABLE`, and [`Server::close`] shuts the read side of every
+//! connection so its writer can flush the last answers and end.
 
+use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -20,11 +25,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Sender};
 use log::{debug, info, warn};
 
-use crate::kv::{encode_command, ErrorCode, Reply, RequestId};
-use crate::node::{encode_conf_context, NodeRequest, Shared, StatusInfo};
-use crate::protocol::{self, Request, MAX_LINE};
+use crate::kv::{encode_command, encode_conf_context, RequestId};
+use crate::node::StatusInfo;
+use crate::policy::NodeRequest;
+use crate::protocol::{self, ErrorCode, Reply, Request, MAX_LINE};
 use crate::raft::{ConfChange, ConfChangeKind, NodeId, Role};
 use crate::reply::{reply_slot, Queue, ReplyRx, ReplyTx};
+use crate::shared::Shared;
 
 /// Everything a connection needs to reach the node.
 #[derive(Clone)]
@@ -37,20 +44,70 @@ pub struct ClientContext {
     pub timeout: Duration,
 }
 
+/// The open client connections, so that a stopping node can close them.
+#[derive(Default)]
+struct Connections {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, TcpStream>>,
+}
+
+impl Connections {
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<u64, TcpStream>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Keeps a connection in [`Connections`] while it lives.
+struct Registered<'a> {
+    conns: &'a Connections,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.conns.open().remove(&self.id);
+    }
+}
+
+/// The running client server.
+pub struct Server {
+    conns: Arc<Connections>,
+}
+
+impl Server {
+    /// Stops reading from every connection (requests already read are
+    /// still answered) and waits up to `within` for them to close.
+    pub fn close(&self, within: Duration) {
+        for s in self.conns.open().values() {
+            let _ = s.shutdown(Shutdown::Read);
+        }
+        let until = Instant::now() + within;
+        while !self.conns.open().is_empty() && Instant::now() < until {
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 /// Starts accepting clients on an already bound listener.
-pub fn serve(listener: TcpListener, ctx: ClientContext) -> io::Result<()> {
+pub fn serve(listener: TcpListener, ctx: ClientContext) -> io::Result<Server> {
     info!("serving clients on {}", listener.local_addr()?);
+    let conns = Arc::new(Connections::default());
+    let server = Server {
+        conns: conns.clone(),
+    };
     thread::Builder::new()
         .name("client-listener".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 match stream {
+                    Ok(s) if ctx.shared.stopping() => refuse(s),
                     Ok(s) => {
                         let ctx = ctx.clone();
+                        let conns = conns.clone();
                         let spawned = thread::Builder::new()
                             .name("client".into())
                             .stack_size(256 << 10)
-                            .spawn(move || handle_connection(s, ctx));
+                            .spawn(move || handle_connection(s, ctx, &conns));
                         if let Err(e) = spawned {
                             warn!("cannot start a client thread: {e}");
                         }
@@ -62,18 +119,31 @@ pub fn serve(listener: TcpListener, ctx: ClientContext) -> io::Result<()> {
                 }
             }
         })?;
-    Ok(())
+    Ok(server)
+}
+
+fn shutting_down() -> Reply {
+    Reply::error(ErrorCode::Unavailable, "node is shutting down")
+}
+
+/// Answers a connection that cannot be served with one line, and closes it.
+fn refuse(mut s: TcpStream) {
+    let mut line = Vec::new();
+    shutting_down().write_line(&mut line);
+    let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = s.write_all(&line);
 }
 
 /// An answer the writer will produce, in order.
 enum Pending {
     Now(Reply),
-    /// Wait for a reply; `seq` is forgotten on timeout so the node does not
-    /// keep a dead reply channel. `write` marks a write counted in [`Writes`].
+    /// Wait for a reply; the registered request `id` is forgotten on
+    /// timeout so the node does not keep a dead reply slot. `write` marks a
+    /// write counted in [`Writes`].
     Wait {
         rx: ReplyRx,
         deadline: Instant,
-        seq: Option<u64>,
+        id: Option<u64>,
         write: bool,
     },
     /// Answer, then close the connection.
@@ -157,8 +227,14 @@ impl Writes {
     }
 }
 
-fn handle_connection(stream: TcpStream, ctx: ClientContext) {
+fn handle_connection(stream: TcpStream, ctx: ClientContext, conns: &Connections) {
     let _ = stream.set_nodelay(true);
+    let Ok(handle) = stream.try_clone() else {
+        return;
+    };
+    let id = conns.next.fetch_add(1, Ordering::Relaxed);
+    conns.open().insert(id, handle);
+    let _registered = Registered { conns, id };
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -208,7 +284,7 @@ fn write_loop(stream: TcpStream, rx: Arc<Queue<Pending>>, shared: Arc<Shared>, w
             Pending::Wait {
                 rx: reply_rx,
                 deadline,
-                seq,
+                id,
                 write,
             } => match reply_rx.recv_deadline(deadline) {
                 Some(r) => {
@@ -221,10 +297,10 @@ fn write_loop(stream: TcpStream, rx: Arc<Queue<Pending>>, shared: Arc<Shared>, w
                     if write {
                         writes.finished();
                     }
-                    if let Some(seq) = seq {
-                        shared.forget(seq);
+                    if let Some(id) = id {
+                        shared.pending().forget(id);
                     }
-                    let r = if shared.leader.load(Ordering::Relaxed) == 0 {
+                    let r = if !shared.has_leader() {
                         Reply::error(
                             ErrorCode::NoLeader,
                             "no leader is known; the outcome is unknown",
@@ -246,7 +322,7 @@ fn write_loop(stream: TcpStream, rx: Arc<Queue<Pending>>, shared: Arc<Shared>, w
         }
         if close {
             let _ = w.flush();
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+            let _ = stream.shutdown(Shutdown::Both);
             return;
         }
         if rx.is_empty() && w.flush().is_err() {
@@ -259,10 +335,13 @@ fn write_loop(stream: TcpStream, rx: Arc<Queue<Pending>>, shared: Arc<Shared>, w
 fn start_request(line: &[u8], ctx: &ClientContext, writes: &Writes) -> Pending {
     let req = match protocol::parse(line) {
         Ok(r) => r,
-        Err(e) => return Pending::Now(Reply::error(ErrorCode::BadRequest, e.0)),
+        Err(e) => return Pending::Now(Reply::error(ErrorCode::BadRequest, e.to_string())),
     };
     let deadline = Instant::now() + ctx.timeout;
-    let gone = || Pending::Now(Reply::error(ErrorCode::Internal, "node is shutting down"));
+    let gone = || Pending::Now(shutting_down());
+    if ctx.shared.stopping() && !matches!(req, Request::Ping | Request::Status) {
+        return gone();
+    }
     match req {
         Request::Ping => Pending::Now(Reply::Pong),
         Request::Status => {
@@ -279,17 +358,18 @@ fn start_request(line: &[u8], ctx: &ClientContext, writes: &Writes) -> Pending {
             }
         }
         Request::Write(cmd) => {
-            let seq = ctx.shared.next_seq();
             let (tx, rx) = reply_slot();
-            ctx.shared.register(seq, tx);
-            let data = encode_command(RequestId { node: ctx.id, seq }, &cmd);
+            let id = ctx.shared.pending().register(tx);
+            let data = encode_command(
+                RequestId {
+                    node: ctx.id,
+                    seq: id,
+                },
+                &cmd,
+            );
             if ctx
                 .requests
-                .send(NodeRequest::Propose {
-                    data,
-                    seq,
-                    deadline,
-                })
+                .send(NodeRequest::Propose { data, id, deadline })
                 .is_err()
             {
                 return gone();
@@ -298,7 +378,7 @@ fn start_request(line: &[u8], ctx: &ClientContext, writes: &Writes) -> Pending {
             Pending::Wait {
                 rx,
                 deadline,
-                seq: Some(seq),
+                id: Some(id),
                 write: true,
             }
         }
@@ -319,7 +399,7 @@ fn start_request(line: &[u8], ctx: &ClientContext, writes: &Writes) -> Pending {
             Pending::Wait {
                 rx,
                 deadline,
-                seq: None,
+                id: None,
                 write: false,
             }
         }
@@ -347,7 +427,7 @@ fn start_request(line: &[u8], ctx: &ClientContext, writes: &Writes) -> Pending {
             Pending::Wait {
                 rx,
                 deadline,
-                seq: None,
+                id: None,
                 write: false,
             }
         }
@@ -359,7 +439,7 @@ fn start_request(line: &[u8], ctx: &ClientContext, writes: &Writes) -> Pending {
             Pending::Wait {
                 rx,
                 deadline,
-                seq: None,
+                id: None,
                 write: false,
             }
         }
@@ -373,10 +453,15 @@ fn conf_change(
     addr: &str,
     deadline: Instant,
 ) -> Pending {
-    let seq = ctx.shared.next_seq();
     let (tx, rx) = reply_slot();
-    ctx.shared.register(seq, tx);
-    let context = encode_conf_context(RequestId { node: ctx.id, seq }, addr);
+    let rid = ctx.shared.pending().register(tx);
+    let context = encode_conf_context(
+        RequestId {
+            node: ctx.id,
+            seq: rid,
+        },
+        addr,
+    );
     let cc = ConfChange {
         kind,
         node_id: id,
@@ -384,15 +469,19 @@ fn conf_change(
     };
     if ctx
         .requests
-        .send(NodeRequest::ConfChange { cc, seq, deadline })
+        .send(NodeRequest::ConfChange {
+            cc,
+            id: rid,
+            deadline,
+        })
         .is_err()
     {
-        return Pending::Now(Reply::error(ErrorCode::Internal, "node is shutting down"));
+        return Pending::Now(shutting_down());
     }
     Pending::Wait {
         rx,
         deadline,
-        seq: Some(seq),
+        id: Some(rid),
         write: false,
     }
 }
@@ -404,7 +493,7 @@ fn join_ids(ids: &[NodeId]) -> String {
         .join(",")
 }
 
-/// The STATUS line of INTERFACE.md.
+/// The STATUS line of `docs/PROTOCOL.md`.
 pub fn format_status(s: &StatusInfo, ctx: &ClientContext) -> String {
     let role = if s.conf_state.learners.contains(&s.id) {
         "learner".to_string()
@@ -423,7 +512,7 @@ pub fn format_status(s: &StatusInfo, ctx: &ClientContext) -> String {
         s.commit,
         s.applied,
         s.last,
-        ctx.shared.snapshot_index.load(Ordering::Relaxed),
+        ctx.shared.snapshot_index(),
         join_ids(&s.conf_state.voters)
     );
     if !s.conf_state.learners.is_empty() {

@@ -39,19 +39,63 @@ pub const KIND_SNAPSHOT_HEADER: u8 = 3;
 pub const KIND_SNAPSHOT_CHUNK: u8 = 4;
 pub const KIND_SNAPSHOT_END: u8 = 5;
 
-/// Why a frame could not be decoded.
+/// Why a frame body could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodeError(pub String);
+pub enum DecodeError {
+    /// The body ends before its last field.
+    Truncated,
+    /// Bytes follow the last field.
+    TrailingBytes,
+    /// A boolean that is neither 0 nor 1.
+    BadBool(u8),
+    UnknownEntryKind(u8),
+    UnknownTag(u8),
+    /// A handshake that does not start with [`MAGIC`].
+    BadMagic,
+    /// A handshake of another protocol version.
+    Version(u16),
+    /// A handshake meant for another node.
+    WrongTarget {
+        from: NodeId,
+        to: NodeId,
+        me: NodeId,
+    },
+    /// A handshake from node id 0.
+    ZeroId,
+    /// A snapshot header listing more members than any cluster has.
+    TooManyMembers(usize),
+    /// A snapshot header announcing more than [`MAX_SNAPSHOT`] bytes.
+    SnapshotTooLarge(u64),
+}
 
 impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            DecodeError::Truncated => f.write_str("frame ends early"),
+            DecodeError::TrailingBytes => f.write_str("trailing bytes in frame"),
+            DecodeError::BadBool(b) => write!(f, "bad boolean {b}"),
+            DecodeError::UnknownEntryKind(k) => write!(f, "unknown entry kind {k}"),
+            DecodeError::UnknownTag(t) => write!(f, "unknown message tag {t}"),
+            DecodeError::BadMagic => f.write_str("wrong magic: not a raftnode peer"),
+            DecodeError::Version(v) => {
+                write!(f, "protocol version {v}, this node speaks {VERSION}")
+            }
+            DecodeError::WrongTarget { from, to, me } => {
+                write!(f, "peer {from} dialled node {to}, but this is node {me}")
+            }
+            DecodeError::ZeroId => f.write_str("peer id 0"),
+            DecodeError::TooManyMembers(n) => write!(f, "snapshot lists {n} members"),
+            DecodeError::SnapshotTooLarge(n) => {
+                write!(
+                    f,
+                    "snapshot of {n} bytes is over the limit of {MAX_SNAPSHOT}"
+                )
+            }
+        }
     }
 }
 
-fn bad<T>(what: &str) -> Result<T, DecodeError> {
-    Err(DecodeError(what.to_string()))
-}
+impl std::error::Error for DecodeError {}
 
 /// A cursor over a frame body that fails instead of panicking.
 pub struct Reader<'a> {
@@ -65,7 +109,7 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
-            return bad("frame ends early");
+            return Err(DecodeError::Truncated);
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
@@ -88,7 +132,7 @@ impl<'a> Reader<'a> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
-            _ => bad("bad boolean"),
+            b => Err(DecodeError::BadBool(b)),
         }
     }
     pub fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
@@ -102,7 +146,7 @@ impl<'a> Reader<'a> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            bad("trailing bytes in frame")
+            Err(DecodeError::TrailingBytes)
         }
     }
 }
@@ -149,24 +193,20 @@ pub fn encode_handshake(out: &mut Vec<u8>, from: NodeId, to: NodeId) {
 pub fn decode_handshake(body: &[u8], me: NodeId) -> Result<NodeId, DecodeError> {
     let mut r = Reader::new(body);
     if r.u32()? != MAGIC {
-        return bad("wrong magic: not a raftnode peer");
+        return Err(DecodeError::BadMagic);
     }
     let version = r.u16()?;
     if version != VERSION {
-        return Err(DecodeError(format!(
-            "protocol version {version}, this node speaks {VERSION}"
-        )));
+        return Err(DecodeError::Version(version));
     }
     let from = r.u64()?;
     let to = r.u64()?;
     r.finish()?;
     if to != me {
-        return Err(DecodeError(format!(
-            "peer {from} dialled node {to}, but this is node {me}"
-        )));
+        return Err(DecodeError::WrongTarget { from, to, me });
     }
     if from == 0 {
-        return bad("peer id 0");
+        return Err(DecodeError::ZeroId);
     }
     Ok(from)
 }
@@ -200,9 +240,8 @@ fn get_entries(r: &mut Reader<'_>) -> Result<Vec<Entry>, DecodeError> {
     for _ in 0..n {
         let index = r.u64()?;
         let term = r.u64()?;
-        let Some(kind) = EntryKind::from_byte(r.u8()?) else {
-            return bad("unknown entry kind");
-        };
+        let k = r.u8()?;
+        let kind = EntryKind::from_byte(k).ok_or(DecodeError::UnknownEntryKind(k))?;
         let data = r.bytes()?;
         entries.push(Entry {
             index,
@@ -389,7 +428,7 @@ pub fn decode_message(body: &[u8]) -> Result<Message, DecodeError> {
             context: r.bytes()?,
         },
         TAG_TRANSFER_LEADER => MessageBody::TransferLeader { target: r.u64()? },
-        t => return Err(DecodeError(format!("unknown message tag {t}"))),
+        t => return Err(DecodeError::UnknownTag(t)),
     };
     r.finish()?;
     Ok(Message {
@@ -423,7 +462,7 @@ pub fn decode_snapshot_header(body: &[u8]) -> Result<SnapshotHeader, DecodeError
     let ids = |r: &mut Reader<'_>| -> Result<Vec<NodeId>, DecodeError> {
         let n = r.u32()? as usize;
         if n > 4096 {
-            return bad("too many members");
+            return Err(DecodeError::TooManyMembers(n));
         }
         (0..n).map(|_| r.u64()).collect()
     };
@@ -432,7 +471,7 @@ pub fn decode_snapshot_header(body: &[u8]) -> Result<SnapshotHeader, DecodeError
     let total = r.u64()?;
     r.finish()?;
     if total > MAX_SNAPSHOT {
-        return bad("snapshot too large");
+        return Err(DecodeError::SnapshotTooLarge(total));
     }
     let meta = SnapshotMeta {
         index,
@@ -456,9 +495,9 @@ pub fn decode_snapshot_end(body: &[u8]) -> Result<u32, DecodeError> {
 }
 
 /// The message that hands a received snapshot to the core: its data is the
-/// path of the file holding the snapshot data, for the ready thread.
-pub fn snapshot_message(h: &SnapshotHeader, path: &std::path::Path) -> Message {
-    let data = path.to_string_lossy().into_owned().into_bytes();
+/// [`Inbox`](crate::snapshots::Inbox) ticket of the file holding it.
+pub fn snapshot_message(h: &SnapshotHeader, ticket: Vec<u8>) -> Message {
+    let data = ticket;
     let snapshot = Snapshot {
         meta: h.meta.clone(),
         data,

@@ -2,7 +2,7 @@
 //! connection, and a sender thread per peer, all plain OS threads.
 //!
 //! ```text
-//!             node thread ──send()──► [bounded queue] ─► sender thread ─► TCP ─► peer
+//!            ready thread ──send()──► [bounded queue] ─► sender thread ─► TCP ─► peer
 //!  peer ─► TCP ─► reader thread ─► inbound channel ─► node thread
 //! ```
 //!
@@ -10,7 +10,7 @@
 //! a handshake naming both ids (`codec.rs` has the frame format). Identity is
 //! the id in the handshake, never the address.
 //!
-//! Sending never blocks the node thread: a full queue drops the message (Raft
+//! Sending never blocks the ready thread: a full queue drops the message (Raft
 //! retransmits), and a sender that cannot reach its peer drops what it has,
 //! reports the peer unreachable, and redials with exponential backoff. A
 //! sender writes every queued message into one buffer and flushes once per
@@ -19,8 +19,8 @@
 //! Snapshots never pass through memory whole: a sender streams the node's
 //! current snapshot file in 1 MiB chunks (whatever snapshot the core asked
 //! for, the newest one on disk is at least as good), and a reader writes the
-//! chunks to a file under the incoming dir, checks the CRC, and hands the
-//! core a snapshot message whose data is that file's path.
+//! chunks to a file of the snapshot [`Inbox`], checks the CRC, and hands the
+//! core a snapshot message whose data is the inbox ticket for that file.
 //!
 //! Readers treat the network as hostile: a bad handshake, an unknown frame,
 //! a frame over the size limit or a message that claims another sender
@@ -29,10 +29,10 @@
 pub mod codec;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -40,7 +40,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use log::{debug, info, warn};
 
-use crate::raft::{ConfState, Message, MessageBody, NodeId, SnapshotMeta};
+use crate::datadir::from_wal_meta;
+use crate::raft::{Message, MessageBody, NodeId};
+use crate::shared::Shared;
+use crate::snapshots::{Inbox, ReceivedSnapshot};
 use codec::{DecodeError, SnapshotHeader};
 
 /// Messages waiting for one peer; beyond this they are dropped.
@@ -58,15 +61,6 @@ pub enum Report {
     Snapshot(NodeId, bool),
 }
 
-/// Where snapshots come from and go to.
-#[derive(Clone)]
-pub struct SnapshotFiles {
-    /// The current snapshot file of this node, if any.
-    pub current: Arc<dyn Fn() -> Option<PathBuf> + Send + Sync>,
-    /// Where received snapshots are written.
-    pub incoming: PathBuf,
-}
-
 struct Peer {
     queue: Sender<Message>,
     addr: Arc<Mutex<String>>,
@@ -77,7 +71,8 @@ pub struct Transport {
     id: NodeId,
     peers: Mutex<HashMap<NodeId, Peer>>,
     reports: Sender<Report>,
-    snapshots: SnapshotFiles,
+    /// Where the current snapshot file is published, for streaming it.
+    shared: Arc<Shared>,
     /// Nodes we were asked to message but have no address for (warned once).
     unknown: Mutex<std::collections::HashSet<NodeId>>,
 }
@@ -87,26 +82,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Transport {
-    /// Starts accepting peers on `listener`; inbound messages go to `inbound`.
+    /// Starts accepting peers on `listener`; inbound messages go to
+    /// `inbound`, received snapshot files to `inbox`.
     pub fn start(
         id: NodeId,
         listener: TcpListener,
         inbound: Sender<Message>,
         reports: Sender<Report>,
-        snapshots: SnapshotFiles,
+        shared: Arc<Shared>,
+        inbox: Arc<Inbox>,
     ) -> io::Result<Arc<Transport>> {
         info!("listening for peers on {}", listener.local_addr()?);
-        let incoming = snapshots.incoming.clone();
         let t = Arc::new(Transport {
             id,
             peers: Mutex::new(HashMap::new()),
             reports,
-            snapshots,
+            shared,
             unknown: Mutex::default(),
         });
         thread::Builder::new()
             .name("peer-listener".into())
-            .spawn(move || accept_loop(id, listener, inbound, incoming))?;
+            .spawn(move || accept_loop(id, listener, inbound, inbox))?;
         Ok(t)
     }
 
@@ -125,10 +121,10 @@ impl Transport {
         let me = self.id;
         let reports = self.reports.clone();
         let a = addr.clone();
-        let snaps = self.snapshots.clone();
+        let shared = self.shared.clone();
         let spawned = thread::Builder::new()
             .name(format!("peer-send-{id}"))
-            .spawn(move || send_loop(me, id, a, rx, reports, snaps));
+            .spawn(move || send_loop(me, id, a, rx, reports, &shared));
         match spawned {
             Ok(_) => {
                 peers.insert(id, Peer { queue: tx, addr });
@@ -203,7 +199,7 @@ fn send_loop(
     addr: Arc<Mutex<String>>,
     rx: Receiver<Message>,
     reports: Sender<Report>,
-    snaps: SnapshotFiles,
+    shared: &Shared,
 ) {
     let mut conn: Option<TcpStream> = None;
     let mut backoff = Duration::from_millis(20);
@@ -245,7 +241,7 @@ fn send_loop(
                 Some(stream) => {
                     let r = stream
                         .write_all(&buf)
-                        .and_then(|_| stream_snapshot(stream, &m, &snaps));
+                        .and_then(|_| stream_snapshot(stream, &m, shared));
                     buf.clear();
                     match r {
                         Ok(bytes) => {
@@ -286,19 +282,12 @@ fn send_loop(
 
 /// Streams the node's current snapshot file to `stream`: header, chunks,
 /// end. Returns the number of data bytes sent.
-fn stream_snapshot(stream: &mut TcpStream, m: &Message, snaps: &SnapshotFiles) -> io::Result<u64> {
-    let path = (snaps.current)()
+fn stream_snapshot(stream: &mut TcpStream, m: &Message, shared: &Shared) -> io::Result<u64> {
+    let path = shared
+        .snapshot_file()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no snapshot file"))?;
-    let mut r = wal::open_snapshot_file(&path).map_err(|e| io::Error::other(e.to_string()))?;
-    let wm = r.meta().clone();
-    let meta = SnapshotMeta {
-        index: wm.index,
-        term: wm.term,
-        conf_state: ConfState {
-            voters: wm.voters,
-            learners: wm.learners,
-        },
-    };
+    let mut r = wal::open_snapshot_file(&path).map_err(io::Error::other)?;
+    let meta = from_wal_meta(r.meta());
     let total = r.len();
     let mut head = Vec::new();
     codec::encode_snapshot_header(&mut head, m.from, m.to, m.term, &meta, total);
@@ -323,7 +312,7 @@ fn stream_snapshot(stream: &mut TcpStream, m: &Message, snaps: &SnapshotFiles) -
     Ok(total)
 }
 
-fn accept_loop(me: NodeId, listener: TcpListener, inbound: Sender<Message>, incoming: PathBuf) {
+fn accept_loop(me: NodeId, listener: TcpListener, inbound: Sender<Message>, inbox: Arc<Inbox>) {
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(s) => s,
@@ -334,7 +323,7 @@ fn accept_loop(me: NodeId, listener: TcpListener, inbound: Sender<Message>, inco
             }
         };
         let inbound = inbound.clone();
-        let incoming = incoming.clone();
+        let inbox = inbox.clone();
         let peer = stream
             .peer_addr()
             .map(|a| a.to_string())
@@ -342,7 +331,7 @@ fn accept_loop(me: NodeId, listener: TcpListener, inbound: Sender<Message>, inco
         let spawned = thread::Builder::new()
             .name("peer-recv".into())
             .spawn(move || {
-                if let Err(e) = read_loop(me, stream, &inbound, &incoming) {
+                if let Err(e) = read_loop(me, stream, &inbound, &inbox) {
                     warn!("closed peer connection from {peer}: {e}");
                 }
             });
@@ -352,17 +341,63 @@ fn accept_loop(me: NodeId, listener: TcpListener, inbound: Sender<Message>, inco
     }
 }
 
-/// Why a reader stopped.
+/// Why a reader closed its connection.
+#[derive(Debug)]
 enum ReadError {
     Io(io::Error),
+    /// A frame body that does not decode.
     Decode(DecodeError),
+    /// A length prefix of 0 or over [`codec::MAX_FRAME`].
+    FrameLength(usize),
+    /// The first frame was not a handshake.
+    NoHandshake(u8),
+    /// A frame of a kind not expected here (e.g. a chunk outside a snapshot).
+    UnexpectedFrame(u8),
+    /// A message or snapshot whose envelope names other nodes than the
+    /// connection's handshake.
+    Misrouted {
+        from: NodeId,
+        to: NodeId,
+        peer: NodeId,
+    },
+    /// Snapshot chunks past the size the header announced.
+    SnapshotOverrun,
+    /// A snapshot that ended short of its announced size.
+    SnapshotShort {
+        received: u64,
+        total: u64,
+    },
+    SnapshotCrc {
+        sent: u32,
+        computed: u32,
+    },
 }
 
-impl std::fmt::Display for ReadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ReadError::Io(e) => write!(f, "{e}"),
             ReadError::Decode(e) => write!(f, "bad data: {e}"),
+            ReadError::FrameLength(n) => write!(f, "bad data: frame length {n} out of range"),
+            ReadError::NoHandshake(k) => {
+                write!(f, "bad data: expected a handshake, got frame kind {k}")
+            }
+            ReadError::UnexpectedFrame(k) => write!(f, "bad data: unexpected frame kind {k}"),
+            ReadError::Misrouted { from, to, peer } => write!(
+                f,
+                "bad data: message {from}->{to} on the connection from {peer}"
+            ),
+            ReadError::SnapshotOverrun => {
+                f.write_str("bad data: snapshot chunk past the announced size")
+            }
+            ReadError::SnapshotShort { received, total } => write!(
+                f,
+                "bad data: snapshot ended after {received} of {total} bytes"
+            ),
+            ReadError::SnapshotCrc { sent, computed } => write!(
+                f,
+                "bad data: snapshot CRC mismatch: sent {sent:#010x}, received {computed:#010x}"
+            ),
         }
     }
 }
@@ -383,39 +418,32 @@ fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Option<u8>, ReadEr
     }
     let len = u32::from_le_bytes(len) as usize;
     if len == 0 || len > codec::MAX_FRAME {
-        return Err(DecodeError(format!("frame length {len} out of range")).into());
+        return Err(ReadError::FrameLength(len));
     }
     buf.resize(len, 0);
     r.read_exact(buf).map_err(ReadError::Io)?;
     Ok(Some(buf[0]))
 }
 
-/// A snapshot being received into a file.
+/// A snapshot being received into a file of the inbox.
 struct Receiving {
     header: SnapshotHeader,
-    path: PathBuf,
-    file: BufWriter<File>,
+    /// Deletes the file unless the transfer completes.
+    file: ReceivedSnapshot,
+    out: BufWriter<File>,
     hasher: crc32fast::Hasher,
     received: u64,
 }
 
 impl Receiving {
-    fn start(header: SnapshotHeader, dir: &Path) -> Result<Receiving, ReadError> {
-        std::fs::create_dir_all(dir).map_err(ReadError::Io)?;
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!(
-            "snap-{}-{}-{}-{n}.part",
-            header.from,
-            header.meta.index,
-            std::process::id()
-        );
-        let path = dir.join(name);
-        let file = BufWriter::with_capacity(256 << 10, File::create(&path).map_err(ReadError::Io)?);
+    fn start(header: SnapshotHeader, inbox: &Inbox) -> Result<Receiving, ReadError> {
+        let (path, out) = inbox
+            .create(header.from, header.meta.index)
+            .map_err(ReadError::Io)?;
         Ok(Receiving {
             header,
-            path,
-            file,
+            file: ReceivedSnapshot::new(path),
+            out: BufWriter::with_capacity(256 << 10, out),
             hasher: crc32fast::Hasher::new(),
             received: 0,
         })
@@ -423,42 +451,31 @@ impl Receiving {
 
     fn push(&mut self, chunk: &[u8]) -> Result<(), ReadError> {
         if self.received + chunk.len() as u64 > self.header.total {
-            return Err(DecodeError("snapshot chunk past the announced size".into()).into());
+            return Err(ReadError::SnapshotOverrun);
         }
         self.hasher.update(chunk);
-        self.file.write_all(chunk).map_err(ReadError::Io)?;
+        self.out.write_all(chunk).map_err(ReadError::Io)?;
         self.received += chunk.len() as u64;
         Ok(())
     }
 
     /// Checks size and CRC; on success the file is complete and closed.
-    fn finish(mut self, crc: u32) -> Result<(SnapshotHeader, PathBuf), ReadError> {
+    fn finish(mut self, crc: u32) -> Result<(SnapshotHeader, ReceivedSnapshot), ReadError> {
         if self.received != self.header.total {
-            return Err(DecodeError(format!(
-                "snapshot ended after {} of {} bytes",
-                self.received, self.header.total
-            ))
-            .into());
+            return Err(ReadError::SnapshotShort {
+                received: self.received,
+                total: self.header.total,
+            });
         }
         let computed = self.hasher.clone().finalize();
         if computed != crc {
-            return Err(DecodeError(format!(
-                "snapshot CRC mismatch: sent {crc:#010x}, received {computed:#010x}"
-            ))
-            .into());
+            return Err(ReadError::SnapshotCrc {
+                sent: crc,
+                computed,
+            });
         }
-        self.file.flush().map_err(ReadError::Io)?;
-        let path = std::mem::take(&mut self.path);
-        Ok((self.header.clone(), path))
-    }
-}
-
-impl Drop for Receiving {
-    fn drop(&mut self) {
-        // An interrupted or rejected transfer leaves nothing behind.
-        if !self.path.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.path);
-        }
+        self.out.flush().map_err(ReadError::Io)?;
+        Ok((self.header, self.file))
     }
 }
 
@@ -466,16 +483,14 @@ fn read_loop(
     me: NodeId,
     stream: TcpStream,
     inbound: &Sender<Message>,
-    incoming: &Path,
+    inbox: &Inbox,
 ) -> Result<(), ReadError> {
     let _ = stream.set_nodelay(true);
     let mut r = BufReader::with_capacity(64 << 10, stream);
     let mut buf = Vec::new();
     let from = match read_frame(&mut r, &mut buf)? {
         Some(codec::KIND_HANDSHAKE) => codec::decode_handshake(&buf[1..], me)?,
-        Some(k) => {
-            return Err(DecodeError(format!("expected a handshake, got frame kind {k}")).into())
-        }
+        Some(k) => return Err(ReadError::NoHandshake(k)),
         None => return Ok(()),
     };
     debug!("peer {from} connected");
@@ -487,17 +502,17 @@ fn read_loop(
             (codec::KIND_SNAPSHOT_HEADER, None) => {
                 let h = codec::decode_snapshot_header(body)?;
                 if h.from != from || h.to != me {
-                    return Err(DecodeError(format!(
-                        "snapshot {}->{} on the connection from {from}",
-                        h.from, h.to
-                    ))
-                    .into());
+                    return Err(ReadError::Misrouted {
+                        from: h.from,
+                        to: h.to,
+                        peer: from,
+                    });
                 }
                 info!(
                     "receiving snapshot {} ({} bytes) from peer {from}",
                     h.meta.index, h.total
                 );
-                receiving = Some(Receiving::start(h, incoming)?);
+                receiving = Some(Receiving::start(h, inbox)?);
                 None
             }
             (codec::KIND_SNAPSHOT_CHUNK, Some(rcv)) => {
@@ -506,21 +521,21 @@ fn read_loop(
             }
             (codec::KIND_SNAPSHOT_END, Some(_)) => {
                 let crc = codec::decode_snapshot_end(body)?;
-                let rcv = receiving
-                    .take()
-                    .ok_or_else(|| DecodeError("no snapshot".into()))?;
-                let (h, path) = rcv.finish(crc)?;
-                Some(codec::snapshot_message(&h, &path))
+                let Some(rcv) = receiving.take() else {
+                    return Err(ReadError::UnexpectedFrame(codec::KIND_SNAPSHOT_END));
+                };
+                let (h, file) = rcv.finish(crc)?;
+                Some(codec::snapshot_message(&h, inbox.deliver(file)))
             }
-            (k, _) => return Err(DecodeError(format!("unexpected frame kind {k}")).into()),
+            (k, _) => return Err(ReadError::UnexpectedFrame(k)),
         };
         if let Some(m) = msg {
             if m.from != from || m.to != me {
-                return Err(DecodeError(format!(
-                    "message {}->{} on the connection from {from}",
-                    m.from, m.to
-                ))
-                .into());
+                return Err(ReadError::Misrouted {
+                    from: m.from,
+                    to: m.to,
+                    peer: from,
+                });
             }
             if inbound.send(m).is_err() {
                 return Ok(()); // node is shutting down

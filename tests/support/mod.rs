@@ -137,6 +137,26 @@ impl Node {
         self.paused = false;
     }
 
+    /// SIGTERM (a graceful stop), then waits up to `within` for the process
+    /// to exit; returns its exit status, or `None` if it had to be killed.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        self.paused = false;
+        signal(c.id(), "TERM");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Whether the process ended by itself (say, at a failpoint); reaps it.
     pub fn exited(&mut self) -> bool {
         let gone = match self.child.as_mut() {

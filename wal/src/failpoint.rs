@@ -76,14 +76,24 @@ pub mod crash {
         })
     }
 
+    /// The hit number if this is the configured hit of `name`.
+    fn fires(name: &str) -> Option<u64> {
+        let (at, hits) = armed().get(name)?;
+        (hits.fetch_add(1, Ordering::SeqCst) + 1 == *at).then_some(*at)
+    }
+
     /// Aborts the process if this is the configured hit of `name`.
     pub fn crash_point(name: &str, info: impl FnOnce() -> String) {
-        if let Some((at, hits)) = armed().get(name) {
-            if hits.fetch_add(1, Ordering::SeqCst) + 1 == *at {
-                eprintln!("raftnode: failpoint {name} fired at hit {at}: {}", info());
-                std::process::abort();
-            }
+        if let Some(at) = fires(name) {
+            eprintln!("raftnode: failpoint {name} fired at hit {at}: {}", info());
+            std::process::abort();
         }
+    }
+
+    /// True on the configured hit of `name`: the caller then fails the
+    /// operation as if the disk had returned an error.
+    pub fn error_point(name: &str) -> bool {
+        fires(name).is_some()
     }
 }
 
@@ -93,4 +103,10 @@ pub mod crash {
     /// Does nothing; see the `failpoints` build.
     #[inline(always)]
     pub fn crash_point(_name: &str, _info: impl FnOnce() -> String) {}
+
+    /// Never fires; see the `failpoints` build.
+    #[inline(always)]
+    pub fn error_point(_name: &str) -> bool {
+        false
+    }
 }

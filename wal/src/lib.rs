@@ -113,7 +113,7 @@ mod crash_tests;
 /// Crash points for process-level fault tests (see `failpoint.rs`); they
 /// compile to nothing without the `failpoints` feature.
 #[doc(hidden)]
-pub use crate::failpoint::crash::crash_point;
+pub use crate::failpoint::crash::{crash_point, error_point};
 
 use std::path::PathBuf;
 

@@ -416,6 +416,11 @@ impl Wal {
         self.snapshot.as_ref().map(|s| &s.0)
     }
 
+    /// The current snapshot's file, if any.
+    pub fn snapshot_path(&self) -> Option<&Path> {
+        self.snapshot.as_ref().map(|s| s.1.as_path())
+    }
+
     /// Opens the current snapshot's data for streaming. The reader checks the
     /// CRC when it reaches the end of the data.
     pub fn snapshot_reader(&self) -> Result<Option<SnapshotReader>, Error> {

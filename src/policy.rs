@@ -1,0 +1,336 @@
+//! The node thread's policy: what etcd keeps in its server rather than in
+//! `node.run`, and this node keeps next to the core on the node thread.
+//!
+//! - **Batching.** Every client request already queued is taken at once:
+//!   all writes go to the core in one `propose_batch` (one append, one
+//!   broadcast), all reads under one read-index context (one heartbeat round
+//!   confirms them all).
+//! - **Leader changes.** Requests forwarded to (or accepted by) an old
+//!   leader may be lost or may still commit; once a *different* leader is
+//!   known they are failed with `ERR LEADER_CHANGED`, as etcd does, rather
+//!   than left to time out.
+//! - **Transfers.** A `TRANSFER_LEADER` is answered when its target is seen
+//!   to lead, or left to time out.
+//! - **Learner promotion.** `ADD_NODE` adds a learner; the leader promotes
+//!   it to voter once its log is within [`PROMOTE_GAP`] entries of its own
+//!   (etcd leaves this to the operator).
+//!
+//! All of it is driven by the node thread: `node.rs` calls in at the points
+//! named after the loop's arms, and nothing here is shared with another
+//! thread except through the channels and [`Shared`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use log::{debug, info};
+
+use crate::kv::{encode_conf_context, RequestId};
+use crate::protocol::{ErrorCode, Reply};
+use crate::raft::{
+    ConfChange, ConfChangeKind, ConfState, DropReason, Error as RaftError, MemStorage, NodeId,
+    ProgressState, RawNode, Role, SoftState, NO_NODE,
+};
+use crate::reads::{ReadNotice, ReadWaiter};
+use crate::reply::ReplyTx;
+use crate::shared::Shared;
+
+/// A learner is promoted once its log is within this many entries of the
+/// leader's (and it is being replicated to normally).
+pub const PROMOTE_GAP: u64 = 100;
+
+/// How many queued requests one batch takes at most.
+const MAX_BATCH: usize = 8192;
+
+/// A promotion is proposed again only after this long without effect.
+const PROMOTE_RETRY: Duration = Duration::from_secs(1);
+
+/// A client request for the node thread.
+pub enum NodeRequest {
+    /// An encoded command with the id it was registered under in
+    /// [`Pending`](crate::reply::Pending); answered when applied.
+    Propose {
+        data: Vec<u8>,
+        id: u64,
+        deadline: Instant,
+    },
+    /// A linearizable read of `key`.
+    Read {
+        key: Vec<u8>,
+        reply: ReplyTx,
+        deadline: Instant,
+    },
+    /// A membership change, registered like a proposal.
+    ConfChange {
+        cc: ConfChange,
+        id: u64,
+        deadline: Instant,
+    },
+    /// Move leadership; answered when `target` is known to lead.
+    Transfer {
+        target: NodeId,
+        reply: ReplyTx,
+        deadline: Instant,
+    },
+}
+
+/// A `TRANSFER_LEADER` waiting for its target to lead.
+struct Transfer {
+    target: NodeId,
+    reply: ReplyTx,
+    deadline: Instant,
+}
+
+pub struct Policy {
+    shared: Arc<Shared>,
+    read_notices: Sender<ReadNotice>,
+    read_seq: u64,
+    transfers: Vec<Transfer>,
+    /// The last leader known (never reset to none), and its term.
+    leader: NodeId,
+    leader_term: u64,
+    /// Context of the `ADD_NODE` that added each learner, so that its
+    /// client is answered when the promotion applies.
+    learner_context: BTreeMap<NodeId, Vec<u8>>,
+    /// Promotions proposed, and when.
+    promoting: HashMap<NodeId, Instant>,
+}
+
+/// The client-facing error for a request the core refused.
+pub fn refusal(e: &RaftError) -> Reply {
+    match e {
+        RaftError::ProposalDropped(DropReason::NoLeader) => {
+            Reply::error(ErrorCode::NoLeader, "no leader is known; retry shortly")
+        }
+        RaftError::ProposalDropped(why) => Reply::error(ErrorCode::Unavailable, why.to_string()),
+        RaftError::InvalidConfig(why) => Reply::error(ErrorCode::Internal, why.clone()),
+    }
+}
+
+impl Policy {
+    pub fn new(shared: Arc<Shared>, read_notices: Sender<ReadNotice>) -> Policy {
+        Policy {
+            shared,
+            read_notices,
+            read_seq: 0,
+            transfers: Vec::new(),
+            leader: NO_NODE,
+            leader_term: 0,
+            learner_context: BTreeMap::new(),
+            promoting: HashMap::new(),
+        }
+    }
+
+    /// Takes `first` and every request already queued behind it, and feeds
+    /// them to the core in as few calls as possible.
+    pub fn requests(
+        &mut self,
+        raw: &mut RawNode<MemStorage>,
+        first: NodeRequest,
+        queued: &Receiver<NodeRequest>,
+    ) {
+        let now = Instant::now();
+        let pending = self.shared.pending();
+        let mut writes: Vec<Vec<u8>> = Vec::new();
+        let mut ids: Vec<u64> = Vec::new();
+        let mut reads: Vec<ReadWaiter> = Vec::new();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(req) = next.take() {
+            taken += 1;
+            match req {
+                // A request whose client already gave up is not proposed.
+                NodeRequest::Propose { id, deadline, .. }
+                | NodeRequest::ConfChange { id, deadline, .. }
+                    if deadline <= now =>
+                {
+                    pending.forget(id)
+                }
+                NodeRequest::Propose { data, id, .. } => {
+                    writes.push(data);
+                    ids.push(id);
+                }
+                NodeRequest::Read {
+                    key,
+                    reply,
+                    deadline,
+                } => {
+                    if deadline > now {
+                        reads.push(ReadWaiter {
+                            key,
+                            reply,
+                            deadline,
+                        });
+                    }
+                }
+                NodeRequest::ConfChange { cc, id, .. } => {
+                    if let Err(e) = raw.propose_conf_change(&cc) {
+                        pending.answer(id, refusal(&e));
+                    }
+                }
+                NodeRequest::Transfer {
+                    target,
+                    reply,
+                    deadline,
+                } => {
+                    if raw.soft_state().leader == target {
+                        reply.send(Reply::Ok);
+                    } else if let Err(e) = raw.transfer_leader(target) {
+                        reply.send(refusal(&e));
+                    } else {
+                        self.transfers.push(Transfer {
+                            target,
+                            reply,
+                            deadline,
+                        });
+                    }
+                }
+            }
+            if taken < MAX_BATCH {
+                next = queued.try_recv().ok();
+            }
+        }
+        if !writes.is_empty() {
+            debug!("proposing a batch of {}", writes.len());
+            if let Err(e) = raw.propose_batch(writes) {
+                let reply = refusal(&e);
+                for id in ids {
+                    pending.answer(id, reply.clone());
+                }
+            }
+        }
+        if !reads.is_empty() {
+            self.read(raw, reads);
+        }
+    }
+
+    /// Issues one read index for a batch of reads.
+    fn read(&mut self, raw: &mut RawNode<MemStorage>, reads: Vec<ReadWaiter>) {
+        if crate::debug::unsafe_local_reads() {
+            let _ = self.read_notices.send(ReadNotice::Local(reads));
+            return;
+        }
+        self.read_seq += 1;
+        let mut ctx = raw.id().to_le_bytes().to_vec();
+        ctx.extend_from_slice(&self.read_seq.to_le_bytes());
+        match raw.read_index(ctx.clone()) {
+            // The batch reaches the ready thread before the Ready that
+            // carries its read state.
+            Ok(()) => {
+                let _ = self.read_notices.send(ReadNotice::Batch(ctx, reads));
+            }
+            Err(e) => {
+                let reply = refusal(&e);
+                for r in reads {
+                    r.reply.send(reply.clone());
+                }
+            }
+        }
+    }
+
+    /// The Ready about to go out says the leader or role changed. While
+    /// the node `stopping` hands its leadership over, requests in flight
+    /// are not failed: the new leader has every entry of this one, and the
+    /// stop waits for them to apply.
+    pub fn soft_state_changed(&mut self, ss: SoftState, term: u64, stopping: bool) {
+        self.shared.set_leader(ss.leader);
+        self.transfers.retain(|t| {
+            if t.target != ss.leader {
+                return true;
+            }
+            info!("leadership transferred to {}", t.target);
+            t.reply.send(Reply::Ok);
+            false
+        });
+        // Losing track of the leader for a moment (a PreVote round that goes
+        // back to the same leader) fails nothing; requests still queued in
+        // the channel are not affected either.
+        if ss.leader == NO_NODE || (ss.leader, term) == (self.leader, self.leader_term) {
+            return;
+        }
+        let had_leader = self.leader != NO_NODE;
+        self.leader = ss.leader;
+        self.leader_term = term;
+        if had_leader && !stopping {
+            info!(
+                "leader changed to {}; failing requests in flight",
+                ss.leader
+            );
+            let msg = "leader changed while the request was in flight; the outcome is unknown";
+            self.shared
+                .pending()
+                .answer_all(&Reply::error(ErrorCode::LeaderChanged, msg));
+        }
+        if had_leader {
+            let _ = self.read_notices.send(ReadNotice::LeaderChanged);
+        }
+    }
+
+    /// Answers every `TRANSFER_LEADER` still waiting with `reply`.
+    pub fn fail_waiting(&mut self, reply: &Reply) {
+        for t in self.transfers.drain(..) {
+            t.reply.send(reply.clone());
+        }
+    }
+
+    /// A conf change was applied; `cs` is the membership it made.
+    pub fn conf_change_applied(&mut self, cc: &ConfChange, cs: &ConfState) {
+        if cc.kind == ConfChangeKind::AddLearner && cs.learners.contains(&cc.node_id) {
+            self.learner_context.insert(cc.node_id, cc.context.clone());
+        }
+        self.learner_context
+            .retain(|id, _| cs.learners.contains(id));
+        self.promoting.retain(|id, _| cs.learners.contains(id));
+    }
+
+    /// One tick of the clock: expire transfers, promote learners.
+    pub fn tick(&mut self, raw: &mut RawNode<MemStorage>) {
+        let now = Instant::now();
+        self.transfers.retain(|t| t.deadline > now);
+        if raw.soft_state().role == Role::Leader {
+            self.promote_learners(raw, now);
+        }
+    }
+
+    /// On the leader: proposes to promote every learner whose log has
+    /// caught up. A learner known only from a snapshot or a restart (its
+    /// `ADD_NODE` client is gone) is promoted with an empty context.
+    fn promote_learners(&mut self, raw: &mut RawNode<MemStorage>, now: Instant) {
+        let st = raw.status();
+        for id in &st.conf_state.learners {
+            let Some(p) = st.progress.get(id) else {
+                continue;
+            };
+            let caught_up =
+                p.state == ProgressState::Replicate && p.matched + PROMOTE_GAP >= st.last_index;
+            let recently = self
+                .promoting
+                .get(id)
+                .is_some_and(|t| now.duration_since(*t) < PROMOTE_RETRY);
+            if !caught_up || recently {
+                continue;
+            }
+            let context = self
+                .learner_context
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| encode_conf_context(RequestId { node: 0, seq: 0 }, ""));
+            let cc = ConfChange {
+                kind: ConfChangeKind::AddNode,
+                node_id: *id,
+                context,
+            };
+            match raw.propose_conf_change(&cc) {
+                Ok(()) => {
+                    info!(
+                        "learner {id} caught up (match {} of {}); promoting it to voter",
+                        p.matched, st.last_index
+                    );
+                    self.promoting.insert(*id, now);
+                }
+                Err(e) => debug!("cannot promote learner {id} yet: {e}"),
+            }
+        }
+    }
+}

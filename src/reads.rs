@@ -1,0 +1,109 @@
+//! Linearizable reads waiting for their read index to be applied.
+//!
+//! The node thread issues read-index requests for a batch of reads under
+//! one context and tells the ready thread ([`ReadNotice::Batch`]) before the
+//! Ready that carries the answer can reach it. The ready thread matches each
+//! [`ReadState`] to its batch and serves the batch once the applied index
+//! reaches the read index (thesis §6.4): the value served is then at least
+//! as new as anything committed when the read arrived.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::kv::KvStore;
+use crate::protocol::{ErrorCode, Reply};
+use crate::raft::ReadState;
+use crate::reply::ReplyTx;
+
+/// What the node thread tells the ready thread about reads.
+pub enum ReadNotice {
+    /// Reads issued under read-index context `ctx`.
+    Batch(Vec<u8>, Vec<ReadWaiter>),
+    /// The leader changed: read-index requests in flight may be lost.
+    LeaderChanged,
+    /// TEST ONLY (`RAFTNODE_DEBUG_UNSAFE_LOCAL_READS`): reads to serve from
+    /// local state without a read index.
+    Local(Vec<ReadWaiter>),
+}
+
+/// A read waiting for its read index to be applied.
+pub struct ReadWaiter {
+    pub key: Vec<u8>,
+    pub reply: ReplyTx,
+    pub deadline: Instant,
+}
+
+/// The ready thread's reads: batches waiting for a read index, and batches
+/// waiting for the applied index to reach theirs.
+#[derive(Default)]
+pub struct ReadQueue {
+    by_context: HashMap<Vec<u8>, Vec<ReadWaiter>>,
+    /// In read-index order.
+    waiting: Vec<(u64, Vec<ReadWaiter>)>,
+}
+
+impl ReadQueue {
+    pub fn notice(&mut self, notice: ReadNotice) {
+        match notice {
+            ReadNotice::Batch(ctx, waiters) => {
+                self.by_context.insert(ctx, waiters);
+            }
+            ReadNotice::Local(waiters) => self.waiting.push((0, waiters)),
+            ReadNotice::LeaderChanged => {
+                // Read states already received stay valid; requests whose
+                // answer has not come may never come.
+                let msg = "leader changed while the read was in flight; retry";
+                self.fail_unanswered(&Reply::error(ErrorCode::LeaderChanged, msg));
+            }
+        }
+    }
+
+    /// A read index arrived for one of the batches.
+    pub fn read_state(&mut self, rs: ReadState) {
+        if let Some(w) = self.by_context.remove(&rs.context) {
+            self.waiting.push((rs.index, w));
+        }
+    }
+
+    /// Answers every read whose read index is applied.
+    pub fn serve(&mut self, applied: u64, kv: &KvStore) {
+        let now = Instant::now();
+        self.waiting.retain(|(index, waiters)| {
+            if *index > applied {
+                return true;
+            }
+            for w in waiters {
+                if w.deadline > now {
+                    let reply = match kv.get(&w.key) {
+                        Some(v) => Reply::Value(v.to_vec()),
+                        None => Reply::NotFound,
+                    };
+                    w.reply.send(reply);
+                }
+            }
+            false
+        });
+        // Batches whose read state never came (leader change) are dropped
+        // once all their clients have timed out.
+        self.by_context
+            .retain(|_, ws| ws.iter().any(|w| w.deadline > now));
+    }
+
+    fn fail_unanswered(&mut self, reply: &Reply) {
+        for (_, ws) in self.by_context.drain() {
+            for w in ws {
+                w.reply.send(reply.clone());
+            }
+        }
+    }
+
+    /// Fails every read still waiting (the node is stopping).
+    pub fn fail_all(&mut self, reply: &Reply) {
+        self.fail_unanswered(reply);
+        for (_, ws) in self.waiting.drain(..) {
+            for w in ws {
+                w.reply.send(reply.clone());
+            }
+        }
+    }
+}
