@@ -172,3 +172,69 @@ fn crash_after_snapshot_rename() {
 fn crash_after_snapshot_before_segment_release() {
     crash_at("before_segment_release", 15);
 }
+
+/// A disk error under the Ready loop stops the node: `raftnode::start`'s
+/// handle returns the error instead of the library exiting the process,
+/// and nothing the failed write would have acknowledged was acknowledged.
+#[test]
+fn a_wal_write_error_is_returned_to_the_caller_not_swallowed() {
+    let _g = serial();
+    // Read once per process by the failpoint module; only this test starts
+    // a node inside the test process.
+    std::env::set_var("RAFTNODE_FAILPOINTS", "wal_save:40");
+    let dir = support::TempDir::new("fatal");
+    let (peer, client) = (support::free_port(), support::free_port());
+    let cfg = raftnode::NodeConfig {
+        id: 1,
+        peers: [(1, format!("127.0.0.1:{peer}"))].into(),
+        client_addr: format!("127.0.0.1:{client}"),
+        data_dir: dir.0.join("node-1"),
+        join: false,
+        tick_ms: 20,
+        election_ticks: 10,
+        heartbeat_ticks: 1,
+        snapshot_entries: 0,
+        request_timeout_ms: 2000,
+    };
+    let connect = |addr: &str| {
+        for _ in 0..200 {
+            if let Ok(mut c) = support::Client::connect(addr) {
+                c.set_timeout(Duration::from_secs(5));
+                if c.request("PUT probe x").is_ok_and(|r| r == "OK") {
+                    return c;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no node serves writes at {addr}");
+    };
+    let running = raftnode::start(cfg.clone()).expect("the node starts");
+    let mut cl = connect(&cfg.client_addr);
+    let mut acked = 0;
+    for i in 0..100 {
+        match cl.request(&format!("PUT k{i} v")) {
+            Ok(r) if r == "OK" => acked += 1,
+            _ => break,
+        }
+    }
+    assert!(acked > 0 && acked < 100, "{acked} writes acknowledged");
+    let err = running
+        .wait()
+        .expect_err("the node must stop on a WAL error");
+    assert_eq!(err.during, "writing the WAL");
+    assert!(err.to_string().contains("injected"), "{err}");
+    std::env::remove_var("RAFTNODE_FAILPOINTS");
+    // The first incarnation's listeners stay bound in this process: restart
+    // on new ports (identity is the id, not the address).
+    let (peer, client) = (support::free_port(), support::free_port());
+    let cfg = raftnode::NodeConfig {
+        peers: [(1, format!("127.0.0.1:{peer}"))].into(),
+        client_addr: format!("127.0.0.1:{client}"),
+        ..cfg
+    };
+    let _again = raftnode::start(cfg.clone()).expect("the node restarts");
+    let mut cl = connect(&cfg.client_addr);
+    for i in 0..acked {
+        assert_eq!(cl.request(&format!("GET k{i}")).unwrap(), "VALUE v", "k{i}");
+    }
+}

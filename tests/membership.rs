@@ -1,4 +1,4 @@
-//! Membership at runtime (INTERFACE.md: ADD_NODE, REMOVE_NODE,
+//! Membership at runtime (`docs/PROTOCOL.md`: ADD_NODE, REMOVE_NODE,
 //! TRANSFER_LEADER, --join), each under two running loads: a write stream
 //! whose acknowledged writes must all be there at the end, and the fault
 //! suite's GET/PUT/CAS workload, whose history must be linearizable.
