@@ -3,18 +3,15 @@
 //! thesis, one test per rule, named after the section it comes from.
 //!
 //! Tests drive the public `RawNode` API through the shared harness
-//! (`tests/harness/`): a `Cluster` over `MemStorage`, where nothing moves
+//! (`raftnode_testkit::harness`): a `Cluster` over `MemStorage`, where nothing moves
 //! unless a test says so. Where a rule is about a single node's reaction, the
 //! test steps hand-made messages into it and inspects what it sends back.
 
-#[path = "harness/mod.rs"]
-mod harness;
-
-use harness::cluster::conf;
-use harness::{Cluster, Filter, Options};
 use raftnode::raft::{
     ConfChangeKind, Entry, EntryKind, Error, Message, MessageBody, NodeId, ReadState, Role,
 };
+use raftnode_testkit::harness::cluster::conf;
+use raftnode_testkit::harness::{Cluster, Filter, Options};
 
 // ---- helpers ------------------------------------------------------------
 

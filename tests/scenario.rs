@@ -1,5 +1,5 @@
 //! Runs every scenario script in `tests/scenarios/` (see
-//! `tests/harness/script.rs` for the command language).
+//! `tests/testkit/src/harness/script.rs` for the command language).
 //!
 //! Each script demonstrates one behaviour of the consensus core, named in its
 //! file name and explained in its opening comment. The expected trace under
@@ -9,10 +9,9 @@
 //! a trace that shows wrong behaviour is a bug to fix, not a golden to keep.
 //! `SCENARIO=<substring>` runs only the matching files.
 
-#[path = "harness/mod.rs"]
-mod harness;
-
 use std::path::PathBuf;
+
+use raftnode_testkit::harness;
 
 #[test]
 fn scenarios() {

@@ -5,7 +5,8 @@
 //! three separate stages, so that faults can strike between them:
 //! 1. *take*: `ready()`, sending `messages` at once;
 //! 2. *persist*: snapshot, entries and hard state into the durable
-//!    [`MemStorage`], then sending `persisted_messages`;
+//!    [`MemStorage`] (the testkit's `ready::persist`, as every driver does),
+//!    then sending `persisted_messages`;
 //! 3. *apply*: the snapshot and committed entries into the state machine,
 //!    conf changes into the core, then `advance()`.
 //!

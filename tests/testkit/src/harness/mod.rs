@@ -1,6 +1,6 @@
-//! A deterministic test cluster over [`MemStorage`], shared by the scenario
-//! scripts (`tests/scenario.rs`), the paper-section tests and the
-//! malformed-message tests.
+//! A deterministic test cluster over [`MemStorage`](raftnode::raft::MemStorage),
+//! shared by the scenario scripts (`tests/scenario.rs`), the paper-section
+//! tests and the malformed-message tests.
 //!
 //! - `fmt`: one-line renderings of entries, messages and node state, used in
 //!   every trace;
@@ -17,11 +17,8 @@
 //! atomically with every apply; the Raft log and hard state survive only as far
 //! as they were handed to storage.
 
-#![allow(dead_code)]
-
 pub mod cluster;
 pub mod fmt;
 pub mod script;
 
-#[allow(unused_imports)]
 pub use cluster::{Cluster, Filter, Node, Options};
