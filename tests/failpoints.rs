@@ -14,8 +14,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::faults::FaultCluster;
-use support::rng::seed;
+use support::faults::{seed, FaultCluster};
 use support::run::{fault_args, run};
 use support::serial;
 use support::torn;

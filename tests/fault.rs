@@ -22,8 +22,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::faults::FaultCluster;
-use support::rng::{seed, Rng};
+use raftnode_testkit::rng::Rng;
+use support::faults::{seed, FaultCluster};
 use support::run::{fault_args, run};
 use support::serial;
 use support::workload::WorkloadConfig;

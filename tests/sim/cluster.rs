@@ -20,10 +20,11 @@ use raftnode::raft::{
     NodeId, RawNode, Rng, Role, Status,
 };
 use raftnode_testkit::ready;
+use raftnode_testkit::rng::mix;
 
 use crate::checks::Checker;
 use crate::network::{Network, Packet};
-use crate::node::{fingerprint, mix, Outstanding, PendingLog, SimNode};
+use crate::node::{fingerprint, Outstanding, PendingLog, SimNode};
 
 /// Ticks the healed cluster gets to elect a leader and commit a proposal everywhere.
 pub const LIVENESS_TICKS: u64 = 200;

@@ -11,7 +11,6 @@ pub mod checker;
 pub mod faults;
 pub mod history;
 pub mod proxy;
-pub mod rng;
 pub mod run;
 pub mod torn;
 pub mod workload;

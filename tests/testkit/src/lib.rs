@@ -5,6 +5,8 @@
 //! - [`ready`]: the application's storage step of a Ready, persisting its
 //!   snapshot, entries and hard state into a `MemStorage` in the order the
 //!   Ready contract requires;
+//! - [`rng`]: the seeded generator of the tests, the core's SplitMix64
+//!   ([`raftnode::raft::Rng`]) with the helpers tests draw from;
 //! - [`harness`]: a deterministic cluster over `MemStorage` and the scenario
 //!   script language run by `tests/scenario.rs`, also used by the
 //!   paper-section and malformed-message tests.
@@ -19,3 +21,4 @@
 
 pub mod harness;
 pub mod ready;
+pub mod rng;
