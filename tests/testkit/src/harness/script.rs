@@ -13,6 +13,22 @@
 //! 1 is precandidate term=0 vote=0 lead=0
 //! ```
 //!
+//! Output that holds blank lines uses the doubled separator of etcd's
+//! datadriven format: `----` twice after the command, and the output runs
+//! until `----` twice. Rewriting a script uses this form for exactly the
+//! blocks whose output holds a blank line.
+//!
+//! ```text
+//! some-command
+//! ----
+//! ----
+//! first paragraph
+//!
+//! second paragraph
+//! ----
+//! ----
+//! ```
+//!
 //! Commands (ids are node ids; lists are comma-separated):
 //!
 //! | command | what it does |
@@ -44,6 +60,9 @@ use raftnode::raft::{ConfChangeKind, ConfState, NodeId};
 
 use super::cluster::{conf, Cluster, Filter, Options};
 
+/// Ends a command line; twice, it opens and closes output with blank lines.
+const SEPARATOR: &str = "----";
+
 /// A command and the output expected from it.
 #[derive(Debug)]
 pub struct Block {
@@ -60,8 +79,10 @@ pub enum Item {
     Block(Block),
 }
 
+/// Parses a script; an error names the line of the command at fault.
 pub fn parse(src: &str) -> Result<Vec<Item>, String> {
     let lines: Vec<&str> = src.lines().collect();
+    let separator = |i: usize| lines.get(i).map(|s| s.trim_end()) == Some(SEPARATOR);
     let mut items = Vec::new();
     let mut i = 0;
     while i < lines.len() {
@@ -71,17 +92,34 @@ pub fn parse(src: &str) -> Result<Vec<Item>, String> {
             i += 1;
             continue;
         }
-        if lines.get(i + 1).map(|s| s.trim_end()) != Some("----") {
+        if !separator(i + 1) {
             return Err(format!(
-                "line {}: expected `----` after command `{l}`",
+                "line {}: expected `{SEPARATOR}` after command `{l}`",
                 i + 1
             ));
         }
         let mut expected = Vec::new();
         let mut j = i + 2;
-        while j < lines.len() && !lines[j].trim().is_empty() {
-            expected.push(lines[j].trim_end().to_string());
+        if separator(j) {
+            // Doubled: the output runs to the next pair of separators.
             j += 1;
+            while !(separator(j) && separator(j + 1)) {
+                let Some(line) = lines.get(j) else {
+                    return Err(format!(
+                        "line {}: the output of `{l}` opens with `{SEPARATOR}` twice \
+                         but is never closed by `{SEPARATOR}` twice",
+                        i + 1
+                    ));
+                };
+                expected.push(line.trim_end().to_string());
+                j += 1;
+            }
+            j += 2;
+        } else {
+            while j < lines.len() && !lines[j].trim().is_empty() {
+                expected.push(lines[j].trim_end().to_string());
+                j += 1;
+            }
         }
         items.push(Item::Block(Block {
             line: i + 1,
@@ -104,13 +142,25 @@ pub fn render(items: &[Item], actual: &[Vec<String>]) -> String {
                 out.push('\n');
             }
             Item::Block(b) => {
+                let lines = &actual[k];
+                k += 1;
+                // A blank line would end a single-separator block early.
+                let doubled = lines.iter().any(|l| l.trim().is_empty());
+                let fence = if doubled {
+                    format!("{SEPARATOR}\n{SEPARATOR}\n")
+                } else {
+                    format!("{SEPARATOR}\n")
+                };
                 out.push_str(&b.command);
-                out.push_str("\n----\n");
-                for l in &actual[k] {
+                out.push('\n');
+                out.push_str(&fence);
+                for l in lines {
                     out.push_str(l);
                     out.push('\n');
                 }
-                k += 1;
+                if doubled {
+                    out.push_str(&fence);
+                }
             }
         }
     }
@@ -480,4 +530,78 @@ fn options(a: &Args) -> Result<Options, String> {
         o.max_inflight_msgs = v as usize;
     }
     Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blocks(items: &[Item]) -> Vec<(usize, &str, Vec<&str>)> {
+        items
+            .iter()
+            .filter_map(|it| match it {
+                Item::Block(b) => Some((
+                    b.line,
+                    b.command.as_str(),
+                    b.expected.iter().map(String::as_str).collect(),
+                )),
+                Item::Text(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn single_separator_output_ends_at_a_blank_line() {
+        let src = "# comment\ncluster 3\n----\nok\n\ncampaign 1\n----\na\nb\n";
+        let items = parse(src).unwrap();
+        assert_eq!(
+            blocks(&items),
+            vec![
+                (2, "cluster 3", vec!["ok"]),
+                (6, "campaign 1", vec!["a", "b"])
+            ]
+        );
+        let actual = vec![vec!["ok".to_string()], vec!["a".into(), "b".into()]];
+        assert_eq!(render(&items, &actual), src);
+    }
+
+    #[test]
+    fn doubled_separator_output_may_hold_blank_lines() {
+        let src = "status 1\n----\n----\na\n\nb\n----\n----\n\nlog 1\n----\nc\n";
+        let items = parse(src).unwrap();
+        assert_eq!(
+            blocks(&items),
+            vec![
+                (1, "status 1", vec!["a", "", "b"]),
+                (10, "log 1", vec!["c"])
+            ]
+        );
+        let actual = vec![
+            vec!["a".into(), String::new(), "b".into()],
+            vec!["c".into()],
+        ];
+        assert_eq!(render(&items, &actual), src);
+    }
+
+    #[test]
+    fn rewriting_doubles_the_separator_only_around_blank_lines() {
+        let items = parse("status 1\n----\n----\nold\n----\n----\n").unwrap();
+        assert_eq!(
+            render(&items, &[vec!["new".to_string()]]),
+            "status 1\n----\nnew\n"
+        );
+        let items = parse("status 1\n----\nold\n").unwrap();
+        assert_eq!(
+            render(&items, &[vec!["a".to_string(), String::new()]]),
+            "status 1\n----\n----\na\n\n----\n----\n"
+        );
+    }
+
+    #[test]
+    fn malformed_blocks_are_errors_naming_the_line() {
+        let e = parse("\ncampaign 1\nno separator\n").unwrap_err();
+        assert!(e.starts_with("line 2: expected `----`"), "{e}");
+        let e = parse("status 1\n----\n----\na\n\n----\n").unwrap_err();
+        assert!(e.starts_with("line 1: the output of `status 1`"), "{e}");
+    }
 }
