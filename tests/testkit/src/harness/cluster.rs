@@ -415,8 +415,11 @@ impl Cluster {
         if let Err(e) = ready::persist(&node.storage, &rd) {
             errors.push(format!("node {id}: {e}"));
         }
-        for m in rd.messages.iter().chain(rd.persisted_messages.iter()) {
+        for m in &rd.messages {
             out.push(format!("  {}", fmt::message(m)));
+        }
+        for m in &rd.persisted_messages {
+            out.push(format!("  {}", fmt::after_persist(m)));
         }
         self.queue.extend(rd.messages);
         self.queue.extend(rd.persisted_messages);

@@ -10,6 +10,24 @@
 //! - `script`: the small command language of the scenario files and the
 //!   runner that compares (or rewrites) their expected traces.
 //!
+//! A node's Ready shows in a trace as `> ID ready` and one line for each
+//! thing done with it, in the order the Ready contract asks:
+//! `hardstate ...`, `snapshot ...`, `persist [entries]`, the messages sent,
+//! `apply [entries]` (with `conf-change ...` lines) and `read-state ...`.
+//! Messages from the Ready's `persisted_messages`, which may leave only
+//! once the Ready is persisted (votes, acknowledgements, anything a
+//! follower or candidate says), end in ` (after persist)`; the others may
+//! go out before the node's own write, as a leader's appends do:
+//!
+//! ```text
+//! > 2 ready
+//!   hardstate term=1 vote=1 commit=0
+//!   2->1 vote_response term=1 granted (after persist)
+//! ```
+//!
+//! The harness always persists before it sends, so the marking is about what
+//! the core demands, not about the order here.
+//!
 //! Each node's application is a toy key-value state machine: a normal entry
 //! `put k=v` sets a key, conf-change entries are decoded and applied through
 //! `RawNode::apply_conf_change`. The state machine (applied index, keys and

@@ -52,6 +52,10 @@
 //! | `report-unreachable ID PEER`, `report-snapshot ID PEER ok\|fail` | transport feedback |
 //! | `status ID`, `log ID`, `raft-state` | views |
 //!
+//! Traces are described in the harness module docs (`harness/mod.rs`); a
+//! message that may leave only after its Ready is persisted ends in
+//! ` (after persist)`.
+//!
 //! Set `UPDATE_SCENARIOS=1` to rewrite the expected output with the actual.
 
 use std::path::Path;
