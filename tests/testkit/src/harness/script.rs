@@ -50,7 +50,14 @@
 //! | `restart ID` | crash and restart: lose what was not handed to storage |
 //! | `compact ID INDEX` | snapshot the state machine at INDEX and compact the log |
 //! | `report-unreachable ID PEER`, `report-snapshot ID PEER ok\|fail` | transport feedback |
+//! | `inject FROM->TO TYPE term=T ...` | step a hand-made message into TO, written as traces print it (see below) |
 //! | `status ID`, `log ID`, `raft-state` | views |
+//!
+//! `inject` builds `heartbeat [commit=C] [ctx=X]`, `heartbeat_response
+//! [ctx=X]`, `vote`/`prevote [last=I/T] [transfer]`,
+//! `vote_response`/`prevote_response granted|rejected`, `append_response
+//! index=I [rejected hint=I/T]` and `timeout_now`; FROM need not be a node
+//! of the cluster, for messages from strangers.
 //!
 //! Traces are described in the harness module docs (`harness/mod.rs`); a
 //! message that may leave only after its Ready is persisted ends in
@@ -60,7 +67,7 @@
 
 use std::path::Path;
 
-use raftnode::raft::{ConfChangeKind, ConfState, NodeId};
+use raftnode::raft::{ConfChangeKind, ConfState, Message, MessageBody, NodeId};
 
 use super::cluster::{conf, Cluster, Filter, Options};
 
@@ -267,6 +274,19 @@ impl<'a> Args<'a> {
     fn num_opt(&self, k: &str) -> Result<Option<u64>, String> {
         self.opt(k)
             .map(|v| v.parse().map_err(|_| format!("bad number `{v}` for {k}")))
+            .transpose()
+    }
+
+    /// `k=I/T`, as traces print an index and its term.
+    fn pair_opt(&self, k: &str) -> Result<Option<(u64, u64)>, String> {
+        self.opt(k)
+            .map(|v| {
+                let (a, b) = v.split_once('/').ok_or(format!("`{k}={v}` is not I/T"))?;
+                Ok((
+                    a.parse().map_err(|_| format!("bad number `{a}` in {k}"))?,
+                    b.parse().map_err(|_| format!("bad number `{b}` in {k}"))?,
+                ))
+            })
             .transpose()
     }
 
@@ -488,6 +508,11 @@ impl Runner {
                 self.known(id)?.report_snapshot(id, peer, ok);
                 Ok(Vec::new())
             }
+            "inject" => {
+                let m = message(&a)?;
+                self.known(m.to)?.step(m);
+                Ok(Vec::new())
+            }
             "status" => {
                 let id = a.id(0)?;
                 Ok(self.known(id)?.status(id))
@@ -510,6 +535,62 @@ fn filter(a: &Args) -> Result<Filter, String> {
             .opt("type")
             .map(|t| t.split(',').map(str::to_string).collect()),
         drop_to: a.ids_opt("drop")?.unwrap_or_default(),
+    })
+}
+
+/// The message of an `inject` line, written as traces print messages:
+/// `8->1 heartbeat term=4 commit=0`.
+fn message(a: &Args) -> Result<Message, String> {
+    let usage = "usage: inject FROM->TO TYPE term=T [fields]";
+    let (from, to) = a
+        .pos
+        .first()
+        .and_then(|w| w.split_once("->"))
+        .ok_or(usage)?;
+    let (from, to) = (parse_ids(from)?, parse_ids(to)?);
+    let ([from], [to]) = (from.as_slice(), to.as_slice()) else {
+        return Err(usage.into());
+    };
+    let kind = *a.pos.get(1).ok_or(usage)?;
+    let flag = |f: &str| a.pos.iter().skip(2).any(|w| *w == f);
+    let context = a.opt("ctx").unwrap_or_default().as_bytes().to_vec();
+    let pre = kind.starts_with("pre");
+    let body = match kind {
+        "heartbeat" => MessageBody::Heartbeat {
+            commit: a.num_opt("commit")?.unwrap_or(0),
+            context,
+        },
+        "heartbeat_response" => MessageBody::HeartbeatResponse { context },
+        "vote" | "prevote" => {
+            let (last_index, last_term) = a.pair_opt("last")?.unwrap_or((0, 0));
+            MessageBody::RequestVote {
+                pre,
+                last_index,
+                last_term,
+                transfer: flag("transfer"),
+            }
+        }
+        "vote_response" | "prevote_response" => MessageBody::RequestVoteResponse {
+            pre,
+            reject: flag("rejected"),
+        },
+        "append_response" => {
+            let (reject_hint, hint_term) = a.pair_opt("hint")?.unwrap_or((0, 0));
+            MessageBody::AppendResponse {
+                index: a.num_opt("index")?.unwrap_or(0),
+                reject: flag("rejected"),
+                reject_hint,
+                hint_term,
+            }
+        }
+        "timeout_now" => MessageBody::TimeoutNow,
+        other => return Err(format!("inject cannot build `{other}` messages")),
+    };
+    Ok(Message {
+        from: *from,
+        to: *to,
+        term: a.num_opt("term")?.unwrap_or(0),
+        body,
     })
 }
 
@@ -598,6 +679,32 @@ mod tests {
         assert_eq!(
             render(&items, &[vec!["a".to_string(), String::new()]]),
             "status 1\n----\n----\na\n\n----\n----\n"
+        );
+    }
+
+    #[test]
+    fn inject_reads_messages_as_traces_print_them() {
+        let mut r = Runner::default();
+        r.run("cluster 3");
+        for line in [
+            "2->1 heartbeat term=0 commit=0 ctx=c",
+            "2->1 prevote term=1 last=3/1 transfer",
+            "2->1 vote_response term=0 rejected",
+            "2->1 append_response term=0 rejected index=3 hint=2/1",
+        ] {
+            // The trace prints the message back, then what it did to node 1.
+            assert_eq!(
+                r.run(&format!("inject {line}"))[0],
+                format!("{line} (injected)")
+            );
+        }
+        assert_eq!(
+            r.run("inject 2->1 snapshot term=1"),
+            vec!["error: inject cannot build `snapshot` messages"]
+        );
+        assert_eq!(
+            r.run("inject 2->9 heartbeat term=1"),
+            vec!["error: no node 9"]
         );
     }
 
