@@ -6,19 +6,16 @@
 //! Whenever a node stops at its point, it is restarted (re-armed at a new
 //! random hit) after a short while; a node stopped at `before_wal_fsync`
 //! first has the write whose fdatasync never ran torn (cut inside it, or
-//! its end zeroed or overwritten with garbage; see `support/torn.rs`).
+//! its end zeroed or overwritten with garbage; see `raftnode_testkit::process::torn`).
 //! At the end every node is killed, restarted unarmed, and the history is
 //! checked: linearizable, and nothing acknowledged lost.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::faults::{seed, FaultCluster};
-use support::run::{fault_args, run};
-use support::serial;
-use support::torn;
-use support::workload::WorkloadConfig;
+use raftnode_testkit::process::faults::{seed, FaultCluster};
+use raftnode_testkit::process::run::{fault_args, run};
+use raftnode_testkit::process::workload::WorkloadConfig;
+use raftnode_testkit::process::{serial, torn};
 
 /// Hits of `point` after which a node aborts, drawn per start.
 fn hits(point: &str, fc: &mut FaultCluster) -> u64 {

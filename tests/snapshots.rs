@@ -3,13 +3,11 @@
 //! stays bounded. The `#[ignore]`d runs at the bottom are measurements, run
 //! by hand: `cargo test --release --test snapshots -- --ignored --nocapture`.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use raftnode_testkit::process::{serial, Client, Cluster};
 use raftnode_testkit::rng::Rng;
-use support::{serial, Client, Cluster};
 
 const LONG: Duration = Duration::from_secs(30);
 

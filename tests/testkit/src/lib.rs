@@ -9,16 +9,18 @@
 //!   ([`raftnode::raft::Rng`]) with the helpers tests draw from;
 //! - [`harness`]: a deterministic cluster over `MemStorage` and the scenario
 //!   script language run by `tests/scenario.rs`, also used by the
-//!   paper-section and malformed-message tests.
+//!   paper-section and malformed-message tests;
+//! - [`process`]: real `raftnode` processes on loopback ports and the fault
+//!   suite built on them, for the node, fault, membership and snapshot tests.
 //!
 //! Everything shared is a `pub` item here; test files use it as
 //! `raftnode_testkit::...`, never through `#[path]` includes.
 //!
-//! What this crate does not do: drive real `raftnode` processes (that is
-//! `tests/support/`, which needs the binary cargo builds for the root
-//! package's own tests), or model durability itself: the simulation's
-//! durable-versus-unstable bookkeeping stays in `tests/sim/`.
+//! What this crate does not do: model durability itself. The simulation's
+//! durable-versus-unstable bookkeeping stays in `tests/sim/`, which calls
+//! [`ready::persist`] at the moment it chooses.
 
 pub mod harness;
+pub mod process;
 pub mod ready;
 pub mod rng;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use raftnode_testkit::rng::Rng;
+use crate::rng::Rng;
 
 use super::history::{History, Op, OpKind, Outcome};
 use super::Client;

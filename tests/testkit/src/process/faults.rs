@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use raftnode_testkit::rng::Rng;
+use crate::rng::Rng;
 
 use super::history::{History, Op, OpKind, Outcome};
 use super::proxy::Net;
