@@ -141,7 +141,7 @@ fn measure(batch: usize, budget: Budget) -> Figures {
         c.round();
         rounds += 1;
         let done = match budget {
-            Budget::Time(t) => rounds % 64 == 0 && start.elapsed() >= t,
+            Budget::Time(t) => rounds.is_multiple_of(64) && start.elapsed() >= t,
             Budget::Rounds(n) => rounds >= n,
         };
         if done {

@@ -178,7 +178,7 @@ fn bad_client_input_gets_bad_request_and_the_connection_stays_usable() {
 
     // A 2 MiB line: refused, then the connection is closed.
     let mut big = b"PUT big ".to_vec();
-    big.extend(std::iter::repeat(b'x').take(2 << 20));
+    big.extend(std::iter::repeat_n(b'x', 2 << 20));
     big.push(b'\n');
     let _ = cl.send_raw(&big);
     let r = cl.read_line().unwrap();

@@ -209,7 +209,8 @@ fn section_5_2_follower_starts_election_after_timeout() {
 #[test]
 fn section_5_2_candidate_wins_with_a_majority_of_votes() {
     // (cluster size, votes from 2.., expected role)
-    let cases: &[(u64, &[(NodeId, bool)], Role)] = &[
+    type Case = (u64, &'static [(NodeId, bool)], Role);
+    let cases: &[Case] = &[
         (1, &[], Role::Leader),
         (3, &[(2, true)], Role::Leader),
         (3, &[(2, false)], Role::Candidate),

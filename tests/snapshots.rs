@@ -241,7 +241,7 @@ fn measure_snapshot_transfer_rate_256mib() {
         .lines()
         .filter_map(|l| l.split("sent snapshot to peer").nth(1))
         .filter_map(|rest| rest.split('(').nth(1)?.split(' ').next()?.parse().ok())
-        .last()
+        .next_back()
         .unwrap_or(0);
     println!(
         "snapshot of {:.1} MiB: follower restart to caught up in {secs:.2} s, {:.1} MB/s end to end",
