@@ -19,19 +19,10 @@ use raftnode::raft::{
     MessageBody, NodeId, RawNode, Rng, Role, Snapshot, SnapshotMeta, Storage,
 };
 use raftnode_testkit::harness::cluster::conf;
-use raftnode_testkit::harness::{Cluster, Filter, Options};
+use raftnode_testkit::harness::{append, msg, Cluster, Filter, Options};
 use raftnode_testkit::ready;
 
 const STRANGER: NodeId = 99;
-
-fn msg(from: NodeId, to: NodeId, term: u64, body: MessageBody) -> Message {
-    Message {
-        from,
-        to,
-        term,
-        body,
-    }
-}
 
 fn ent(index: u64, term: u64) -> Entry {
     Entry {
@@ -39,15 +30,6 @@ fn ent(index: u64, term: u64) -> Entry {
         term,
         kind: EntryKind::Normal,
         data: b"put bad=1".to_vec(),
-    }
-}
-
-fn append(prev_index: u64, prev_term: u64, entries: Vec<Entry>, commit: u64) -> MessageBody {
-    MessageBody::Append {
-        prev_index,
-        prev_term,
-        entries,
-        commit,
     }
 }
 

@@ -76,20 +76,10 @@ pub fn persist(storage: &MemStorage, rd: &Ready) -> Result<(), PersistError> {
 
 #[cfg(test)]
 mod tests {
-    use raftnode::raft::{
-        ConfState, Entry, EntryKind, HardState, Snapshot, SnapshotMeta, Storage, StorageError,
-    };
+    use raftnode::raft::{ConfState, HardState, Snapshot, SnapshotMeta, Storage, StorageError};
 
     use super::*;
-
-    fn ent(index: u64, term: u64) -> Entry {
-        Entry {
-            index,
-            term,
-            kind: EntryKind::Normal,
-            data: Vec::new(),
-        }
-    }
+    use crate::harness::ent;
 
     #[test]
     fn snapshot_then_entries_then_hard_state() {

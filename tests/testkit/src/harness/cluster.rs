@@ -655,12 +655,7 @@ impl Cluster {
         let ents: Vec<Entry> = terms
             .iter()
             .enumerate()
-            .map(|(i, &t)| Entry {
-                index: i as u64 + 1,
-                term: t,
-                kind: EntryKind::Normal,
-                data: Vec::new(),
-            })
+            .map(|(i, &t)| super::ent(i as u64 + 1, t))
             .collect();
         storage.append(&ents).expect("contiguous entries");
         let last_term = terms.last().copied().unwrap_or(0);

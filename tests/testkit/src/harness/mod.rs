@@ -40,3 +40,35 @@ pub mod fmt;
 pub mod script;
 
 pub use cluster::{Cluster, Filter, Node, Options};
+
+use raftnode::raft::{Entry, EntryKind, Message, MessageBody, NodeId};
+
+/// A message from `from` to `to` at `term`, for stepping by hand.
+pub fn msg(from: NodeId, to: NodeId, term: u64, body: MessageBody) -> Message {
+    Message {
+        from,
+        to,
+        term,
+        body,
+    }
+}
+
+/// An append after `prev_index`/`prev_term` carrying `entries`.
+pub fn append(prev_index: u64, prev_term: u64, entries: Vec<Entry>, commit: u64) -> MessageBody {
+    MessageBody::Append {
+        prev_index,
+        prev_term,
+        entries,
+        commit,
+    }
+}
+
+/// An empty normal entry at `index` of `term`, for logs built by hand.
+pub fn ent(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        kind: EntryKind::Normal,
+        data: Vec::new(),
+    }
+}

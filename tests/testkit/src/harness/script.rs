@@ -586,12 +586,12 @@ fn message(a: &Args) -> Result<Message, String> {
         "timeout_now" => MessageBody::TimeoutNow,
         other => return Err(format!("inject cannot build `{other}` messages")),
     };
-    Ok(Message {
-        from: *from,
-        to: *to,
-        term: a.num_opt("term")?.unwrap_or(0),
+    Ok(super::msg(
+        *from,
+        *to,
+        a.num_opt("term")?.unwrap_or(0),
         body,
-    })
+    ))
 }
 
 fn options(a: &Args) -> Result<Options, String> {
