@@ -9,6 +9,9 @@
 //! all three nodes' work included: of wall-clock time, and of the thread's
 //! CPU time (what one core does when others share the machine).
 //!
+//! The storage step is the tests' own (`raftnode_testkit::ready::persist`),
+//! so this is an example with a dev-dependency, not a shipped binary.
+//!
 //! Run with `cargo run --release --example core_bench`; `CORE_BENCH_SECS`
 //! sets the time per configuration (default 1.5 s), and `CORE_BENCH_ENTRIES`
 //! a fixed number of proposals instead (for comparing profiles, where
@@ -18,6 +21,7 @@
 use std::time::{Duration, Instant};
 
 use raftnode::raft::{ConfState, Config, MemStorage, Message, RawNode, Role};
+use raftnode_testkit::ready;
 
 const NODES: u64 = 3;
 const PAYLOAD: usize = 16;
@@ -73,12 +77,8 @@ impl Cluster {
             }
             let mut rd = n.raw.ready();
             self.in_flight.append(&mut rd.messages);
-            if let Some(s) = rd.snapshot.take() {
-                n.storage.apply_snapshot(s).expect("newer snapshot");
-            }
-            n.storage.append(&rd.entries).expect("contiguous entries");
-            if let Some(hs) = rd.hard_state {
-                n.storage.set_hard_state(hs);
+            if let Err(e) = ready::persist(&n.storage, &rd) {
+                panic!("node {}: {e}", n.raw.id());
             }
             self.in_flight.append(&mut rd.persisted_messages);
             if let Some(e) = rd.committed_entries.last() {
@@ -141,7 +141,7 @@ fn measure(batch: usize, budget: Budget) -> Figures {
         c.round();
         rounds += 1;
         let done = match budget {
-            Budget::Time(t) => rounds % 64 == 0 && start.elapsed() >= t,
+            Budget::Time(t) => rounds.is_multiple_of(64) && start.elapsed() >= t,
             Budget::Rounds(n) => rounds >= n,
         };
         if done {

@@ -3,12 +3,12 @@
 //! indeterminate writes as "some time after invocation, or never", and give
 //! up with "unknown" rather than search forever.
 
-mod support;
-
 use std::collections::BTreeMap;
 
-use support::checker::{check, check_history, lost_writes, prepare, Budget, Verdict};
-use support::history::{Op, OpKind, Outcome};
+use raftnode_testkit::process::checker::{
+    check, check_history, lost_writes, prepare, Budget, Verdict,
+};
+use raftnode_testkit::process::history::{Op, OpKind, Outcome};
 
 /// An operation on key "k": `[invoke, complete]` in ms (None: indeterminate).
 fn op(process: u64, invoke: u64, complete: Option<u64>, kind: OpKind, outcome: Outcome) -> Op {

@@ -6,20 +6,16 @@
 //! Whenever a node stops at its point, it is restarted (re-armed at a new
 //! random hit) after a short while; a node stopped at `before_wal_fsync`
 //! first has the write whose fdatasync never ran torn (cut inside it, or
-//! its end zeroed or overwritten with garbage; see `support/torn.rs`).
+//! its end zeroed or overwritten with garbage; see `raftnode_testkit::process::torn`).
 //! At the end every node is killed, restarted unarmed, and the history is
 //! checked: linearizable, and nothing acknowledged lost.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::faults::FaultCluster;
-use support::rng::seed;
-use support::run::{fault_args, run};
-use support::serial;
-use support::torn;
-use support::workload::WorkloadConfig;
+use raftnode_testkit::process::faults::{seed, FaultCluster};
+use raftnode_testkit::process::run::{fault_args, run};
+use raftnode_testkit::process::workload::WorkloadConfig;
+use raftnode_testkit::process::{serial, torn};
 
 /// Hits of `point` after which a node aborts, drawn per start.
 fn hits(point: &str, fc: &mut FaultCluster) -> u64 {
@@ -182,8 +178,8 @@ fn a_wal_write_error_is_returned_to_the_caller_not_swallowed() {
     // Read once per process by the failpoint module; only this test starts
     // a node inside the test process.
     std::env::set_var("RAFTNODE_FAILPOINTS", "wal_save:40");
-    let dir = support::TempDir::new("fatal");
-    let (peer, client) = (support::free_port(), support::free_port());
+    let dir = raftnode_testkit::process::TempDir::new("fatal");
+    let (peer, client) = (raftnode_testkit::process::free_port(), raftnode_testkit::process::free_port());
     let cfg = raftnode::NodeConfig {
         id: 1,
         peers: [(1, format!("127.0.0.1:{peer}"))].into(),
@@ -198,7 +194,7 @@ fn a_wal_write_error_is_returned_to_the_caller_not_swallowed() {
     };
     let connect = |addr: &str| {
         for _ in 0..200 {
-            if let Ok(mut c) = support::Client::connect(addr) {
+            if let Ok(mut c) = raftnode_testkit::process::Client::connect(addr) {
                 c.set_timeout(Duration::from_secs(5));
                 if c.request("PUT probe x").is_ok_and(|r| r == "OK") {
                     return c;
@@ -226,7 +222,7 @@ fn a_wal_write_error_is_returned_to_the_caller_not_swallowed() {
     std::env::remove_var("RAFTNODE_FAILPOINTS");
     // The first incarnation's listeners stay bound in this process: restart
     // on new ports (identity is the id, not the address).
-    let (peer, client) = (support::free_port(), support::free_port());
+    let (peer, client) = (raftnode_testkit::process::free_port(), raftnode_testkit::process::free_port());
     let cfg = raftnode::NodeConfig {
         peers: [(1, format!("127.0.0.1:{peer}"))].into(),
         client_addr: format!("127.0.0.1:{client}"),

@@ -18,15 +18,13 @@
 //! `RAFTNODE_FAULT_SNAPSHOT_ENTRIES=N` makes the nodes snapshot every N
 //! entries (default 2000).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::faults::FaultCluster;
-use support::rng::{seed, Rng};
-use support::run::{fault_args, run};
-use support::serial;
-use support::workload::WorkloadConfig;
+use raftnode_testkit::process::faults::{seed, FaultCluster};
+use raftnode_testkit::process::run::{fault_args, run};
+use raftnode_testkit::process::workload::WorkloadConfig;
+use raftnode_testkit::process::{serial, torn};
+use raftnode_testkit::rng::Rng;
 
 /// One fault of a schedule.
 #[derive(Clone, Copy, Debug)]
@@ -252,7 +250,7 @@ fn broken_node_ack_before_fsync_is_caught() {
                 let dir = fc.cluster.node(id).data_dir.clone();
                 // Frames 1..=3 (segment head, bootstrap entries and hard state)
                 // were synced at creation; nothing after them ever was.
-                let cut = support::torn::power_cut(&dir, 3, 50);
+                let cut = torn::power_cut(&dir, 3, 50);
                 fc.note(format!("power cut on node {id}: {cut:?}"));
             }
             for id in fc.ids() {

@@ -3,15 +3,13 @@
 //! and exits 0; a rolling restart of a whole cluster under load never
 //! leaves clients without a leader.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{serial, Client, Cluster};
+use raftnode_testkit::process::{serial, Client, Cluster};
 
 const FAST: &[&str] = &["--tick-ms", "20"];
 

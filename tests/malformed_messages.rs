@@ -14,26 +14,15 @@
 //! leader with plausible entries) is indistinguishable from a real one, and
 //! Raft does not defend against Byzantine peers.
 
-#[path = "harness/mod.rs"]
-mod harness;
-
-use harness::cluster::conf;
-use harness::{Cluster, Options};
 use raftnode::raft::{
     ConfChangeKind, ConfState, Config, Entry, EntryKind, HardState, MemStorage, Message,
     MessageBody, NodeId, RawNode, Rng, Role, Snapshot, SnapshotMeta, Storage,
 };
+use raftnode_testkit::harness::cluster::conf;
+use raftnode_testkit::harness::{append, msg, Cluster, Filter, Options};
+use raftnode_testkit::ready;
 
 const STRANGER: NodeId = 99;
-
-fn msg(from: NodeId, to: NodeId, term: u64, body: MessageBody) -> Message {
-    Message {
-        from,
-        to,
-        term,
-        body,
-    }
-}
 
 fn ent(index: u64, term: u64) -> Entry {
     Entry {
@@ -41,15 +30,6 @@ fn ent(index: u64, term: u64) -> Entry {
         term,
         kind: EntryKind::Normal,
         data: b"put bad=1".to_vec(),
-    }
-}
-
-fn append(prev_index: u64, prev_term: u64, entries: Vec<Entry>, commit: u64) -> MessageBody {
-    MessageBody::Append {
-        prev_index,
-        prev_term,
-        entries,
-        commit,
     }
 }
 
@@ -473,7 +453,7 @@ fn append_rejection_with_huge_hint_is_harmless() {
     c.step_raw(1, msg(2, 1, 1, resp(next - 1, true, u64::MAX, 0)));
     let p = c.node(1).status().progress[&2];
     assert!(p.next >= 1 && p.next <= next, "{p:?}");
-    c.drop(&harness::Filter::default());
+    c.drop(&Filter::default());
     recovers(&mut c, &[1, 2, 3], "huge hint");
 }
 
@@ -518,7 +498,7 @@ fn random_messages_never_break_a_node() {
                     if outstanding.is_none() && node.has_ready() {
                         outstanding = Some(node.ready());
                     } else if let Some(rd) = outstanding.take() {
-                        persist(&storage, &mut node, rd);
+                        complete_ready(&storage, &mut node, rd);
                     }
                 }
                 _ => {
@@ -612,13 +592,9 @@ fn pick(rng: &mut Rng, around: u64) -> u64 {
 }
 
 /// The application's half of a Ready: persist, apply conf changes, advance.
-fn persist(storage: &MemStorage, node: &mut RawNode<MemStorage>, rd: raftnode::raft::Ready) {
-    if let Some(s) = &rd.snapshot {
-        storage.apply_snapshot(s.clone()).unwrap();
-    }
-    storage.append(&rd.entries).unwrap();
-    if let Some(hs) = rd.hard_state {
-        storage.set_hard_state(hs);
+fn complete_ready(storage: &MemStorage, node: &mut RawNode<MemStorage>, rd: raftnode::raft::Ready) {
+    if let Err(e) = ready::persist(storage, &rd) {
+        panic!("{e}");
     }
     for e in &rd.committed_entries {
         if e.kind == EntryKind::ConfChange {

@@ -3,18 +3,16 @@
 //! whose acknowledged writes must all be there at the end, and the fault
 //! suite's GET/PUT/CAS workload, whose history must be linearizable.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use support::checker::{self, Budget};
-use support::history::counts;
-use support::workload::{Workload, WorkloadConfig};
-use support::{serial, Client, Cluster};
+use raftnode_testkit::process::checker::{self, Budget};
+use raftnode_testkit::process::history::counts;
+use raftnode_testkit::process::workload::{Workload, WorkloadConfig};
+use raftnode_testkit::process::{serial, Client, Cluster};
 
 const FAST: &[&str] = &["--tick-ms", "20", "--request-timeout-ms", "2000"];
 const LONG: Duration = Duration::from_secs(15);

@@ -1,8 +1,6 @@
 //! The node as a program: real `raftnode` processes on loopback, driven
 //! through the client protocol of `docs/PROTOCOL.md`.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -11,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{free_port, serial, Client, Cluster, TempDir};
+use raftnode_testkit::process::{binary, free_port, serial, Client, Cluster, TempDir};
 
 const FAST: &[&str] = &["--tick-ms", "20"];
 
@@ -239,7 +237,7 @@ fn random_bytes_on_the_peer_port_do_not_disturb_the_cluster() {
 }
 
 fn run_expect_failure(args: &[&str]) -> String {
-    let out = Command::new(support::binary())
+    let out = Command::new(binary())
         .args(args)
         .output()
         .expect("run raftnode");
@@ -301,7 +299,7 @@ fn start_up_errors_are_one_clear_line() {
     let p = free_port();
     // A data dir of another node.
     let peers1 = format!("1=127.0.0.1:{p}");
-    let mut first = Command::new(support::binary())
+    let mut first = Command::new(binary())
         .args([
             "--id",
             "1",
@@ -335,10 +333,7 @@ fn start_up_errors_are_one_clear_line() {
     assert!(!run_expect_failure(&["--id", "0"]).is_empty());
     assert!(!run_expect_failure(&["--peers", "2=127.0.0.1:1"]).is_empty()); // own id missing
                                                                             // --help explains the flags.
-    let out = Command::new(support::binary())
-        .arg("--help")
-        .output()
-        .unwrap();
+    let out = Command::new(binary()).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     for flag in [

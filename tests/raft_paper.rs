@@ -3,18 +3,13 @@
 //! thesis, one test per rule, named after the section it comes from.
 //!
 //! Tests drive the public `RawNode` API through the shared harness
-//! (`tests/harness/`): a `Cluster` over `MemStorage`, where nothing moves
+//! (`raftnode_testkit::harness`): a `Cluster` over `MemStorage`, where nothing moves
 //! unless a test says so. Where a rule is about a single node's reaction, the
 //! test steps hand-made messages into it and inspects what it sends back.
 
-#[path = "harness/mod.rs"]
-mod harness;
-
-use harness::cluster::conf;
-use harness::{Cluster, Filter, Options};
-use raftnode::raft::{
-    ConfChangeKind, Entry, EntryKind, Error, Message, MessageBody, NodeId, ReadState, Role,
-};
+use raftnode::raft::{ConfChangeKind, Error, Message, MessageBody, NodeId, ReadState, Role};
+use raftnode_testkit::harness::cluster::conf;
+use raftnode_testkit::harness::{append, ent, msg, Cluster, Filter, Options};
 
 // ---- helpers ------------------------------------------------------------
 
@@ -47,15 +42,6 @@ fn sent_by(c: &mut Cluster, id: NodeId) -> Vec<Message> {
     mine
 }
 
-fn msg(from: NodeId, to: NodeId, term: u64, body: MessageBody) -> Message {
-    Message {
-        from,
-        to,
-        term,
-        body,
-    }
-}
-
 fn vote(pre: bool, last_index: u64, last_term: u64) -> MessageBody {
     MessageBody::RequestVote {
         pre,
@@ -65,30 +51,12 @@ fn vote(pre: bool, last_index: u64, last_term: u64) -> MessageBody {
     }
 }
 
-fn append(prev_index: u64, prev_term: u64, entries: Vec<Entry>, commit: u64) -> MessageBody {
-    MessageBody::Append {
-        prev_index,
-        prev_term,
-        entries,
-        commit,
-    }
-}
-
 fn accept(index: u64) -> MessageBody {
     MessageBody::AppendResponse {
         index,
         reject: false,
         reject_hint: 0,
         hint_term: 0,
-    }
-}
-
-fn ent(index: u64, term: u64) -> Entry {
-    Entry {
-        index,
-        term,
-        kind: EntryKind::Normal,
-        data: Vec::new(),
     }
 }
 
@@ -212,7 +180,8 @@ fn section_5_2_follower_starts_election_after_timeout() {
 #[test]
 fn section_5_2_candidate_wins_with_a_majority_of_votes() {
     // (cluster size, votes from 2.., expected role)
-    let cases: &[(u64, &[(NodeId, bool)], Role)] = &[
+    type Case = (u64, &'static [(NodeId, bool)], Role);
+    let cases: &[Case] = &[
         (1, &[], Role::Leader),
         (3, &[(2, true)], Role::Leader),
         (3, &[(2, false)], Role::Candidate),

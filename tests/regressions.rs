@@ -2,11 +2,9 @@
 //! `tests/failpoints.rs`) found, one test per bug, each as small and as
 //! deterministic as a process test can be.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{serial, Cluster};
+use raftnode_testkit::process::{serial, Cluster};
 
 /// Bug: request ids restarted at 1 with every process, so after a restart
 /// a node answered a new client's request with the outcome of an entry its

@@ -19,10 +19,12 @@ use raftnode::raft::{
     ConfChange, ConfChangeKind, ConfState, Config, EntryKind, MemStorage, Message, MessageBody,
     NodeId, RawNode, Rng, Role, Status,
 };
+use raftnode_testkit::ready;
+use raftnode_testkit::rng::mix;
 
 use crate::checks::Checker;
 use crate::network::{Network, Packet};
-use crate::node::{fingerprint, mix, Outstanding, PendingLog, SimNode};
+use crate::node::{fingerprint, Outstanding, PendingLog, SimNode};
 
 /// Ticks the healed cluster gets to elect a leader and commit a proposal everywhere.
 pub const LIVENESS_TICKS: u64 = 200;
@@ -514,24 +516,22 @@ impl Sim {
             return Ok(());
         };
         trace!(self, "node {id} persists its Ready");
-        if let Some(s) = &o.rd.snapshot {
-            n.storage
-                .apply_snapshot(s.clone())
-                .map_err(|e| format!("node {id}: persisting snapshot {}: {e}", s.meta.index))?;
+        // The same storage step as every other driver's; what is particular
+        // to the simulation is *when* it runs (a stage of its own, so a crash
+        // can strike before it) and the chain-hash mirror of the durable log
+        // that the checks read, updated right after.
+        ready::persist(&n.storage, &o.rd).map_err(|e| format!("node {id}: {e}"))?;
+        if o.rd.snapshot.is_some() {
             let (si, st, sh) = o.log.snap.expect("built with the snapshot");
             n.log.install(si, st, sh);
             n.snap_index = si;
             self.check.durable_entry(id, si, st, sh)?;
         }
-        n.storage
-            .append(&o.rd.entries)
-            .map_err(|e| format!("node {id}: persisting entries: {e}"))?;
         n.log.append(o.log.first, &o.log.ents);
         for (k, &(t, h)) in o.log.ents.iter().enumerate() {
             self.check.durable_entry(id, o.log.first + k as u64, t, h)?;
         }
         if let Some(hs) = o.rd.hard_state {
-            n.storage.set_hard_state(hs);
             self.check.hard_state(id, crate::checks::DURABLE, hs)?;
         }
         o.persisted = true;

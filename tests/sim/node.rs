@@ -5,7 +5,8 @@
 //! three separate stages, so that faults can strike between them:
 //! 1. *take*: `ready()`, sending `messages` at once;
 //! 2. *persist*: snapshot, entries and hard state into the durable
-//!    [`MemStorage`], then sending `persisted_messages`;
+//!    [`MemStorage`] (the testkit's `ready::persist`, as every driver does),
+//!    then sending `persisted_messages`;
 //! 3. *apply*: the snapshot and committed entries into the state machine,
 //!    conf changes into the core, then `advance()`.
 //!
@@ -20,13 +21,7 @@
 //! snapshot continues the same chain.
 
 use raftnode::raft::{ConfState, Entry, EntryKind, MemStorage, RawNode, Ready, Snapshot, Storage};
-
-/// SplitMix64's finaliser: a good 64-bit mixing function.
-pub fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+use raftnode_testkit::rng::mix;
 
 /// FNV-1a over an entry's kind and data: what the entry says.
 pub fn fingerprint(kind: EntryKind, data: &[u8]) -> u64 {

@@ -45,6 +45,13 @@ impl Drop for TempDir {
 }
 
 /// SplitMix64: tiny, seeded, good enough to drive tests.
+///
+/// The same algorithm as the core's `raftnode::raft::Rng`, which the rest of
+/// the workspace's tests use (through `raftnode-testkit`). It is written
+/// again here on purpose: `wal` is a dependency of `raftnode`, and its tests
+/// should not build the node they sit under, nor the test crate on top of
+/// it, for ten lines. The seed transform (xor with `0x5DEE_CE66_D1CE_4E5B`)
+/// and the draws stay as they are, so the seeds in these tests replay.
 pub struct Rng(u64);
 
 impl Rng {

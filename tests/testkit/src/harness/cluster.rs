@@ -22,6 +22,7 @@ use raftnode::raft::{
 };
 
 use super::fmt;
+use crate::ready;
 
 /// Per-node configuration knobs a test may change; the rest are `Config::new`'s.
 #[derive(Clone, Debug)]
@@ -407,21 +408,18 @@ impl Cluster {
         }
         if let Some(snap) = &rd.snapshot {
             out.push(format!("  snapshot {}", fmt::snapshot(snap)));
-            if let Err(e) = node.storage.apply_snapshot(snap.clone()) {
-                errors.push(format!("node {id}: storage refused snapshot: {e}"));
-            }
         }
         if !rd.entries.is_empty() {
             out.push(format!("  persist {}", fmt::entries(&rd.entries)));
-            if let Err(e) = node.storage.append(&rd.entries) {
-                errors.push(format!("node {id}: storage refused entries: {e}"));
-            }
         }
-        if let Some(hs) = rd.hard_state {
-            node.storage.set_hard_state(hs);
+        if let Err(e) = ready::persist(&node.storage, &rd) {
+            errors.push(format!("node {id}: {e}"));
         }
-        for m in rd.messages.iter().chain(rd.persisted_messages.iter()) {
+        for m in &rd.messages {
             out.push(format!("  {}", fmt::message(m)));
+        }
+        for m in &rd.persisted_messages {
+            out.push(format!("  {}", fmt::after_persist(m)));
         }
         self.queue.extend(rd.messages);
         self.queue.extend(rd.persisted_messages);
@@ -657,12 +655,7 @@ impl Cluster {
         let ents: Vec<Entry> = terms
             .iter()
             .enumerate()
-            .map(|(i, &t)| Entry {
-                index: i as u64 + 1,
-                term: t,
-                kind: EntryKind::Normal,
-                data: Vec::new(),
-            })
+            .map(|(i, &t)| super::ent(i as u64 + 1, t))
             .collect();
         storage.append(&ents).expect("contiguous entries");
         let last_term = terms.last().copied().unwrap_or(0);

@@ -1,17 +1,26 @@
-//! Test fixture: real `raftnode` processes on free loopback ports.
+//! Test fixture: real `raftnode` processes on free loopback ports, for the
+//! root package's process tests (`tests/node.rs`, `tests/fault.rs`,
+//! `tests/membership.rs`...).
 //!
 //! A [`Cluster`] owns a temporary directory with one data dir and one log
 //! file per node, starts the binary cargo built for this test run, and can
 //! kill (SIGKILL), pause (SIGSTOP/SIGCONT) and restart nodes by pid. It only
 //! ever signals processes it started, and kills them all when dropped.
-
-#![allow(dead_code)]
+//!
+//! The submodules build the fault suite on top: link proxies (`proxy`),
+//! the nemesis (`faults`), torn WAL tails (`torn`), client workloads
+//! (`workload`), their history (`history`), the linearizability checker
+//! (`checker`) and one whole fault run (`run`).
+//!
+//! Cargo tells an integration test where the node binary and the build's
+//! scratch directory are (`CARGO_BIN_EXE_raftnode`, `CARGO_TARGET_TMPDIR`)
+//! only while compiling the test itself, and this crate is compiled apart
+//! from the tests; [`binary`] and [`TempDir`] find them at run time instead.
 
 pub mod checker;
 pub mod faults;
 pub mod history;
 pub mod proxy;
-pub mod rng;
 pub mod run;
 pub mod torn;
 pub mod workload;
@@ -44,7 +53,7 @@ impl TempDir {
             .unwrap_or(0);
         // Under the build's own tmp dir, not the shared /tmp, so that
         // nothing else on the machine cleans it up under a running test.
-        let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        let p = target_tmp().join(format!(
             "raftnode-{tag}-{}-{}-{nanos}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
@@ -62,8 +71,38 @@ impl Drop for TempDir {
     }
 }
 
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_raftnode")
+/// The `raftnode` binary cargo built for this test run: the one named by
+/// `CARGO_BIN_EXE_raftnode`, which `cargo test` also sets when it runs an
+/// integration test, else the one beside the directory holding the running
+/// test binary (`target/<profile>/deps/..`), for a test binary run by hand.
+///
+/// # Panics
+/// If neither is there: the process tests cannot run without the node.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("CARGO_BIN_EXE_raftnode") {
+        return PathBuf::from(p);
+    }
+    let beside = std::env::current_exe().ok().and_then(|exe| {
+        let profile = exe.parent()?.parent()?;
+        Some(profile.join("raftnode"))
+    });
+    match beside {
+        Some(p) if p.is_file() => p,
+        _ => panic!(
+            "no raftnode binary: run the process tests with `cargo test`, \
+             or set CARGO_BIN_EXE_raftnode to its path"
+        ),
+    }
+}
+
+/// The build's scratch directory `target/tmp` (what cargo calls
+/// `CARGO_TARGET_TMPDIR`), found from the node binary in `target/<profile>/`.
+fn target_tmp() -> PathBuf {
+    let bin = binary();
+    match bin.parent().and_then(Path::parent) {
+        Some(target) => target.join("tmp"),
+        None => std::env::temp_dir(),
+    }
 }
 
 /// One node of a test cluster.

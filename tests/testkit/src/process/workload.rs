@@ -20,8 +20,9 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use crate::rng::Rng;
+
 use super::history::{History, Op, OpKind, Outcome};
-use super::rng::Rng;
 use super::Client;
 
 #[derive(Clone, Debug)]

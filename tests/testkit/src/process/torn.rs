@@ -25,7 +25,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::rng::Rng;
+use crate::rng::Rng;
 
 const HEADER: u64 = 40;
 const TAG: u64 = 0x5A;

@@ -13,9 +13,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use crate::rng::Rng;
+
 use super::history::{History, Op, OpKind, Outcome};
 use super::proxy::Net;
-use super::rng::Rng;
 use super::torn;
 use super::{Client, Cluster};
 
@@ -60,6 +61,19 @@ impl fmt::Display for FaultCounts {
             self.snapshots_installed
         )
     }
+}
+
+/// The seed of a fault run: `RAFTNODE_FAULT_SEED` to replay one, else the clock.
+pub fn seed() -> u64 {
+    std::env::var("RAFTNODE_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(42)
+        })
 }
 
 /// A cluster whose peer links all go through proxies.

@@ -13,6 +13,22 @@
 //! 1 is precandidate term=0 vote=0 lead=0
 //! ```
 //!
+//! Output that holds blank lines uses the doubled separator of etcd's
+//! datadriven format: `----` twice after the command, and the output runs
+//! until `----` twice. Rewriting a script uses this form for exactly the
+//! blocks whose output holds a blank line.
+//!
+//! ```text
+//! some-command
+//! ----
+//! ----
+//! first paragraph
+//!
+//! second paragraph
+//! ----
+//! ----
+//! ```
+//!
 //! Commands (ids are node ids; lists are comma-separated):
 //!
 //! | command | what it does |
@@ -34,15 +50,29 @@
 //! | `restart ID` | crash and restart: lose what was not handed to storage |
 //! | `compact ID INDEX` | snapshot the state machine at INDEX and compact the log |
 //! | `report-unreachable ID PEER`, `report-snapshot ID PEER ok\|fail` | transport feedback |
+//! | `inject FROM->TO TYPE term=T ...` | step a hand-made message into TO, written as traces print it (see below) |
 //! | `status ID`, `log ID`, `raft-state` | views |
+//!
+//! `inject` builds `heartbeat [commit=C] [ctx=X]`, `heartbeat_response
+//! [ctx=X]`, `vote`/`prevote [last=I/T] [transfer]`,
+//! `vote_response`/`prevote_response granted|rejected`, `append_response
+//! index=I [rejected hint=I/T]` and `timeout_now`; FROM need not be a node
+//! of the cluster, for messages from strangers.
+//!
+//! Traces are described in the harness module docs (`harness/mod.rs`); a
+//! message that may leave only after its Ready is persisted ends in
+//! ` (after persist)`.
 //!
 //! Set `UPDATE_SCENARIOS=1` to rewrite the expected output with the actual.
 
 use std::path::Path;
 
-use raftnode::raft::{ConfChangeKind, ConfState, NodeId};
+use raftnode::raft::{ConfChangeKind, ConfState, Message, MessageBody, NodeId};
 
 use super::cluster::{conf, Cluster, Filter, Options};
+
+/// Ends a command line; twice, it opens and closes output with blank lines.
+const SEPARATOR: &str = "----";
 
 /// A command and the output expected from it.
 #[derive(Debug)]
@@ -60,8 +90,10 @@ pub enum Item {
     Block(Block),
 }
 
+/// Parses a script; an error names the line of the command at fault.
 pub fn parse(src: &str) -> Result<Vec<Item>, String> {
     let lines: Vec<&str> = src.lines().collect();
+    let separator = |i: usize| lines.get(i).map(|s| s.trim_end()) == Some(SEPARATOR);
     let mut items = Vec::new();
     let mut i = 0;
     while i < lines.len() {
@@ -71,17 +103,34 @@ pub fn parse(src: &str) -> Result<Vec<Item>, String> {
             i += 1;
             continue;
         }
-        if lines.get(i + 1).map(|s| s.trim_end()) != Some("----") {
+        if !separator(i + 1) {
             return Err(format!(
-                "line {}: expected `----` after command `{l}`",
+                "line {}: expected `{SEPARATOR}` after command `{l}`",
                 i + 1
             ));
         }
         let mut expected = Vec::new();
         let mut j = i + 2;
-        while j < lines.len() && !lines[j].trim().is_empty() {
-            expected.push(lines[j].trim_end().to_string());
+        if separator(j) {
+            // Doubled: the output runs to the next pair of separators.
             j += 1;
+            while !(separator(j) && separator(j + 1)) {
+                let Some(line) = lines.get(j) else {
+                    return Err(format!(
+                        "line {}: the output of `{l}` opens with `{SEPARATOR}` twice \
+                         but is never closed by `{SEPARATOR}` twice",
+                        i + 1
+                    ));
+                };
+                expected.push(line.trim_end().to_string());
+                j += 1;
+            }
+            j += 2;
+        } else {
+            while j < lines.len() && !lines[j].trim().is_empty() {
+                expected.push(lines[j].trim_end().to_string());
+                j += 1;
+            }
         }
         items.push(Item::Block(Block {
             line: i + 1,
@@ -104,13 +153,25 @@ pub fn render(items: &[Item], actual: &[Vec<String>]) -> String {
                 out.push('\n');
             }
             Item::Block(b) => {
+                let lines = &actual[k];
+                k += 1;
+                // A blank line would end a single-separator block early.
+                let doubled = lines.iter().any(|l| l.trim().is_empty());
+                let fence = if doubled {
+                    format!("{SEPARATOR}\n{SEPARATOR}\n")
+                } else {
+                    format!("{SEPARATOR}\n")
+                };
                 out.push_str(&b.command);
-                out.push_str("\n----\n");
-                for l in &actual[k] {
+                out.push('\n');
+                out.push_str(&fence);
+                for l in lines {
                     out.push_str(l);
                     out.push('\n');
                 }
-                k += 1;
+                if doubled {
+                    out.push_str(&fence);
+                }
             }
         }
     }
@@ -213,6 +274,19 @@ impl<'a> Args<'a> {
     fn num_opt(&self, k: &str) -> Result<Option<u64>, String> {
         self.opt(k)
             .map(|v| v.parse().map_err(|_| format!("bad number `{v}` for {k}")))
+            .transpose()
+    }
+
+    /// `k=I/T`, as traces print an index and its term.
+    fn pair_opt(&self, k: &str) -> Result<Option<(u64, u64)>, String> {
+        self.opt(k)
+            .map(|v| {
+                let (a, b) = v.split_once('/').ok_or(format!("`{k}={v}` is not I/T"))?;
+                Ok((
+                    a.parse().map_err(|_| format!("bad number `{a}` in {k}"))?,
+                    b.parse().map_err(|_| format!("bad number `{b}` in {k}"))?,
+                ))
+            })
             .transpose()
     }
 
@@ -434,6 +508,11 @@ impl Runner {
                 self.known(id)?.report_snapshot(id, peer, ok);
                 Ok(Vec::new())
             }
+            "inject" => {
+                let m = message(&a)?;
+                self.known(m.to)?.step(m);
+                Ok(Vec::new())
+            }
             "status" => {
                 let id = a.id(0)?;
                 Ok(self.known(id)?.status(id))
@@ -459,6 +538,62 @@ fn filter(a: &Args) -> Result<Filter, String> {
     })
 }
 
+/// The message of an `inject` line, written as traces print messages:
+/// `8->1 heartbeat term=4 commit=0`.
+fn message(a: &Args) -> Result<Message, String> {
+    let usage = "usage: inject FROM->TO TYPE term=T [fields]";
+    let (from, to) = a
+        .pos
+        .first()
+        .and_then(|w| w.split_once("->"))
+        .ok_or(usage)?;
+    let (from, to) = (parse_ids(from)?, parse_ids(to)?);
+    let ([from], [to]) = (from.as_slice(), to.as_slice()) else {
+        return Err(usage.into());
+    };
+    let kind = *a.pos.get(1).ok_or(usage)?;
+    let flag = |f: &str| a.pos.iter().skip(2).any(|w| *w == f);
+    let context = a.opt("ctx").unwrap_or_default().as_bytes().to_vec();
+    let pre = kind.starts_with("pre");
+    let body = match kind {
+        "heartbeat" => MessageBody::Heartbeat {
+            commit: a.num_opt("commit")?.unwrap_or(0),
+            context,
+        },
+        "heartbeat_response" => MessageBody::HeartbeatResponse { context },
+        "vote" | "prevote" => {
+            let (last_index, last_term) = a.pair_opt("last")?.unwrap_or((0, 0));
+            MessageBody::RequestVote {
+                pre,
+                last_index,
+                last_term,
+                transfer: flag("transfer"),
+            }
+        }
+        "vote_response" | "prevote_response" => MessageBody::RequestVoteResponse {
+            pre,
+            reject: flag("rejected"),
+        },
+        "append_response" => {
+            let (reject_hint, hint_term) = a.pair_opt("hint")?.unwrap_or((0, 0));
+            MessageBody::AppendResponse {
+                index: a.num_opt("index")?.unwrap_or(0),
+                reject: flag("rejected"),
+                reject_hint,
+                hint_term,
+            }
+        }
+        "timeout_now" => MessageBody::TimeoutNow,
+        other => return Err(format!("inject cannot build `{other}` messages")),
+    };
+    Ok(super::msg(
+        *from,
+        *to,
+        a.num_opt("term")?.unwrap_or(0),
+        body,
+    ))
+}
+
 fn options(a: &Args) -> Result<Options, String> {
     let mut o = Options::default();
     if let Some(v) = a.bool_opt("pre-vote")? {
@@ -480,4 +615,104 @@ fn options(a: &Args) -> Result<Options, String> {
         o.max_inflight_msgs = v as usize;
     }
     Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blocks(items: &[Item]) -> Vec<(usize, &str, Vec<&str>)> {
+        items
+            .iter()
+            .filter_map(|it| match it {
+                Item::Block(b) => Some((
+                    b.line,
+                    b.command.as_str(),
+                    b.expected.iter().map(String::as_str).collect(),
+                )),
+                Item::Text(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn single_separator_output_ends_at_a_blank_line() {
+        let src = "# comment\ncluster 3\n----\nok\n\ncampaign 1\n----\na\nb\n";
+        let items = parse(src).unwrap();
+        assert_eq!(
+            blocks(&items),
+            vec![
+                (2, "cluster 3", vec!["ok"]),
+                (6, "campaign 1", vec!["a", "b"])
+            ]
+        );
+        let actual = vec![vec!["ok".to_string()], vec!["a".into(), "b".into()]];
+        assert_eq!(render(&items, &actual), src);
+    }
+
+    #[test]
+    fn doubled_separator_output_may_hold_blank_lines() {
+        let src = "status 1\n----\n----\na\n\nb\n----\n----\n\nlog 1\n----\nc\n";
+        let items = parse(src).unwrap();
+        assert_eq!(
+            blocks(&items),
+            vec![
+                (1, "status 1", vec!["a", "", "b"]),
+                (10, "log 1", vec!["c"])
+            ]
+        );
+        let actual = vec![
+            vec!["a".into(), String::new(), "b".into()],
+            vec!["c".into()],
+        ];
+        assert_eq!(render(&items, &actual), src);
+    }
+
+    #[test]
+    fn rewriting_doubles_the_separator_only_around_blank_lines() {
+        let items = parse("status 1\n----\n----\nold\n----\n----\n").unwrap();
+        assert_eq!(
+            render(&items, &[vec!["new".to_string()]]),
+            "status 1\n----\nnew\n"
+        );
+        let items = parse("status 1\n----\nold\n").unwrap();
+        assert_eq!(
+            render(&items, &[vec!["a".to_string(), String::new()]]),
+            "status 1\n----\n----\na\n\n----\n----\n"
+        );
+    }
+
+    #[test]
+    fn inject_reads_messages_as_traces_print_them() {
+        let mut r = Runner::default();
+        r.run("cluster 3");
+        for line in [
+            "2->1 heartbeat term=0 commit=0 ctx=c",
+            "2->1 prevote term=1 last=3/1 transfer",
+            "2->1 vote_response term=0 rejected",
+            "2->1 append_response term=0 rejected index=3 hint=2/1",
+        ] {
+            // The trace prints the message back, then what it did to node 1.
+            assert_eq!(
+                r.run(&format!("inject {line}"))[0],
+                format!("{line} (injected)")
+            );
+        }
+        assert_eq!(
+            r.run("inject 2->1 snapshot term=1"),
+            vec!["error: inject cannot build `snapshot` messages"]
+        );
+        assert_eq!(
+            r.run("inject 2->9 heartbeat term=1"),
+            vec!["error: no node 9"]
+        );
+    }
+
+    #[test]
+    fn malformed_blocks_are_errors_naming_the_line() {
+        let e = parse("\ncampaign 1\nno separator\n").unwrap_err();
+        assert!(e.starts_with("line 2: expected `----`"), "{e}");
+        let e = parse("status 1\n----\n----\na\n\n----\n").unwrap_err();
+        assert!(e.starts_with("line 1: the output of `status 1`"), "{e}");
+    }
 }

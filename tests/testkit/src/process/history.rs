@@ -160,6 +160,10 @@ impl History {
     pub fn len(&self) -> usize {
         self.ops.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Counts for the summary line.

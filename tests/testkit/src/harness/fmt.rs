@@ -132,6 +132,13 @@ pub fn message(m: &Message) -> String {
     s
 }
 
+/// A message of a Ready's `persisted_messages`, which may be sent only once
+/// the Ready is persisted: `2->1 vote_response term=1 granted (after persist)`.
+/// Traces mark these so that scripts show the durability contract.
+pub fn after_persist(m: &Message) -> String {
+    format!("{} (after persist)", message(m))
+}
+
 /// The message type as scripts name it in filters (`type=append`).
 pub fn message_type(m: &Message) -> &'static str {
     m.body.name()
