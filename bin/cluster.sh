@@ -8,7 +8,9 @@
 #
 # Node i listens for peers on 127.0.0.1:700i and for clients on 127.0.0.1:800i,
 # keeps its data in data/cluster/node-i and logs to data/cluster/node-i.log.
-# Environment: NODES (default 3), RAFTNODE_ARGS (extra flags for every node).
+# Environment: NODES (default 3), RAFTNODE_ARGS (extra flags for every node),
+# PEER_TLS=1 (mutual TLS between the nodes, with a test CA that bin/certs.sh
+# makes in data/cluster/certs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES=${NODES:-3}
@@ -39,12 +41,20 @@ case "${1:-}" in
   start)
     cargo build --release --quiet --bin raftnode
     mkdir -p "$DIR"
+    if [ "${PEER_TLS:-0}" = 1 ] && [ ! -f "$DIR/certs/ca.pem" ]; then
+      bin/certs.sh "$DIR/certs" "$NODES"
+    fi
     for i in $(seq 1 "$NODES"); do
       if [ -f "$DIR/node-$i.pid" ] && kill -0 "$(cat "$DIR/node-$i.pid")" 2>/dev/null; then
         echo "node $i already running (pid $(cat "$DIR/node-$i.pid"))"; continue
       fi
+      tls=()
+      if [ "${PEER_TLS:-0}" = 1 ]; then
+        tls=(--peer-cert-file "$DIR/certs/node-$i.pem" --peer-key-file "$DIR/certs/node-$i.key"
+             --peer-trusted-ca-file "$DIR/certs/ca.pem")
+      fi
       # shellcheck disable=SC2086
-      "$BIN" --id "$i" --peers "$(peers)" --data-dir "$DIR/node-$i" ${RAFTNODE_ARGS:-} \
+      "$BIN" --id "$i" --peers "$(peers)" --data-dir "$DIR/node-$i" "${tls[@]}" ${RAFTNODE_ARGS:-} \
         >"$DIR/node-$i.log" 2>&1 &
       echo $! >"$DIR/node-$i.pid"
       echo "node $i: pid $!, clients on 127.0.0.1:$((8000 + i)), log $DIR/node-$i.log"
@@ -68,7 +78,7 @@ case "${1:-}" in
     rm -rf "$DIR"
     ;;
   *)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

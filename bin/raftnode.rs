@@ -14,12 +14,15 @@ use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use raftnode::{NodeConfig, Stopper};
+use raftnode::tls::TlsFiles;
+use raftnode::{NodeConfig, Security, Stopper};
 
 /// One member of a raftnode cluster: a Raft-replicated key-value store.
 ///
 /// Clients connect to --client-addr and speak a line protocol (PUT, GET, DEL,
-/// CAS, STATUS, ADD_NODE, REMOVE_NODE, TRANSFER_LEADER, SNAPSHOT, PING).
+/// CAS, STATUS, ADD_NODE, REMOVE_NODE, TRANSFER_LEADER, SNAPSHOT, PING,
+/// AUTH). On a network, turn on peer TLS and client TLS or a token (see
+/// the Security options and the README).
 /// With no flags, starts a one-node cluster: raft on 127.0.0.1:7001, clients
 /// on 127.0.0.1:8001, data in data/node-1. SIGTERM or Ctrl-C stop it
 /// gracefully (a leader hands over its leadership first); a second signal
@@ -71,6 +74,73 @@ struct Cli {
     /// How long a client request may wait before ERR TIMEOUT.
     #[arg(long, default_value_t = 5000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     request_timeout_ms: u64,
+
+    /// Certificate (PEM) this node presents to its peers. With
+    /// --peer-key-file and --peer-trusted-ca-file it turns on mutual TLS
+    /// between peers; the certificate must carry the DNS name node-<id>.
+    #[arg(long, value_name = "PATH", requires_all = ["peer_key_file", "peer_trusted_ca_file"], help_heading = "Security")]
+    peer_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --peer-cert-file.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "peer_cert_file",
+        help_heading = "Security"
+    )]
+    peer_key_file: Option<PathBuf>,
+
+    /// CA (PEM) that signed every peer's certificate; peers must present one.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "peer_cert_file",
+        help_heading = "Security"
+    )]
+    peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Certificate (PEM) presented to clients; with --key-file it turns on
+    /// TLS on the client port.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "key_file",
+        help_heading = "Security"
+    )]
+    cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --cert-file.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "cert_file",
+        help_heading = "Security"
+    )]
+    key_file: Option<PathBuf>,
+
+    /// CA (PEM) for client certificates (needs --cert-file); with
+    /// --client-cert-auth every client must present a certificate it signed.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "cert_file",
+        help_heading = "Security"
+    )]
+    trusted_ca_file: Option<PathBuf>,
+
+    /// Require client certificates signed by --trusted-ca-file.
+    #[arg(long, requires = "trusted_ca_file", help_heading = "Security")]
+    client_cert_auth: bool,
+
+    /// File whose first line is a shared secret: every client connection
+    /// must send AUTH <token> first, or gets ERR NOAUTH.
+    #[arg(long, value_name = "PATH", help_heading = "Security")]
+    auth_token_file: Option<PathBuf>,
+
+    /// Most client connections at once; over it a connection gets ERR BUSY
+    /// and is closed.
+    #[arg(long, default_value_t = 10000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Security")]
+    max_clients: u64,
 }
 
 /// Parses `1=127.0.0.1:7001,2=...`.
@@ -153,6 +223,27 @@ fn main() -> ExitCode {
         heartbeat_ticks: cli.heartbeat_ticks as usize,
         snapshot_entries: cli.snapshot_entries,
         request_timeout_ms: cli.request_timeout_ms,
+        security: Security {
+            peer_tls: match (cli.peer_cert_file, cli.peer_key_file) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert,
+                    key,
+                    ca: cli.peer_trusted_ca_file,
+                }),
+                _ => None,
+            },
+            client_tls: match (cli.cert_file, cli.key_file) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert,
+                    key,
+                    ca: cli.trusted_ca_file,
+                }),
+                _ => None,
+            },
+            client_cert_auth: cli.client_cert_auth,
+            auth_token_file: cli.auth_token_file,
+            max_clients: cli.max_clients as usize,
+        },
     };
     let running = match raftnode::start(cfg) {
         Ok(r) => r,

@@ -33,14 +33,14 @@ use log::{info, warn};
 
 use crate::datadir::{to_wal_entry, to_wal_hard_state, Recovered};
 use crate::error::Fatal;
-use crate::kv::{decode_command, decode_conf_context, KvStore};
+use crate::kv::{decode_command, decode_conf_context, Command, KvStore};
 use crate::protocol::{ErrorCode, Reply};
 use crate::raft::{
     ConfChange, ConfChangeKind, ConfState, Entry, EntryKind, MemStorage, NodeId, Ready,
 };
 use crate::reads::{ReadNotice, ReadQueue};
 use crate::reply::ReplyTx;
-use crate::shared::Shared;
+use crate::shared::{Membership, Shared};
 use crate::snapshots::{Inbox, Snapshots};
 use crate::stats::FsyncStats;
 use crate::transport::Transport;
@@ -110,7 +110,29 @@ impl Applier {
             stats: FsyncStats::default(),
         };
         a.connect_members();
+        a.publish_membership();
         a
+    }
+
+    /// Tells the transport who may connect.
+    fn publish_membership(&self) {
+        let cs = &self.conf_state;
+        let cluster = &self.kv.cluster;
+        let members = cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(cluster.members.keys())
+            .copied()
+            .collect();
+        self.shared.publish_membership(Membership {
+            cluster_id: cluster.id,
+            members,
+            removed: cluster.removed.clone(),
+        });
+        if cluster.removed.contains(&self.id) {
+            self.shared.set_removed();
+        }
     }
 
     /// Runs until the node thread stops (`Ok`) or the disk fails (`Err`).
@@ -172,6 +194,7 @@ impl Applier {
             self.applied = snap.meta.index;
             self.conf_state = snap.meta.conf_state.clone();
             self.connect_members();
+            self.publish_membership();
         }
         if !rd.entries.is_empty() || rd.hard_state.is_some() {
             let hs = rd.hard_state.as_ref().map(to_wal_hard_state);
@@ -245,9 +268,13 @@ impl Applier {
             EntryKind::Normal if e.data.is_empty() => {} // a new leader's no-op
             EntryKind::Normal => match decode_command(&e.data) {
                 Some((rid, cmd)) => {
+                    let sets_cluster_id = matches!(cmd, Command::SetClusterId { .. });
                     let reply = self.kv.apply(cmd);
                     crate::debug::crash_point("mid_apply");
-                    if rid.node == self.id {
+                    if sets_cluster_id {
+                        info!("cluster id is {:016x}", self.kv.cluster.id);
+                        self.publish_membership();
+                    } else if rid.node == self.id {
                         self.shared.pending().answer(rid.seq, reply);
                     }
                 }
@@ -275,14 +302,15 @@ impl Applier {
         match cc.kind {
             ConfChangeKind::AddLearner | ConfChangeKind::AddNode => {
                 if let Some((_, addr)) = ctx.as_ref().filter(|(_, a)| !a.is_empty()) {
-                    self.kv.members.insert(id, addr.clone());
+                    self.kv.cluster.members.insert(id, addr.clone());
                 }
                 if let Some(addr) = self.address_of(id) {
                     self.transport.add_peer(id, &addr);
                 }
             }
             ConfChangeKind::RemoveNode => {
-                self.kv.members.remove(&id);
+                self.kv.cluster.members.remove(&id);
+                self.kv.cluster.removed.insert(id);
                 self.transport.remove_peer(id);
                 if id == self.id {
                     warn!(
@@ -292,6 +320,7 @@ impl Applier {
                 }
             }
         }
+        self.publish_membership();
         info!(
             "membership now voters={:?} learners={:?}",
             self.conf_state.voters, self.conf_state.learners
@@ -310,13 +339,13 @@ impl Applier {
     fn address_of(&self, id: NodeId) -> Option<String> {
         self.peer_overrides
             .get(&id)
-            .or_else(|| self.kv.members.get(&id))
+            .or_else(|| self.kv.cluster.members.get(&id))
             .cloned()
     }
 
     /// Points the transport at every member known.
     fn connect_members(&self) {
-        let mut ids: Vec<NodeId> = self.kv.members.keys().copied().collect();
+        let mut ids: Vec<NodeId> = self.kv.cluster.members.keys().copied().collect();
         ids.extend(
             self.conf_state
                 .voters

@@ -55,6 +55,13 @@ pub enum StartError {
         name: &'static str,
         source: io::Error,
     },
+    /// A certificate, key or CA file cannot be used.
+    Tls {
+        what: &'static str,
+        source: crate::tls::TlsError,
+    },
+    /// The auth token file holds no usable token.
+    BadTokenFile(PathBuf),
 }
 
 impl fmt::Display for StartError {
@@ -101,6 +108,12 @@ impl fmt::Display for StartError {
             StartError::Thread { name, source } => {
                 write!(f, "cannot start the {name} thread: {source}")
             }
+            StartError::Tls { what, source } => write!(f, "{what}: {source}"),
+            StartError::BadTokenFile(p) => write!(
+                f,
+                "{}: the auth token is the first line, not empty, without spaces",
+                p.display()
+            ),
         }
     }
 }

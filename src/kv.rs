@@ -21,15 +21,24 @@
 //! An entry that does not decode is skipped with a warning on every node
 //! alike, so the replicas stay identical.
 //!
-//! Snapshots serialise the whole map and the member address book:
+//! Besides the map, the state machine holds the [`Cluster`] record: the
+//! cluster ID, the member address book and the ids removed for good. An
+//! entry of kind 4 (`origin, request id, cluster id u64`) sets the cluster
+//! ID once; the first leader proposes it right after the bootstrap.
+//!
+//! Snapshots serialise the cluster record and the whole map:
 //!
 //! ```text
-//! magic "RNKV" (4 bytes), version u32 = 1
+//! magic "RNKV" (4 bytes), version u32 = 2
+//! cluster id u64
 //! members u64, then per member: id u64, address len u32 + bytes
+//! removed u64, then per removed node: id u64
 //! keys u64, then per key: key len u32 + bytes, value len u32 + bytes
 //! ```
+//!
+//! Version 1 (no cluster id, no removed list) is still read.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
@@ -53,6 +62,11 @@ pub enum Command {
         expected: Vec<u8>,
         value: Vec<u8>,
     },
+    /// Sets the cluster ID unless one is set (proposed by a leader, never
+    /// by a client).
+    SetClusterId {
+        id: u64,
+    },
 }
 
 /// Who is waiting for a command's outcome.
@@ -65,6 +79,7 @@ pub struct RequestId {
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
 const CAS: u8 = 3;
+const CLUSTER_ID: u8 = 4;
 
 /// Encodes a command with the id of the request waiting for it.
 pub fn encode_command(id: RequestId, cmd: &Command) -> Vec<u8> {
@@ -72,10 +87,18 @@ pub fn encode_command(id: RequestId, cmd: &Command) -> Vec<u8> {
         Command::Put { key, .. } => (PUT, key),
         Command::Delete { key } => (DELETE, key),
         Command::Cas { key, .. } => (CAS, key),
+        Command::SetClusterId { id: cluster } => {
+            let mut out = Vec::with_capacity(25);
+            out.push(CLUSTER_ID);
+            out.extend_from_slice(&id.node.to_le_bytes());
+            out.extend_from_slice(&id.seq.to_le_bytes());
+            out.extend_from_slice(&cluster.to_le_bytes());
+            return out;
+        }
     };
     let extra = match cmd {
         Command::Put { value, .. } => value.len(),
-        Command::Delete { .. } => 0,
+        Command::Delete { .. } | Command::SetClusterId { .. } => 0,
         Command::Cas {
             expected, value, ..
         } => 4 + expected.len() + value.len(),
@@ -88,7 +111,7 @@ pub fn encode_command(id: RequestId, cmd: &Command) -> Vec<u8> {
     out.extend_from_slice(key);
     match cmd {
         Command::Put { value, .. } => out.extend_from_slice(value),
-        Command::Delete { .. } => {}
+        Command::Delete { .. } | Command::SetClusterId { .. } => {}
         Command::Cas {
             expected, value, ..
         } => {
@@ -136,17 +159,26 @@ fn take_bytes<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
     Some(head)
 }
 
+/// The request id of an encoded command of at least 17 bytes.
+fn id_of(data: &[u8]) -> RequestId {
+    RequestId {
+        node: LittleEndian::read_u64(&data[1..9]),
+        seq: LittleEndian::read_u64(&data[9..17]),
+    }
+}
+
 /// Decodes [`encode_command`]'s output; `None` if it is malformed.
 pub fn decode_command(data: &[u8]) -> Option<(RequestId, Command)> {
     if data.len() < 17 {
         return None;
     }
     let kind = data[0];
-    let id = RequestId {
-        node: LittleEndian::read_u64(&data[1..9]),
-        seq: LittleEndian::read_u64(&data[9..17]),
-    };
+    let id = id_of(data);
     let mut rest = &data[17..];
+    if kind == CLUSTER_ID {
+        let id = u64::from_le_bytes(rest.try_into().ok()?);
+        return Some((id_of(data), Command::SetClusterId { id }));
+    }
     let key = take_bytes(&mut rest)?.to_vec();
     let cmd = match kind {
         PUT => Command::Put {
@@ -271,12 +303,24 @@ impl Map {
     }
 }
 
-/// The state machine: keys to values, plus where each member listens.
+/// What the state machine knows of the cluster itself, replicated like
+/// the data.
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// Random, set once right after the bootstrap; 0 until then.
+    pub id: u64,
+    /// Raft address of each member, learned from conf changes.
+    pub members: BTreeMap<NodeId, String>,
+    /// Nodes removed from the cluster: ids are never reused, so these are
+    /// refused for good.
+    pub removed: BTreeSet<NodeId>,
+}
+
+/// The state machine: keys to values, plus the [`Cluster`] record.
 #[derive(Default, Debug)]
 pub struct KvStore {
     map: Map,
-    /// Raft address of each member, learned from conf changes.
-    pub members: BTreeMap<NodeId, String>,
+    pub cluster: Cluster,
 }
 
 impl KvStore {
@@ -286,6 +330,11 @@ impl KvStore {
 
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.map.get(key).map(|v| &**v)
+    }
+
+    /// The value of `key`, shared with the store: no copy of the bytes.
+    pub fn get_shared(&self, key: &[u8]) -> Option<Arc<[u8]>> {
+        self.map.get(key).cloned()
     }
 
     pub fn len(&self) -> usize {
@@ -321,19 +370,25 @@ impl KvStore {
                 Err(None) => Reply::NotFound,
                 Err(Some(current)) => Reply::Mismatch(current),
             },
+            Command::SetClusterId { id } => {
+                if self.cluster.id == 0 {
+                    self.cluster.id = id;
+                }
+                Reply::Ok
+            }
         }
     }
 
     /// Serialises the whole state (see the module docs for the layout).
     pub fn write_snapshot(&self, w: &mut impl Write) -> io::Result<()> {
-        write_snapshot(&self.members, &self.map, w)
+        write_snapshot(&self.cluster, &self.map, w)
     }
 
     /// A frozen copy of the state to serialise on another thread while
     /// this one goes on applying. Cheap: it shares every key and value.
     pub fn view(&self) -> KvView {
         KvView {
-            members: self.members.clone(),
+            cluster: self.cluster.clone(),
             map: self.map.clone(),
         }
     }
@@ -363,18 +418,27 @@ impl KvStore {
         }
         let mut magic = [0u8; 4];
         r.read_exact(&mut magic)?;
-        if &magic != b"RNKV" || r.read_u32::<LittleEndian>()? != 1 {
+        let version = r.read_u32::<LittleEndian>()?;
+        if &magic != b"RNKV" || !(1..=2).contains(&version) {
             return Err(bad("unknown format"));
         }
         self.map = Map::default();
-        self.members.clear();
-        let mut members = BTreeMap::new();
+        self.cluster = Cluster::default();
+        let mut cluster = Cluster::default();
+        if version >= 2 {
+            cluster.id = r.read_u64::<LittleEndian>()?;
+        }
         for _ in 0..r.read_u64::<LittleEndian>()? {
             let id = r.read_u64::<LittleEndian>()?;
             let addr = String::from_utf8(read_vec(r, 4096)?).map_err(|_| bad("address"))?;
-            members.insert(id, addr);
+            cluster.members.insert(id, addr);
         }
-        self.members = members;
+        if version >= 2 {
+            for _ in 0..r.read_u64::<LittleEndian>()? {
+                cluster.removed.insert(r.read_u64::<LittleEndian>()?);
+            }
+        }
+        self.cluster = cluster;
         let n = r.read_u64::<LittleEndian>()?;
         for _ in 0..n {
             let k = read_vec(r, 1 << 16)?;
@@ -387,28 +451,29 @@ impl KvStore {
 
 /// A frozen copy of a [`KvStore`], see [`KvStore::view`].
 pub struct KvView {
-    members: BTreeMap<NodeId, String>,
+    cluster: Cluster,
     map: Map,
 }
 
 impl KvView {
     pub fn write_snapshot(&self, w: &mut impl Write) -> io::Result<()> {
-        write_snapshot(&self.members, &self.map, w)
+        write_snapshot(&self.cluster, &self.map, w)
     }
 }
 
-fn write_snapshot(
-    members: &BTreeMap<NodeId, String>,
-    map: &Map,
-    w: &mut impl Write,
-) -> io::Result<()> {
+fn write_snapshot(cluster: &Cluster, map: &Map, w: &mut impl Write) -> io::Result<()> {
     w.write_all(b"RNKV")?;
-    w.write_u32::<LittleEndian>(1)?;
-    w.write_u64::<LittleEndian>(members.len() as u64)?;
-    for (id, addr) in members {
+    w.write_u32::<LittleEndian>(2)?;
+    w.write_u64::<LittleEndian>(cluster.id)?;
+    w.write_u64::<LittleEndian>(cluster.members.len() as u64)?;
+    for (id, addr) in &cluster.members {
         w.write_u64::<LittleEndian>(*id)?;
         w.write_u32::<LittleEndian>(addr.len() as u32)?;
         w.write_all(addr.as_bytes())?;
+    }
+    w.write_u64::<LittleEndian>(cluster.removed.len() as u64)?;
+    for id in &cluster.removed {
+        w.write_u64::<LittleEndian>(*id)?;
     }
     w.write_u64::<LittleEndian>(map.len() as u64)?;
     for (k, v) in map.iter() {
@@ -494,7 +559,11 @@ mod tests {
             key: b"a".to_vec(),
             value: b"1".to_vec(),
         });
-        kv.members.insert(2, "127.0.0.1:7002".into());
+        kv.cluster.members.insert(2, "127.0.0.1:7002".into());
+        kv.cluster.removed.insert(5);
+        kv.apply(Command::SetClusterId { id: 77 });
+        kv.apply(Command::SetClusterId { id: 78 });
+        assert_eq!(kv.cluster.id, 77, "the first cluster id wins");
         let bytes = kv.snapshot_bytes();
         let mut other = KvStore::new();
         other.restore(&mut &bytes[..]).unwrap();
@@ -502,7 +571,7 @@ mod tests {
         let mut via_view = Vec::new();
         kv.view().write_snapshot(&mut via_view).unwrap();
         assert_eq!(via_view, bytes);
-        assert_eq!(other.members, kv.members);
+        assert_eq!(other.cluster, kv.cluster);
         for cut in 0..bytes.len() {
             let mut fresh = KvStore::new();
             assert!(fresh.restore(&mut &bytes[..cut]).is_err());

@@ -30,16 +30,18 @@ pub mod node;
 pub mod policy;
 pub mod protocol;
 pub mod raft;
+pub mod ratelimit;
 pub mod reads;
 pub mod reply;
 pub mod server;
 pub mod shared;
 pub mod snapshots;
 pub mod stats;
+pub mod tls;
 pub mod transport;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
@@ -51,6 +53,7 @@ pub use crate::error::{Fatal, StartError};
 use crate::raft::{Config, NodeId, RawNode};
 use crate::shared::Shared;
 use crate::snapshots::Inbox;
+use crate::tls::{ClientTls, PeerTls, TlsFiles};
 
 /// Everything a node is started with (the command line, parsed).
 #[derive(Clone, Debug)]
@@ -66,6 +69,61 @@ pub struct NodeConfig {
     pub heartbeat_ticks: usize,
     pub snapshot_entries: u64,
     pub request_timeout_ms: u64,
+    pub security: Security,
+}
+
+/// Who may talk to the node, and how.
+#[derive(Clone, Debug)]
+pub struct Security {
+    /// `--peer-cert-file`, `--peer-key-file`, `--peer-trusted-ca-file`:
+    /// mutual TLS between peers. Plain TCP when `None`.
+    pub peer_tls: Option<TlsFiles>,
+    /// `--cert-file`, `--key-file` (and `--trusted-ca-file`): TLS for clients.
+    pub client_tls: Option<TlsFiles>,
+    /// `--client-cert-auth`: clients must present a certificate from the
+    /// trusted CA.
+    pub client_cert_auth: bool,
+    /// `--auth-token-file`: clients must send `AUTH <token>` first.
+    pub auth_token_file: Option<PathBuf>,
+    /// `--max-clients`.
+    pub max_clients: usize,
+}
+
+impl Default for Security {
+    fn default() -> Security {
+        Security {
+            peer_tls: None,
+            client_tls: None,
+            client_cert_auth: false,
+            auth_token_file: None,
+            max_clients: 10_000,
+        }
+    }
+}
+
+/// Whether every address `addr` resolves to is a loopback address.
+fn is_loopback(addr: &str) -> bool {
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map(|a| a.collect())
+        .unwrap_or_default();
+    !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+}
+
+/// Reads the client auth token: the file's first line, which must not be
+/// empty.
+fn read_token(path: &std::path::Path) -> Result<Vec<u8>, StartError> {
+    let text = std::fs::read(path).map_err(|source| StartError::DataDir {
+        op: "read the auth token file",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    let token = line.strip_suffix(b"\r").unwrap_or(line);
+    if token.is_empty() || token.iter().any(|b| b.is_ascii_whitespace()) {
+        return Err(StartError::BadTokenFile(path.to_path_buf()));
+    }
+    Ok(token.to_vec())
 }
 
 /// A running node's handles.
@@ -130,6 +188,30 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
             source,
         })
     };
+    let sec = &cfg.security;
+    let peer_tls = match &sec.peer_tls {
+        Some(f) => Some(Arc::new(PeerTls::load(f).map_err(|e| StartError::Tls {
+            what: "peer TLS (--peer-*-file)",
+            source: e,
+        })?)),
+        None => None,
+    };
+    let client_tls = match &sec.client_tls {
+        Some(f) => Some(Arc::new(ClientTls::load(f, sec.client_cert_auth).map_err(
+            |e| StartError::Tls {
+                what: "client TLS (--cert-file, --key-file, --trusted-ca-file)",
+                source: e,
+            },
+        )?)),
+        None => None,
+    };
+    let auth_token = sec.auth_token_file.as_deref().map(read_token).transpose()?;
+    if peer_tls.is_none() && !is_loopback(&own) {
+        log::warn!(
+            "the raft address {own} is not loopback and peer TLS is off: anyone who can reach \
+             it can pose as a member; see the README's Security section"
+        );
+    }
     // Bind both addresses before touching the disk, so a node started twice
     // fails on the address (or on the WAL lock) without side effects.
     let client_listener = bind("clients", &cfg.client_addr)?;
@@ -150,7 +232,11 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
     let (inbound_tx, inbound_rx) = bounded(8192);
     let (report_tx, report_rx) = bounded(1024);
     let transport = transport::Transport::start(
-        cfg.id,
+        transport::Config {
+            id: cfg.id,
+            tls: peer_tls,
+            listed: cfg.peers.keys().copied().collect(),
+        },
         peer_listener,
         inbound_tx,
         report_tx,
@@ -229,13 +315,16 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
 
     let server = server::serve(
         client_listener,
-        server::ClientContext {
+        server::Config {
             id: cfg.id,
             requests: req_tx,
             status: status_tx,
             snapshots: snap_tx,
             shared,
             timeout: Duration::from_millis(cfg.request_timeout_ms),
+            tls: client_tls,
+            auth_token,
+            max_clients: sec.max_clients,
         },
     )
     .map_err(|source| StartError::Thread {

@@ -38,6 +38,7 @@ use crate::protocol::{ErrorCode, Reply};
 use crate::raft::{
     ConfChange, ConfState, MemStorage, Message, NodeId, RawNode, Ready, Role, NO_NODE,
 };
+use crate::reply::ReplyTx;
 use crate::shared::Shared;
 use crate::transport::Report;
 use std::sync::Arc;
@@ -55,15 +56,50 @@ pub struct StatusInfo {
     pub conf_state: ConfState,
 }
 
+impl StatusInfo {
+    /// The STATUS line of `docs/PROTOCOL.md`.
+    pub fn line(&self, snapshot_index: u64) -> String {
+        let ids = |ids: &[NodeId]| {
+            ids.iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let role = if self.conf_state.learners.contains(&self.id) {
+            "learner".to_string()
+        } else {
+            self.role.to_string()
+        };
+        let mut line = format!(
+            "STATUS id={} role={} term={} leader={} commit={} applied={} last={} snapshot={} members={}",
+            self.id,
+            role,
+            self.term,
+            self.leader,
+            self.commit,
+            self.applied,
+            self.last,
+            snapshot_index,
+            ids(&self.conf_state.voters)
+        );
+        if !self.conf_state.learners.is_empty() {
+            line.push_str(&format!(" learners={}", ids(&self.conf_state.learners)));
+        }
+        line
+    }
+}
+
 /// Channels between the node thread and everyone else.
 pub struct NodeChannels {
-    pub requests: Receiver<NodeRequest>,
+    /// Client requests, a batch per round of the client I/O thread.
+    pub requests: Receiver<Vec<NodeRequest>>,
     pub inbound: Receiver<Message>,
     pub reports: Receiver<Report>,
     pub ready: Sender<Ready>,
     pub advance: Receiver<()>,
     pub conf: Receiver<(ConfChange, Sender<ConfState>)>,
-    pub status: Receiver<Sender<StatusInfo>>,
+    /// STATUS requests, answered with the STATUS line.
+    pub status: Receiver<ReplyTx>,
     pub stop: Receiver<()>,
 }
 
@@ -118,7 +154,7 @@ impl NodeLoop {
 
     pub fn run(mut self) {
         let ticker = tick(self.tick);
-        let never_req = never::<NodeRequest>();
+        let never_req = never::<Vec<NodeRequest>>();
         let never_adv = never::<()>();
         loop {
             if !self.outstanding && self.raw.has_ready() {
@@ -188,7 +224,8 @@ impl NodeLoop {
                 }
                 recv(self.ch.status) -> s => {
                     if let Ok(reply) = s {
-                        let _ = reply.send(self.status());
+                        let line = self.status().line(self.shared.snapshot_index());
+                        reply.send(Reply::Status(line));
                     }
                 }
                 recv(self.ch.stop) -> _ => self.begin_stop(),
@@ -264,7 +301,7 @@ impl NodeLoop {
                 let reply = Reply::error(ErrorCode::Unavailable, "node is shutting down");
                 self.shared.pending().answer_all(&reply);
                 self.policy.fail_waiting(&reply);
-                for r in self.ch.requests.try_iter() {
+                for r in self.ch.requests.try_iter().flatten() {
                     match r {
                         NodeRequest::Read { reply: tx, .. }
                         | NodeRequest::Transfer { reply: tx, .. } => tx.send(reply.clone()),

@@ -14,6 +14,12 @@
 //! - **Learner promotion.** `ADD_NODE` adds a learner; the leader promotes
 //!   it to voter once its log is within [`PROMOTE_GAP`] entries of its own
 //!   (etcd leaves this to the operator).
+//! - **Certain refusals at once.** `REMOVE_NODE` of a non-member or of the
+//!   last voter, and `TRANSFER_LEADER` to a node that is not a voter, are
+//!   refused with `ERR BAD_REQUEST` from this node's view of the membership
+//!   (the leader's core refuses them too, should that view be stale).
+//! - **The cluster ID.** A leader of a cluster that has none yet (right
+//!   after the bootstrap) proposes a random one; the first applied wins.
 //!
 //! All of it is driven by the node thread: `node.rs` calls in at the points
 //! named after the loop's arms, and nothing here is shared with another
@@ -26,7 +32,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, info};
 
-use crate::kv::{encode_conf_context, RequestId};
+use crate::kv::{encode_command, encode_conf_context, Command, RequestId};
 use crate::protocol::{ErrorCode, Reply};
 use crate::raft::{
     ConfChange, ConfChangeKind, ConfState, DropReason, Error as RaftError, MemStorage, NodeId,
@@ -40,7 +46,7 @@ use crate::shared::Shared;
 /// leader's (and it is being replicated to normally).
 pub const PROMOTE_GAP: u64 = 100;
 
-/// How many queued requests one batch takes at most.
+/// How many queued requests one round of the node loop takes at most.
 const MAX_BATCH: usize = 8192;
 
 /// A promotion is proposed again only after this long without effect.
@@ -95,6 +101,37 @@ pub struct Policy {
     learner_context: BTreeMap<NodeId, Vec<u8>>,
     /// Promotions proposed, and when.
     promoting: HashMap<NodeId, Instant>,
+    /// When this node last proposed a cluster ID.
+    cluster_id_proposed: Option<Instant>,
+}
+
+/// A random cluster ID, never 0. Not a secret: it tells clusters apart.
+fn random_cluster_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.write_u128(now);
+    h.write_u32(std::process::id());
+    h.finish().max(1)
+}
+
+/// A refusal that is certain from this node's view of the membership.
+fn refuse_conf_change(cs: &ConfState, cc: &ConfChange) -> Option<Reply> {
+    let id = cc.node_id;
+    match cc.kind {
+        ConfChangeKind::RemoveNode if !cs.contains(id) => Some(Reply::error(
+            ErrorCode::BadRequest,
+            format!("node {id} is not a member"),
+        )),
+        ConfChangeKind::RemoveNode if cs.voters == [id] => Some(Reply::error(
+            ErrorCode::BadRequest,
+            format!("node {id} is the last voter; without it nobody could elect a leader"),
+        )),
+        _ => None,
+    }
 }
 
 /// The client-facing error for a request the core refused.
@@ -103,6 +140,11 @@ pub fn refusal(e: &RaftError) -> Reply {
         RaftError::ProposalDropped(DropReason::NoLeader) => {
             Reply::error(ErrorCode::NoLeader, "no leader is known; retry shortly")
         }
+        RaftError::ProposalDropped(
+            why @ (DropReason::UnknownMember
+            | DropReason::LastVoter
+            | DropReason::MalformedConfChange),
+        ) => Reply::error(ErrorCode::BadRequest, why.to_string()),
         RaftError::ProposalDropped(why) => Reply::error(ErrorCode::Unavailable, why.to_string()),
         RaftError::InvalidConfig(why) => Reply::error(ErrorCode::Internal, why.clone()),
     }
@@ -119,26 +161,35 @@ impl Policy {
             leader_term: 0,
             learner_context: BTreeMap::new(),
             promoting: HashMap::new(),
+            cluster_id_proposed: None,
         }
     }
 
-    /// Takes `first` and every request already queued behind it, and feeds
-    /// them to the core in as few calls as possible.
+    /// Takes `first` and every batch already queued behind it (up to
+    /// [`MAX_BATCH`] requests), and feeds them to the core in as few calls
+    /// as possible.
     pub fn requests(
         &mut self,
         raw: &mut RawNode<MemStorage>,
-        first: NodeRequest,
-        queued: &Receiver<NodeRequest>,
+        first: Vec<NodeRequest>,
+        queued: &Receiver<Vec<NodeRequest>>,
     ) {
         let now = Instant::now();
-        let pending = self.shared.pending();
+        let shared = self.shared.clone();
+        let pending = shared.pending();
         let mut writes: Vec<Vec<u8>> = Vec::new();
         let mut ids: Vec<u64> = Vec::new();
         let mut reads: Vec<ReadWaiter> = Vec::new();
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(req) = next.take() {
-            taken += 1;
+        let mut taken = first.len();
+        let more = std::iter::from_fn(|| {
+            if taken >= MAX_BATCH {
+                return None;
+            }
+            let b = queued.try_recv().ok()?;
+            taken += b.len();
+            Some(b)
+        });
+        for req in first.into_iter().chain(more.flatten()) {
             match req {
                 // A request whose client already gave up is not proposed.
                 NodeRequest::Propose { id, deadline, .. }
@@ -165,7 +216,10 @@ impl Policy {
                     }
                 }
                 NodeRequest::ConfChange { cc, id, .. } => {
-                    if let Err(e) = raw.propose_conf_change(&cc) {
+                    let refused = refuse_conf_change(&raw.status().conf_state, &cc);
+                    if let Some(reply) = refused {
+                        pending.answer(id, reply);
+                    } else if let Err(e) = raw.propose_conf_change(&cc) {
                         pending.answer(id, refusal(&e));
                     }
                 }
@@ -176,6 +230,11 @@ impl Policy {
                 } => {
                     if raw.soft_state().leader == target {
                         reply.send(Reply::Ok);
+                    } else if !raw.status().conf_state.voters.contains(&target) {
+                        reply.send(Reply::error(
+                            ErrorCode::BadRequest,
+                            format!("node {target} is not a voter"),
+                        ));
                     } else if let Err(e) = raw.transfer_leader(target) {
                         reply.send(refusal(&e));
                     } else {
@@ -186,9 +245,6 @@ impl Policy {
                         });
                     }
                 }
-            }
-            if taken < MAX_BATCH {
-                next = queued.try_recv().ok();
             }
         }
         if !writes.is_empty() {
@@ -284,12 +340,36 @@ impl Policy {
         self.promoting.retain(|id, _| cs.learners.contains(id));
     }
 
-    /// One tick of the clock: expire transfers, promote learners.
+    /// One tick of the clock: expire transfers, promote learners, give a
+    /// new cluster its ID.
     pub fn tick(&mut self, raw: &mut RawNode<MemStorage>) {
         let now = Instant::now();
         self.transfers.retain(|t| t.deadline > now);
         if raw.soft_state().role == Role::Leader {
             self.promote_learners(raw, now);
+            self.propose_cluster_id(raw, now);
+        }
+    }
+
+    fn propose_cluster_id(&mut self, raw: &mut RawNode<MemStorage>, now: Instant) {
+        let recently = self
+            .cluster_id_proposed
+            .is_some_and(|t| now.duration_since(t) < PROMOTE_RETRY);
+        if recently || self.shared.membership().cluster_id != 0 {
+            return;
+        }
+        let cmd = Command::SetClusterId {
+            id: random_cluster_id(),
+        };
+        let data = encode_command(
+            RequestId {
+                node: raw.id(),
+                seq: 0,
+            },
+            &cmd,
+        );
+        if raw.propose(data).is_ok() {
+            self.cluster_id_proposed = Some(now);
         }
     }
 

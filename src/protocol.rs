@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::io::Write;
+use std::sync::Arc;
 
 use crate::kv::Command;
 use crate::raft::NodeId;
@@ -24,13 +25,26 @@ pub const MAX_LINE: usize = (1 << 20) + 2048;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Write(Command),
-    Get { key: Vec<u8> },
+    Get {
+        key: Vec<u8>,
+    },
     Status,
-    AddNode { id: NodeId, addr: String },
-    RemoveNode { id: NodeId },
-    TransferLeader { id: NodeId },
+    AddNode {
+        id: NodeId,
+        addr: String,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
+    TransferLeader {
+        id: NodeId,
+    },
     Snapshot,
     Ping,
+    /// `AUTH <token>`: the first request when `--auth-token-file` is set.
+    Auth {
+        token: Vec<u8>,
+    },
 }
 
 /// The outcome of a request, as the client will see it.
@@ -38,7 +52,8 @@ pub enum Request {
 pub enum Reply {
     Ok,
     OkIndex(u64),
-    Value(Vec<u8>),
+    /// A value, shared with the store rather than copied out of it.
+    Value(Arc<[u8]>),
     NotFound,
     Deleted,
     Mismatch(Vec<u8>),
@@ -60,6 +75,12 @@ pub enum ErrorCode {
     Unavailable,
     /// The node failed internally (e.g. a disk error).
     Internal,
+    /// The connection has not authenticated (`AUTH <token>` first).
+    NoAuth,
+    /// Too many clients are connected.
+    Busy,
+    /// This node was removed from the cluster.
+    Removed,
 }
 
 impl ErrorCode {
@@ -71,6 +92,9 @@ impl ErrorCode {
             ErrorCode::LeaderChanged => "LEADER_CHANGED",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::NoAuth => "NOAUTH",
+            ErrorCode::Busy => "BUSY",
+            ErrorCode::Removed => "REMOVED",
         }
     }
 }
@@ -146,7 +170,7 @@ impl fmt::Display for ParseError {
             ParseError::UnknownCommand(cmd) => write!(
                 f,
                 "unknown command {cmd:?}; known: PUT GET DEL CAS STATUS ADD_NODE \
-                 REMOVE_NODE TRANSFER_LEADER SNAPSHOT PING"
+                 REMOVE_NODE TRANSFER_LEADER SNAPSHOT PING AUTH"
             ),
             ParseError::MissingArgument { usage } => {
                 write!(f, "missing argument; usage: {usage}")
@@ -169,7 +193,10 @@ impl fmt::Display for ParseError {
             ParseError::ValueTooLong(n) => {
                 write!(f, "value is {n} bytes, the limit is {MAX_VALUE}")
             }
-            ParseError::BadNodeId(tok) => write!(f, "{tok:?} is not a node id (an integer >= 1)"),
+            ParseError::BadNodeId(tok) => write!(
+                f,
+                "{tok:?} is not a node id (a decimal integer >= 1, digits only)"
+            ),
             ParseError::BadAddress(addr) => write!(f, "{addr:?} is not a host:port address"),
         }
     }
@@ -205,10 +232,12 @@ fn value(v: &str) -> Result<Vec<u8>, ParseError> {
     Ok(v.as_bytes().to_vec())
 }
 
+/// A node id: strict decimal, digits only (no sign, no spaces), >= 1.
 fn node_id(tok: &str) -> Result<NodeId, ParseError> {
+    let digits = !tok.is_empty() && tok.bytes().all(|b| b.is_ascii_digit());
     match tok.parse::<NodeId>() {
-        Ok(id) if id >= 1 => Ok(id),
-        _ => Err(ParseError::BadNodeId(tok.to_string())),
+        Ok(id) if digits && id >= 1 => Ok(id),
+        _ => Err(ParseError::BadNodeId(tok.chars().take(32).collect())),
     }
 }
 
@@ -302,6 +331,14 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
             done(more, usage)?;
             Ok(Request::TransferLeader { id: node_id(id)? })
         }
+        "AUTH" => {
+            let usage = "AUTH <token>";
+            let (token, more) = arg(rest, usage)?;
+            done(more, usage)?;
+            Ok(Request::Auth {
+                token: token.as_bytes().to_vec(),
+            })
+        }
         "" => Err(ParseError::Empty),
         _ => Err(ParseError::UnknownCommand(cmd.chars().take(32).collect())),
     }
@@ -351,6 +388,11 @@ mod tests {
             b"PUT \xff\xfe v",
             b"ADD_NODE x 1.2.3.4:5",
             b"ADD_NODE 0 1.2.3.4:5",
+            b"REMOVE_NODE +2",
+            b"REMOVE_NODE -1",
+            b"REMOVE_NODE 0x2",
+            b"TRANSFER_LEADER 18446744073709551616",
+            b"AUTH",
             b"ADD_NODE 4",
             b"REMOVE_NODE",
             b"STATUS now",

@@ -74,8 +74,8 @@ impl ReadQueue {
             }
             for w in waiters {
                 if w.deadline > now {
-                    let reply = match kv.get(&w.key) {
-                        Some(v) => Reply::Value(v.to_vec()),
+                    let reply = match kv.get_shared(&w.key) {
+                        Some(v) => Reply::Value(v),
                         None => Reply::NotFound,
                     };
                     w.reply.send(reply);

@@ -1,17 +1,18 @@
-//! One-shot reply slots, the registry of requests waiting for their entry
-//! to apply, and the per-connection answer queue.
+//! How replies travel back to client connections, and the registry of
+//! requests waiting for their entry to apply.
 //!
-//! Every client request gets exactly one reply, produced on the node or
-//! ready thread and consumed by the connection's writer thread. A crossbeam
-//! channel per request worked, but its blocking receive spins and calls
-//! `sched_yield` before it parks; with two threads per connection on a
-//! 2-core machine that was a fifth of the node's CPU in the benchmark's
-//! profile. A mutex and a condvar park at once.
+//! Every client request gets exactly one reply. The thread that has it (the
+//! node thread, the ready thread, the snapshot thread) calls
+//! [`ReplyTx::send`], which puts it in the client server's [`Outbox`] and
+//! wakes the server's I/O thread, at most once per batch: a thread that
+//! answers a hundred requests of one Ready causes one wake-up, not a hundred.
+//! The I/O thread puts each reply in its connection's slot and writes the
+//! slots out in request order (`server/conn.rs`); the first reply for a slot
+//! wins, so a late answer to a request that already timed out is dropped.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::protocol::Reply;
 
@@ -19,59 +20,74 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-#[derive(Default)]
-struct Slot {
-    reply: Mutex<Option<Reply>>,
-    ready: Condvar,
+/// Where a reply goes: a connection, and the request's place in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Addressee {
+    pub conn: usize,
+    pub seq: u64,
 }
 
-/// The sending half of a reply slot; the first reply wins.
-#[derive(Clone)]
-pub struct ReplyTx(Arc<Slot>);
-
-/// The receiving half of a reply slot.
-pub struct ReplyRx(Arc<Slot>);
-
-/// A fresh reply slot.
-pub fn reply_slot() -> (ReplyTx, ReplyRx) {
-    let slot = Arc::new(Slot::default());
-    (ReplyTx(slot.clone()), ReplyRx(slot))
+/// Replies on their way to the client I/O thread.
+pub struct Outbox {
+    queue: Mutex<Vec<(Addressee, Reply)>>,
+    /// Set while a wake-up is on its way; cleared by the I/O thread before
+    /// it drains, so a reply pushed after the drain wakes it again.
+    woken: AtomicBool,
+    wake: Box<dyn Fn() + Send + Sync>,
 }
 
-impl ReplyTx {
-    /// Delivers `reply` unless one was delivered already. Never blocks.
-    pub fn send(&self, reply: Reply) {
-        let mut r = lock(&self.0.reply);
-        if r.is_none() {
-            *r = Some(reply);
-            self.0.ready.notify_one();
+impl Outbox {
+    /// An outbox that calls `wake` to rouse its reader.
+    pub fn new(wake: impl Fn() + Send + Sync + 'static) -> Outbox {
+        Outbox {
+            queue: Mutex::default(),
+            woken: AtomicBool::new(false),
+            wake: Box::new(wake),
+        }
+    }
+
+    fn push(&self, to: Addressee, reply: Reply) {
+        lock(&self.queue).push((to, reply));
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            (self.wake)();
+        }
+    }
+
+    /// Everything pushed so far (the I/O thread's side).
+    pub fn drain(&self, into: &mut Vec<(Addressee, Reply)>) {
+        self.woken.store(false, Ordering::Release);
+        std::mem::swap(&mut *lock(&self.queue), into);
+    }
+
+    /// Wakes the reader without a reply (to make it look at something else).
+    pub fn nudge(&self) {
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            (self.wake)();
         }
     }
 }
 
-impl ReplyRx {
-    /// Waits for the reply until `deadline`; `None` if it did not come.
-    pub fn recv_deadline(&self, deadline: Instant) -> Option<Reply> {
-        let mut r = lock(&self.0.reply);
-        loop {
-            if let Some(reply) = r.take() {
-                return Some(reply);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            r = match self.0.ready.wait_timeout(r, deadline - now) {
-                Ok((g, _)) => g,
-                Err(e) => e.into_inner().0,
-            };
-        }
+/// The sending half of one request's reply.
+#[derive(Clone)]
+pub struct ReplyTx {
+    outbox: Arc<Outbox>,
+    to: Addressee,
+}
+
+impl ReplyTx {
+    pub fn new(outbox: Arc<Outbox>, to: Addressee) -> ReplyTx {
+        ReplyTx { outbox, to }
+    }
+
+    /// Delivers `reply`. Never blocks on the client.
+    pub fn send(&self, reply: Reply) {
+        self.outbox.push(self.to, reply);
     }
 }
 
 /// Requests this node proposed, waiting for their entry to apply, by
-/// request id. Client threads register them, the ready thread answers them
-/// as entries apply, the node thread when a proposal is refused or the
+/// request id. The client server registers them, the ready thread answers
+/// them as entries apply, the node thread when a proposal is refused or the
 /// leader changes.
 #[derive(Default)]
 pub struct Pending {
@@ -129,97 +145,46 @@ impl Pending {
     }
 }
 
-/// An unbounded FIFO between one producer and one consumer thread that
-/// parks without spinning. Closed when the producer says so.
-pub struct Queue<T> {
-    inner: Mutex<(VecDeque<T>, bool)>,
-    ready: Condvar,
-}
-
-impl<T> Default for Queue<T> {
-    fn default() -> Self {
-        Queue {
-            inner: Mutex::new((VecDeque::new(), false)),
-            ready: Condvar::new(),
-        }
-    }
-}
-
-impl<T> Queue<T> {
-    pub fn push(&self, item: T) {
-        lock(&self.inner).0.push_back(item);
-        self.ready.notify_one();
-    }
-
-    /// No more items will come; `pop` returns `None` once drained.
-    pub fn close(&self) {
-        lock(&self.inner).1 = true;
-        self.ready.notify_one();
-    }
-
-    /// The next item, waiting for it; `None` once closed and drained.
-    pub fn pop(&self) -> Option<T> {
-        let mut g = lock(&self.inner);
-        loop {
-            if let Some(item) = g.0.pop_front() {
-                return Some(item);
-            }
-            if g.1 {
-                return None;
-            }
-            g = match self.ready.wait(g) {
-                Ok(g) => g,
-                Err(e) => e.into_inner(),
-            };
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        lock(&self.inner).0.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::sync::atomic::AtomicUsize;
 
     #[test]
-    fn the_first_reply_wins_and_a_missing_one_times_out() {
-        let (tx, rx) = reply_slot();
-        tx.send(Reply::Ok);
-        tx.send(Reply::Pong);
-        assert_eq!(rx.recv_deadline(Instant::now()), Some(Reply::Ok));
-        let (_tx, rx) = reply_slot();
-        assert_eq!(
-            rx.recv_deadline(Instant::now() + Duration::from_millis(5)),
-            None
-        );
+    fn a_batch_of_replies_wakes_the_reader_once() {
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let w = wakes.clone();
+        let outbox = Arc::new(Outbox::new(move || {
+            w.fetch_add(1, Ordering::Relaxed);
+        }));
+        let txs: Vec<ReplyTx> = (0..100)
+            .map(|seq| ReplyTx::new(outbox.clone(), Addressee { conn: 7, seq }))
+            .collect();
+        for tx in &txs {
+            tx.send(Reply::Ok);
+        }
+        assert_eq!(wakes.load(Ordering::Relaxed), 1);
+        let mut got = Vec::new();
+        outbox.drain(&mut got);
+        assert_eq!(got.len(), 100);
+        assert_eq!(got[99].0, Addressee { conn: 7, seq: 99 });
+        // After a drain, the next reply wakes the reader again.
+        txs[0].send(Reply::Pong);
+        assert_eq!(wakes.load(Ordering::Relaxed), 2);
     }
 
     #[test]
-    fn a_reply_from_another_thread_wakes_the_receiver() {
-        let (tx, rx) = reply_slot();
-        let t = std::thread::spawn(move || tx.send(Reply::Deleted));
-        assert_eq!(
-            rx.recv_deadline(Instant::now() + Duration::from_secs(5)),
-            Some(Reply::Deleted)
-        );
-        t.join().unwrap();
-    }
-
-    #[test]
-    fn the_queue_is_fifo_and_ends_when_closed() {
-        let q = Arc::new(Queue::default());
-        let q2 = q.clone();
-        let t = std::thread::spawn(move || {
-            for i in 0..100 {
-                q2.push(i);
-            }
-            q2.close();
-        });
-        let got: Vec<i32> = std::iter::from_fn(|| q.pop()).collect();
-        t.join().unwrap();
-        assert_eq!(got, (0..100).collect::<Vec<_>>());
+    fn pending_requests_are_answered_once() {
+        let outbox = Arc::new(Outbox::new(|| {}));
+        let p = Pending::default();
+        p.start_ids_at(1000);
+        let id = p.register(ReplyTx::new(outbox.clone(), Addressee { conn: 1, seq: 0 }));
+        assert_eq!(id, 1001);
+        p.answer(id, Reply::Ok);
+        p.answer(id, Reply::Deleted);
+        let mut got = Vec::new();
+        outbox.drain(&mut got);
+        assert_eq!(got, vec![(Addressee { conn: 1, seq: 0 }, Reply::Ok)]);
+        assert!(p.is_empty());
     }
 }

@@ -6,16 +6,30 @@
 //! | the newest snapshot (index, file) | ready thread | STATUS, peer senders (to stream it) |
 //! | requests waiting for their entry | client threads register, ready and node threads answer | |
 //! | stopping | node thread | client threads (refuse new requests) |
+//! | membership, cluster ID | ready thread | transport (who may connect) |
+//! | removed | ready thread, transport | client server (`ERR REMOVED`) |
 //!
 //! Everything else belongs to one thread: the core and the request policy
 //! to the node thread, the WAL, the KV store and reads to the ready thread.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::raft::{NodeId, NO_NODE};
 use crate::reply::Pending;
+
+/// Who may connect to this node's raft port, as far as this node knows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// The cluster ID, 0 while this node has not learned it.
+    pub cluster_id: u64,
+    /// Voters, learners, and every node in the address book.
+    pub members: BTreeSet<NodeId>,
+    /// Nodes removed for good.
+    pub removed: BTreeSet<NodeId>,
+}
 
 #[derive(Default)]
 pub struct Shared {
@@ -23,6 +37,10 @@ pub struct Shared {
     snapshot: Mutex<(u64, Option<PathBuf>)>,
     pending: Pending,
     stopping: AtomicBool,
+    membership: Mutex<Arc<Membership>>,
+    /// Bumped whenever `membership` changes, so readers re-check cheaply.
+    membership_generation: AtomicU64,
+    removed: AtomicBool,
 }
 
 impl Shared {
@@ -69,5 +87,36 @@ impl Shared {
 
     pub fn begin_stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Who may connect, as last published.
+    pub fn membership(&self) -> Arc<Membership> {
+        self.membership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes with every new membership: a reader that saw generation g
+    /// need not look again while it stays g.
+    pub fn membership_generation(&self) -> u64 {
+        self.membership_generation.load(Ordering::Acquire)
+    }
+
+    pub fn publish_membership(&self, m: Membership) {
+        let mut cur = self.membership.lock().unwrap_or_else(|e| e.into_inner());
+        if **cur != m {
+            *cur = Arc::new(m);
+            self.membership_generation.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Whether this node was removed from the cluster.
+    pub fn removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
+    }
+
+    pub fn set_removed(&self) {
+        self.removed.store(true, Ordering::Relaxed);
     }
 }

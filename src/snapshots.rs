@@ -104,6 +104,13 @@ impl Inbox {
         Ok((path, file))
     }
 
+    /// Bytes free for an unprivileged writer on the inbox's file system.
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        std::fs::create_dir_all(&self.dir)?;
+        let st = rustix::fs::statvfs(&self.dir).map_err(io::Error::from)?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
     /// Hands over a complete file; returns the ticket for the message.
     pub fn deliver(&self, file: ReceivedSnapshot) -> Vec<u8> {
         let ticket = self.next.fetch_add(1, Ordering::Relaxed);

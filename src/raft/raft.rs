@@ -119,6 +119,10 @@ pub enum DropReason {
     MalformedConfChange,
     /// Another conf change is proposed and not yet applied.
     ConfChangePending,
+    /// A removal of a node that is not a member.
+    UnknownMember,
+    /// A removal of the last voter, which would leave nobody to elect.
+    LastVoter,
 }
 
 impl std::fmt::Display for DropReason {
@@ -129,9 +133,15 @@ impl std::fmt::Display for DropReason {
             DropReason::TransferInProgress => "leadership transfer in progress",
             DropReason::MalformedConfChange => "malformed conf change",
             DropReason::ConfChangePending => "a conf change is already pending",
+            DropReason::UnknownMember => "the node is not a member",
+            DropReason::LastVoter => "the last voter cannot be removed",
         })
     }
 }
+
+/// Terms end here: a message at or above it is dropped, and no node
+/// campaigns into it (see [`Raft::hears`]). Real clusters stay far below.
+pub const MAX_TERM: u64 = 1 << 63;
 
 /// Errors the core returns to its caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -531,9 +541,9 @@ impl<S: Storage> Raft<S> {
         if self.role == Role::Leader || !self.promotable() {
             return;
         }
-        if self.term == u64::MAX {
-            // Only a malformed message can have brought us here; the next
-            // term would wrap to 0 and undo every vote ever cast.
+        if self.term + 1 >= MAX_TERM {
+            // Only a malformed message can have brought us here; the term
+            // space ends at MAX_TERM (see `hears`).
             log::warn!("{} cannot campaign: the term space is exhausted", self.id);
             return;
         }
@@ -633,10 +643,68 @@ impl<S: Storage> Raft<S> {
 
     // ---- the entry point ------------------------------------------------
 
+    /// Whether this node listens to `m` at all (defence in depth: the
+    /// transport already refuses removed nodes and strangers). The rule:
+    ///
+    /// - a term at or above [`MAX_TERM`] is dropped from anyone: no cluster
+    ///   gets there, and a term at the top of the space would stop elections
+    ///   for good;
+    /// - a message from a voter or learner of this node's configuration is
+    ///   heard, and so is one from the leader this node follows in the
+    ///   message's term (a removed leader's last words: the commit of its own
+    ///   removal, and the `TimeoutNow` that hands its leadership over);
+    /// - from anyone else, only what a leader or candidate that this node
+    ///   does not know *yet* would send is heard: `Append`, `Heartbeat`,
+    ///   `Snapshot` and `RequestVote`. A joining node, or one whose
+    ///   configuration is stale, must learn of a leader added after it, and
+    ///   its vote may be needed (thesis §4.2.1). Even these are dropped while
+    ///   the node hears from a leader of its own (the leader lease), and at
+    ///   the node's own term when it already knows that term's leader, so a
+    ///   stranger can neither start an election nor append to a follower;
+    /// - a stale `Append` or `Heartbeat` (lower term) from anyone is only
+    ///   answered with this node's term (see `step`), so that a leader it
+    ///   does not know can learn that term;
+    /// - everything else from a stranger (forwarded proposals, reads and
+    ///   transfers, `TimeoutNow`, responses) is dropped.
+    fn hears(&self, m: &Message) -> bool {
+        if m.term >= MAX_TERM {
+            return false;
+        }
+        if self.prs.progress.contains_key(&m.from) || (m.from == self.leader && m.term == self.term)
+        {
+            return true;
+        }
+        match m.body {
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } if m.term < self.term => {
+                true
+            }
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::Snapshot { .. }
+            | MessageBody::RequestVote { .. } => {
+                let in_lease = self.role == Role::Leader
+                    || (self.leader != NO_NODE && self.election_elapsed < self.election_timeout);
+                let new_term = m.term > self.term || self.leader == NO_NODE;
+                !in_lease && new_term
+            }
+            _ => false,
+        }
+    }
+
     /// Processes one message from a peer. Malformed or unexpected messages
     /// are ignored; this never panics on what a peer sends.
     pub fn step(&mut self, m: Message) {
         if m.from == NO_NODE || m.from == self.id || m.to != self.id {
+            return;
+        }
+        if !self.hears(&m) {
+            log::debug!(
+                "{} drops {} from {}: not a member, or term {} out of range",
+                self.id,
+                m.body.name(),
+                m.from,
+                m.term
+            );
             return;
         }
         if m.body.is_forwarded_request() {
@@ -671,8 +739,14 @@ impl<S: Storage> Raft<S> {
                 // only if our membership has it as a voter: a far-behind
                 // node that does not know the leader must answer it, or it
                 // could never rejoin.
+                // A node that cannot campaign (not a voter of its own,
+                // perhaps stale, configuration) must answer too: no vote
+                // request of its own will ever carry its term.
                 MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
-                    if self.check_quorum || self.pre_vote || !self.prs.is_voter(m.from) =>
+                    if self.check_quorum
+                        || self.pre_vote
+                        || !self.prs.is_voter(m.from)
+                        || !self.promotable() =>
                 {
                     self.send_to(
                         m.from,
@@ -1147,8 +1221,16 @@ impl<S: Storage> Raft<S> {
             if e.kind != EntryKind::ConfChange {
                 continue;
             }
-            if ConfChange::decode(&e.data).is_err() {
+            let Ok(cc) = ConfChange::decode(&e.data) else {
                 return Err(Error::ProposalDropped(DropReason::MalformedConfChange));
+            };
+            if cc.kind == ConfChangeKind::RemoveNode {
+                if !self.prs.progress.contains_key(&cc.node_id) {
+                    return Err(Error::ProposalDropped(DropReason::UnknownMember));
+                }
+                if self.prs.is_voter(cc.node_id) && self.prs.voters().count() == 1 {
+                    return Err(Error::ProposalDropped(DropReason::LastVoter));
+                }
             }
             if conf_at.is_some() || self.pending_conf_index > self.log.applied {
                 return Err(Error::ProposalDropped(DropReason::ConfChangePending));

@@ -1,19 +1,28 @@
 //! The peer wire format: length-prefixed binary frames (little-endian).
 //!
 //! ```text
-//! frame     := len u32 | kind u8 | body          (len counts kind + body, <= MAX_FRAME)
-//! kind 1    handshake: magic u32 "RFTN" | version u16 | from u64 | to u64
+//! frame     := len u32 | kind u8 | body          (len counts kind + body; limits per kind below)
+//! kind 1    handshake: magic u32 "RFTN" | version u16 = 2 | from u64 | to u64 | cluster id u64
 //! kind 2    message:   from u64 | to u64 | term u64 | tag u8 | fields of the tag
 //! kind 3    snapshot header: from | to | term | index u64 | term u64
 //!                      | voters (count u32, ids u64...) | learners (same) | data len u64
 //! kind 4    snapshot chunk: bytes (the next part of the data)
 //! kind 5    snapshot end: crc32 u32 of all data bytes
+//! kind 6    verdict (listener to dialer, once, after the handshake):
+//!           status u8 (0 welcome, 1 wrong cluster, 2 removed, 3 stranger,
+//!           4 wrong node, 5 busy, 6 certificate names another node)
+//!           | the listener's cluster id u64
 //! entries   := count u32, then per entry: index u64 | term u64 | kind u8 | len u32 | data
 //! bytes     := len u32 | data
 //! ```
 //!
-//! A connection opens with one handshake frame from the dialer, then carries
-//! message frames one way (dialer to listener). A snapshot is a header frame,
+//! A connection opens with one handshake frame from the dialer (over TLS
+//! when peer TLS is on), answered by one verdict frame; after a welcome it
+//! carries frames one way (dialer to listener), otherwise it is closed.
+//! Limits: a handshake is at most [`MAX_HANDSHAKE`] bytes, a message
+//! [`MAX_FRAME`], a snapshot header [`MAX_SNAPSHOT_HEADER`], a chunk
+//! [`CHUNK`] + 1; the reader allocates as bytes arrive, never by a length
+//! it was told. A snapshot is a header frame,
 //! chunk frames until `data len` bytes have arrived, and an end frame with the
 //! CRC of the data; no other frame may come in between. The sender streams the
 //! chunks from its snapshot file and the receiver writes them to a file, so
@@ -27,9 +36,13 @@ use crate::raft::{
 };
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"RFTN");
-pub const VERSION: u16 = 1;
-/// Largest frame accepted, kind byte included.
+pub const VERSION: u16 = 2;
+/// Largest message frame accepted, kind byte included.
 pub const MAX_FRAME: usize = 16 << 20;
+/// Largest handshake frame (before the peer is authenticated).
+pub const MAX_HANDSHAKE: usize = 64;
+/// Largest snapshot header frame.
+pub const MAX_SNAPSHOT_HEADER: usize = 64 << 10;
 /// Snapshot data is sent in chunks of this size.
 pub const CHUNK: usize = 1 << 20;
 
@@ -38,6 +51,21 @@ pub const KIND_MESSAGE: u8 = 2;
 pub const KIND_SNAPSHOT_HEADER: u8 = 3;
 pub const KIND_SNAPSHOT_CHUNK: u8 = 4;
 pub const KIND_SNAPSHOT_END: u8 = 5;
+pub const KIND_VERDICT: u8 = 6;
+
+/// The largest frame of each kind, kind byte included; `None` for a kind
+/// that does not exist.
+pub fn max_frame(kind: u8) -> Option<usize> {
+    match kind {
+        KIND_HANDSHAKE => Some(MAX_HANDSHAKE),
+        KIND_MESSAGE => Some(MAX_FRAME),
+        KIND_SNAPSHOT_HEADER => Some(MAX_SNAPSHOT_HEADER),
+        KIND_SNAPSHOT_CHUNK => Some(CHUNK + 1),
+        KIND_SNAPSHOT_END => Some(5),
+        KIND_VERDICT => Some(10),
+        _ => None,
+    }
+}
 
 /// Why a frame body could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +94,8 @@ pub enum DecodeError {
     TooManyMembers(usize),
     /// A snapshot header announcing more than [`MAX_SNAPSHOT`] bytes.
     SnapshotTooLarge(u64),
+    /// A verdict status this version does not know.
+    UnknownVerdict(u8),
 }
 
 impl std::fmt::Display for DecodeError {
@@ -91,6 +121,7 @@ impl std::fmt::Display for DecodeError {
                     "snapshot of {n} bytes is over the limit of {MAX_SNAPSHOT}"
                 )
             }
+            DecodeError::UnknownVerdict(v) => write!(f, "unknown verdict {v}"),
         }
     }
 }
@@ -180,17 +211,26 @@ fn put_ids(out: &mut Vec<u8>, ids: &[NodeId]) {
     }
 }
 
-pub fn encode_handshake(out: &mut Vec<u8>, from: NodeId, to: NodeId) {
+/// What a dialer says about itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    pub from: NodeId,
+    /// The dialer's cluster ID, 0 if it has not learned it yet.
+    pub cluster_id: u64,
+}
+
+pub fn encode_handshake(out: &mut Vec<u8>, from: NodeId, to: NodeId, cluster_id: u64) {
     let start = begin_frame(out, KIND_HANDSHAKE);
     put_u32(out, MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     put_u64(out, from);
     put_u64(out, to);
+    put_u64(out, cluster_id);
     end_frame(out, start);
 }
 
-/// Checks a handshake body; returns the dialer's id.
-pub fn decode_handshake(body: &[u8], me: NodeId) -> Result<NodeId, DecodeError> {
+/// Checks a handshake body meant for node `me`.
+pub fn decode_handshake(body: &[u8], me: NodeId) -> Result<Handshake, DecodeError> {
     let mut r = Reader::new(body);
     if r.u32()? != MAGIC {
         return Err(DecodeError::BadMagic);
@@ -201,6 +241,7 @@ pub fn decode_handshake(body: &[u8], me: NodeId) -> Result<NodeId, DecodeError> 
     }
     let from = r.u64()?;
     let to = r.u64()?;
+    let cluster_id = r.u64()?;
     r.finish()?;
     if to != me {
         return Err(DecodeError::WrongTarget { from, to, me });
@@ -208,7 +249,83 @@ pub fn decode_handshake(body: &[u8], me: NodeId) -> Result<NodeId, DecodeError> 
     if from == 0 {
         return Err(DecodeError::ZeroId);
     }
-    Ok(from)
+    Ok(Handshake { from, cluster_id })
+}
+
+/// The listener's answer to a handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Welcome,
+    /// The dialer presented another cluster's ID.
+    WrongCluster,
+    /// The dialer was removed from the cluster.
+    Removed,
+    /// The dialer is not known as a member, and its cluster ID does not
+    /// vouch for it.
+    Stranger,
+    /// The dialer meant to reach another node.
+    WrongNode,
+    /// Too many peer connections.
+    Busy,
+    /// The dialer's certificate names another node than its handshake.
+    WrongCertificate,
+}
+
+impl Verdict {
+    fn code(self) -> u8 {
+        match self {
+            Verdict::Welcome => 0,
+            Verdict::WrongCluster => 1,
+            Verdict::Removed => 2,
+            Verdict::Stranger => 3,
+            Verdict::WrongNode => 4,
+            Verdict::Busy => 5,
+            Verdict::WrongCertificate => 6,
+        }
+    }
+
+    fn from_code(c: u8) -> Result<Verdict, DecodeError> {
+        Ok(match c {
+            0 => Verdict::Welcome,
+            1 => Verdict::WrongCluster,
+            2 => Verdict::Removed,
+            3 => Verdict::Stranger,
+            4 => Verdict::WrongNode,
+            5 => Verdict::Busy,
+            6 => Verdict::WrongCertificate,
+            c => return Err(DecodeError::UnknownVerdict(c)),
+        })
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Welcome => "welcome",
+            Verdict::WrongCluster => "it belongs to another cluster",
+            Verdict::Removed => "it was removed from the cluster",
+            Verdict::Stranger => "it is not a member",
+            Verdict::WrongNode => "it dialled another node",
+            Verdict::Busy => "too many peer connections",
+            Verdict::WrongCertificate => "its certificate names another node",
+        })
+    }
+}
+
+pub fn encode_verdict(out: &mut Vec<u8>, verdict: Verdict, cluster_id: u64) {
+    let start = begin_frame(out, KIND_VERDICT);
+    out.push(verdict.code());
+    put_u64(out, cluster_id);
+    end_frame(out, start);
+}
+
+/// Decodes a verdict body: the verdict and the listener's cluster ID.
+pub fn decode_verdict(body: &[u8]) -> Result<(Verdict, u64), DecodeError> {
+    let mut r = Reader::new(body);
+    let verdict = Verdict::from_code(r.u8()?)?;
+    let cluster_id = r.u64()?;
+    r.finish()?;
+    Ok((verdict, cluster_id))
 }
 
 const TAG_APPEND: u8 = 1;
@@ -645,10 +762,37 @@ mod tests {
     }
 
     #[test]
+    fn verdicts_round_trip() {
+        for v in [
+            Verdict::Welcome,
+            Verdict::WrongCluster,
+            Verdict::Removed,
+            Verdict::Stranger,
+            Verdict::WrongNode,
+            Verdict::Busy,
+            Verdict::WrongCertificate,
+        ] {
+            let mut buf = Vec::new();
+            encode_verdict(&mut buf, v, 42);
+            assert_eq!(buf[4], KIND_VERDICT);
+            assert!(buf.len() - 4 <= max_frame(KIND_VERDICT).unwrap());
+            assert_eq!(decode_verdict(&buf[5..]), Ok((v, 42)));
+        }
+        assert!(decode_verdict(&[9, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
     fn handshake_checks_magic_version_and_target() {
         let mut buf = Vec::new();
-        encode_handshake(&mut buf, 3, 1);
-        assert_eq!(decode_handshake(&buf[5..], 1), Ok(3));
+        encode_handshake(&mut buf, 3, 1, 77);
+        assert!(buf.len() - 4 <= MAX_HANDSHAKE);
+        assert_eq!(
+            decode_handshake(&buf[5..], 1),
+            Ok(Handshake {
+                from: 3,
+                cluster_id: 77
+            })
+        );
         assert!(decode_handshake(&buf[5..], 2).is_err());
         let mut wrong = buf[5..].to_vec();
         wrong[4] = 9; // version

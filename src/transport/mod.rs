@@ -2,36 +2,34 @@
 //! connection, and a sender thread per peer, all plain OS threads.
 //!
 //! ```text
-//!            ready thread ──send()──► [bounded queue] ─► sender thread ─► TCP ─► peer
-//!  peer ─► TCP ─► reader thread ─► inbound channel ─► node thread
+//!            ready thread ──send()──► [bounded queue] ─► sender thread ─► TCP/TLS ─► peer
+//!  peer ─► TCP/TLS ─► reader thread ─► inbound channel ─► node thread
 //! ```
 //!
-//! Each connection carries messages one way, from dialer to listener, after
-//! a handshake naming both ids (`codec.rs` has the frame format). Identity is
-//! the id in the handshake, never the address.
+//! Each connection carries messages one way, from dialer to listener. It
+//! opens with a handshake naming both ids and the dialer's cluster ID,
+//! which the listener answers with a verdict (`codec.rs` has the frames,
+//! `listener.rs` the rules for who is let in). With peer TLS on, the
+//! handshake runs inside mutual TLS and the dialer's certificate must name
+//! the id it claims (`tls.rs`). Identity is never the address.
 //!
-//! Sending never blocks the ready thread: a full queue drops the message (Raft
-//! retransmits), and a sender that cannot reach its peer drops what it has,
-//! reports the peer unreachable, and redials with exponential backoff. A
-//! sender writes every queued message into one buffer and flushes once per
-//! batch, with `TCP_NODELAY`, so a burst costs one syscall.
+//! Sending never blocks the ready thread: a full queue drops the message
+//! (Raft retransmits), and a sender that cannot reach its peer drops what
+//! it has, reports the peer unreachable, and redials with exponential
+//! backoff. A sender writes every queued message into one buffer and
+//! flushes once per batch, with `TCP_NODELAY`, so a burst costs one syscall.
 //!
 //! Snapshots never pass through memory whole: a sender streams the node's
 //! current snapshot file in 1 MiB chunks (whatever snapshot the core asked
 //! for, the newest one on disk is at least as good), and a reader writes the
 //! chunks to a file of the snapshot [`Inbox`], checks the CRC, and hands the
 //! core a snapshot message whose data is the inbox ticket for that file.
-//!
-//! Readers treat the network as hostile: a bad handshake, an unknown frame,
-//! a frame over the size limit or a message that claims another sender
-//! closes that connection with a warning; the node keeps running.
 
 pub mod codec;
+mod listener;
 
-use std::collections::HashMap;
-use std::fmt;
-use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::collections::{BTreeSet, HashMap};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -43,13 +41,16 @@ use log::{debug, info, warn};
 use crate::datadir::from_wal_meta;
 use crate::raft::{Message, MessageBody, NodeId};
 use crate::shared::Shared;
-use crate::snapshots::{Inbox, ReceivedSnapshot};
-use codec::{DecodeError, SnapshotHeader};
+use crate::snapshots::Inbox;
+use crate::tls::{PeerStream, PeerTls};
+use codec::Verdict;
 
 /// Messages waiting for one peer; beyond this they are dropped.
 const QUEUE: usize = 4096;
 /// Longest wait for a TCP connect or a blocked write.
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest a connection may take to authenticate (TLS, handshake, verdict).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// What the transport tells the node about delivery.
@@ -61,6 +62,16 @@ pub enum Report {
     Snapshot(NodeId, bool),
 }
 
+/// How the transport is set up.
+pub struct Config {
+    pub id: NodeId,
+    /// Mutual TLS between peers, or plain TCP when `None`.
+    pub tls: Option<Arc<PeerTls>>,
+    /// The ids named in `--peers`: always let in (unless removed), so that a
+    /// node whose configuration has not arrived yet can hear its cluster.
+    pub listed: BTreeSet<NodeId>,
+}
+
 struct Peer {
     queue: Sender<Message>,
     addr: Arc<Mutex<String>>,
@@ -69,9 +80,10 @@ struct Peer {
 /// The transport of one node. Cheap to share: all methods take `&self`.
 pub struct Transport {
     id: NodeId,
+    tls: Option<Arc<PeerTls>>,
     peers: Mutex<HashMap<NodeId, Peer>>,
     reports: Sender<Report>,
-    /// Where the current snapshot file is published, for streaming it.
+    /// Where the current snapshot file and the cluster ID are published.
     shared: Arc<Shared>,
     /// Nodes we were asked to message but have no address for (warned once).
     unknown: Mutex<std::collections::HashSet<NodeId>>,
@@ -85,7 +97,7 @@ impl Transport {
     /// Starts accepting peers on `listener`; inbound messages go to
     /// `inbound`, received snapshot files to `inbox`.
     pub fn start(
-        id: NodeId,
+        cfg: Config,
         listener: TcpListener,
         inbound: Sender<Message>,
         reports: Sender<Report>,
@@ -94,15 +106,25 @@ impl Transport {
     ) -> io::Result<Arc<Transport>> {
         info!("listening for peers on {}", listener.local_addr()?);
         let t = Arc::new(Transport {
-            id,
+            id: cfg.id,
+            tls: cfg.tls.clone(),
             peers: Mutex::new(HashMap::new()),
             reports,
-            shared,
+            shared: shared.clone(),
             unknown: Mutex::default(),
+        });
+        let ctx = Arc::new(listener::Context {
+            me: cfg.id,
+            tls: cfg.tls,
+            listed: cfg.listed,
+            inbound,
+            inbox,
+            shared,
+            open: Default::default(),
         });
         thread::Builder::new()
             .name("peer-listener".into())
-            .spawn(move || accept_loop(id, listener, inbound, inbox))?;
+            .spawn(move || listener::accept_loop(listener, ctx))?;
         Ok(t)
     }
 
@@ -118,13 +140,17 @@ impl Transport {
         }
         let (tx, rx) = bounded(QUEUE);
         let addr = Arc::new(Mutex::new(addr.to_string()));
-        let me = self.id;
-        let reports = self.reports.clone();
-        let a = addr.clone();
-        let shared = self.shared.clone();
+        let sender = PeerSender {
+            me: self.id,
+            to: id,
+            addr: addr.clone(),
+            tls: self.tls.clone(),
+            reports: self.reports.clone(),
+            shared: self.shared.clone(),
+        };
         let spawned = thread::Builder::new()
             .name(format!("peer-send-{id}"))
-            .spawn(move || send_loop(me, id, a, rx, reports, &shared));
+            .spawn(move || sender.run(rx));
         match spawned {
             Ok(_) => {
                 peers.insert(id, Peer { queue: tx, addr });
@@ -183,106 +209,164 @@ fn resolve(addr: &str) -> io::Result<SocketAddr> {
     })
 }
 
-fn dial(me: NodeId, to: NodeId, addr: &str) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&resolve(addr)?, IO_TIMEOUT)?;
-    stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut hello = Vec::new();
-    codec::encode_handshake(&mut hello, me, to);
-    (&stream).write_all(&hello)?;
-    Ok(stream)
+/// Why a dial did not give a connection.
+enum DialError {
+    Io(io::Error),
+    /// The peer answered the handshake with a refusal.
+    Refused(Verdict),
 }
 
-fn send_loop(
+impl From<io::Error> for DialError {
+    fn from(e: io::Error) -> Self {
+        DialError::Io(e)
+    }
+}
+
+/// The sender thread of one peer.
+struct PeerSender {
     me: NodeId,
     to: NodeId,
     addr: Arc<Mutex<String>>,
-    rx: Receiver<Message>,
+    tls: Option<Arc<PeerTls>>,
     reports: Sender<Report>,
-    shared: &Shared,
-) {
-    let mut conn: Option<TcpStream> = None;
-    let mut backoff = Duration::from_millis(20);
-    let mut next_dial = Instant::now();
-    let mut buf = Vec::with_capacity(64 << 10);
-    let mut batch = Vec::new();
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < 4096 {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
+    shared: Arc<Shared>,
+}
+
+impl PeerSender {
+    /// Connects, authenticates, and waits for the listener's verdict.
+    fn dial(&self, addr: &str) -> Result<PeerStream, DialError> {
+        let sock = TcpStream::connect_timeout(&resolve(addr)?, IO_TIMEOUT)?;
+        sock.set_nodelay(true)?;
+        let mut stream = match &self.tls {
+            Some(tls) => crate::tls::dial_peer(sock, tls, self.to, HANDSHAKE_TIMEOUT)?,
+            None => PeerStream::Plain(sock),
+        };
+        stream.tcp().set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        stream.tcp().set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        let mut hello = Vec::new();
+        let cluster_id = self.shared.membership().cluster_id;
+        codec::encode_handshake(&mut hello, self.me, self.to, cluster_id);
+        stream.write_all(&hello)?;
+        stream.flush()?;
+        let mut buf = Vec::new();
+        let kind = read_frame(&mut stream, &mut buf, |k| {
+            (k == codec::KIND_VERDICT).then_some(codec::max_frame(k).unwrap_or(0))
+        })
+        .map_err(|e| match e {
+            FrameError::Io(e) => e,
+            other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+        })?;
+        if kind.is_none() {
+            return Err(
+                io::Error::new(io::ErrorKind::UnexpectedEof, "closed before its verdict").into(),
+            );
         }
-        if conn.is_none() && Instant::now() >= next_dial {
-            let a = lock(&addr).clone();
-            match dial(me, to, &a) {
-                Ok(s) => {
-                    info!("connected to peer {to} at {a}");
-                    conn = Some(s);
-                    backoff = Duration::from_millis(20);
-                }
-                Err(e) => {
-                    debug!("cannot reach peer {to} at {a}: {e}");
-                    next_dial = Instant::now() + backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+        let (verdict, _) = codec::decode_verdict(&buf[1..])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        if verdict != Verdict::Welcome {
+            return Err(DialError::Refused(verdict));
+        }
+        stream.tcp().set_read_timeout(None)?;
+        stream.tcp().set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(stream)
+    }
+
+    fn run(self, rx: Receiver<Message>) {
+        let to = self.to;
+        let mut conn: Option<PeerStream> = None;
+        let mut backoff = Duration::from_millis(20);
+        let mut next_dial = Instant::now();
+        let mut buf = Vec::with_capacity(64 << 10);
+        let mut batch = Vec::new();
+        while let Ok(first) = rx.recv() {
+            batch.push(first);
+            while batch.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
                 }
             }
-        }
-        let mut unreachable = false;
-        buf.clear();
-        for m in batch.drain(..) {
-            let MessageBody::Snapshot { .. } = m.body else {
-                codec::encode_message(&mut buf, &m);
-                continue;
-            };
-            // Flush what came before, then stream the snapshot.
-            let ok = match conn.as_mut() {
-                Some(stream) => {
-                    let r = stream
-                        .write_all(&buf)
-                        .and_then(|_| stream_snapshot(stream, &m, shared));
-                    buf.clear();
-                    match r {
-                        Ok(bytes) => {
-                            info!("sent snapshot to peer {to} ({bytes} bytes)");
-                            true
+            if conn.is_none() && Instant::now() >= next_dial {
+                let a = lock(&self.addr).clone();
+                match self.dial(&a) {
+                    Ok(s) => {
+                        info!("connected to peer {to} at {a}");
+                        conn = Some(s);
+                        backoff = Duration::from_millis(20);
+                    }
+                    Err(e) => {
+                        match e {
+                            DialError::Io(e) => debug!("cannot reach peer {to} at {a}: {e}"),
+                            DialError::Refused(v) => {
+                                crate::warn_every!(
+                                    format!("refused-by-{to}-{v:?}"),
+                                    "peer {to} at {a} refused this node: {v}"
+                                );
+                                if v == Verdict::Removed {
+                                    self.shared.set_removed();
+                                }
+                            }
                         }
-                        Err(e) => {
-                            warn!("sending a snapshot to peer {to} failed: {e}");
+                        next_dial = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+            let mut unreachable = false;
+            buf.clear();
+            for m in batch.drain(..) {
+                let MessageBody::Snapshot { .. } = m.body else {
+                    codec::encode_message(&mut buf, &m);
+                    continue;
+                };
+                // Flush what came before, then stream the snapshot.
+                let ok = match conn.as_mut() {
+                    Some(stream) => {
+                        let r = stream
+                            .write_all(&buf)
+                            .and_then(|_| stream_snapshot(stream, &m, &self.shared));
+                        buf.clear();
+                        match r {
+                            Ok(bytes) => {
+                                info!("sent snapshot to peer {to} ({bytes} bytes)");
+                                true
+                            }
+                            Err(e) => {
+                                warn!("sending a snapshot to peer {to} failed: {e}");
+                                conn = None;
+                                false
+                            }
+                        }
+                    }
+                    None => false,
+                };
+                let _ = self.reports.try_send(Report::Snapshot(to, ok));
+            }
+            if !buf.is_empty() {
+                match conn.as_mut() {
+                    Some(stream) => {
+                        if let Err(e) = stream.write_all(&buf).and_then(|_| stream.flush()) {
+                            warn!("lost connection to peer {to}: {e}");
                             conn = None;
-                            false
+                            unreachable = true;
                         }
                     }
+                    None => unreachable = true,
                 }
-                None => false,
-            };
-            let _ = reports.try_send(Report::Snapshot(to, ok));
-        }
-        if !buf.is_empty() {
-            match conn.as_mut() {
-                Some(stream) => {
-                    if let Err(e) = stream.write_all(&buf) {
-                        warn!("lost connection to peer {to}: {e}");
-                        conn = None;
-                        unreachable = true;
-                    }
-                }
-                None => unreachable = true,
             }
-        }
-        if unreachable {
-            let _ = reports.try_send(Report::Unreachable(to));
-        }
-        if buf.capacity() > (8 << 20) {
-            buf = Vec::with_capacity(64 << 10); // don't keep a huge buffer around
+            if unreachable {
+                let _ = self.reports.try_send(Report::Unreachable(to));
+            }
+            if buf.capacity() > (8 << 20) {
+                buf = Vec::with_capacity(64 << 10); // don't keep a huge buffer around
+            }
         }
     }
 }
 
 /// Streams the node's current snapshot file to `stream`: header, chunks,
 /// end. Returns the number of data bytes sent.
-fn stream_snapshot(stream: &mut TcpStream, m: &Message, shared: &Shared) -> io::Result<u64> {
+fn stream_snapshot(stream: &mut PeerStream, m: &Message, shared: &Shared) -> io::Result<u64> {
     let path = shared
         .snapshot_file()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no snapshot file"))?;
@@ -309,241 +393,67 @@ fn stream_snapshot(stream: &mut TcpStream, m: &Message, shared: &Shared) -> io::
     let mut end = Vec::new();
     codec::encode_snapshot_end(&mut end, hasher.finalize());
     stream.write_all(&end)?;
+    stream.flush()?;
     Ok(total)
 }
 
-fn accept_loop(me: NodeId, listener: TcpListener, inbound: Sender<Message>, inbox: Arc<Inbox>) {
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("accepting a peer connection failed: {e}");
-                thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        let inbound = inbound.clone();
-        let inbox = inbox.clone();
-        let peer = stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let spawned = thread::Builder::new()
-            .name("peer-recv".into())
-            .spawn(move || {
-                if let Err(e) = read_loop(me, stream, &inbound, &inbox) {
-                    warn!("closed peer connection from {peer}: {e}");
-                }
-            });
-        if let Err(e) = spawned {
-            warn!("cannot start a reader thread: {e}");
-        }
-    }
-}
-
-/// Why a reader closed its connection.
+/// Why a frame could not be read.
 #[derive(Debug)]
-enum ReadError {
+enum FrameError {
     Io(io::Error),
-    /// A frame body that does not decode.
-    Decode(DecodeError),
-    /// A length prefix of 0 or over [`codec::MAX_FRAME`].
-    FrameLength(usize),
-    /// The first frame was not a handshake.
-    NoHandshake(u8),
-    /// A frame of a kind not expected here (e.g. a chunk outside a snapshot).
-    UnexpectedFrame(u8),
-    /// A message or snapshot whose envelope names other nodes than the
-    /// connection's handshake.
-    Misrouted {
-        from: NodeId,
-        to: NodeId,
-        peer: NodeId,
+    /// A length of 0, or over the limit of its kind (`max`).
+    Length {
+        kind: u8,
+        len: usize,
+        max: usize,
     },
-    /// Snapshot chunks past the size the header announced.
-    SnapshotOverrun,
-    /// A snapshot that ended short of its announced size.
-    SnapshotShort {
-        received: u64,
-        total: u64,
-    },
-    SnapshotCrc {
-        sent: u32,
-        computed: u32,
-    },
+    /// A kind that is not expected here.
+    Kind(u8),
 }
 
-impl fmt::Display for ReadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ReadError::Io(e) => write!(f, "{e}"),
-            ReadError::Decode(e) => write!(f, "bad data: {e}"),
-            ReadError::FrameLength(n) => write!(f, "bad data: frame length {n} out of range"),
-            ReadError::NoHandshake(k) => {
-                write!(f, "bad data: expected a handshake, got frame kind {k}")
+            FrameError::Io(e) => write!(f, "{e}"),
+            FrameError::Length { kind, len, max } => {
+                write!(f, "frame of kind {kind} is {len} bytes, the limit is {max}")
             }
-            ReadError::UnexpectedFrame(k) => write!(f, "bad data: unexpected frame kind {k}"),
-            ReadError::Misrouted { from, to, peer } => write!(
-                f,
-                "bad data: message {from}->{to} on the connection from {peer}"
-            ),
-            ReadError::SnapshotOverrun => {
-                f.write_str("bad data: snapshot chunk past the announced size")
-            }
-            ReadError::SnapshotShort { received, total } => write!(
-                f,
-                "bad data: snapshot ended after {received} of {total} bytes"
-            ),
-            ReadError::SnapshotCrc { sent, computed } => write!(
-                f,
-                "bad data: snapshot CRC mismatch: sent {sent:#010x}, received {computed:#010x}"
-            ),
+            FrameError::Kind(k) => write!(f, "unexpected frame kind {k}"),
         }
     }
 }
 
-impl From<DecodeError> for ReadError {
-    fn from(e: DecodeError) -> Self {
-        ReadError::Decode(e)
-    }
-}
-
-/// Reads one frame into `buf`; returns its kind, or `None` at a clean end.
-fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Option<u8>, ReadError> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
+/// Reads one frame into `buf` (kind byte first); returns its kind, or
+/// `None` at a clean end. `limit` gives the largest frame of each kind
+/// allowed here (`None`: the kind is not allowed). Memory grows with the
+/// bytes that actually arrive, never with the length announced.
+fn read_frame(
+    r: &mut impl Read,
+    buf: &mut Vec<u8>,
+    limit: impl Fn(u8) -> Option<usize>,
+) -> Result<Option<u8>, FrameError> {
+    let mut head = [0u8; 5];
+    match r.read_exact(&mut head[..1]) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(ReadError::Io(e)),
+        Err(e) => return Err(FrameError::Io(e)),
     }
-    let len = u32::from_le_bytes(len) as usize;
-    if len == 0 || len > codec::MAX_FRAME {
-        return Err(ReadError::FrameLength(len));
+    r.read_exact(&mut head[1..]).map_err(FrameError::Io)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let kind = head[4];
+    let max = limit(kind).ok_or(FrameError::Kind(kind))?;
+    if len == 0 || len > max {
+        return Err(FrameError::Length { kind, len, max });
     }
-    buf.resize(len, 0);
-    r.read_exact(buf).map_err(ReadError::Io)?;
-    Ok(Some(buf[0]))
-}
-
-/// A snapshot being received into a file of the inbox.
-struct Receiving {
-    header: SnapshotHeader,
-    /// Deletes the file unless the transfer completes.
-    file: ReceivedSnapshot,
-    out: BufWriter<File>,
-    hasher: crc32fast::Hasher,
-    received: u64,
-}
-
-impl Receiving {
-    fn start(header: SnapshotHeader, inbox: &Inbox) -> Result<Receiving, ReadError> {
-        let (path, out) = inbox
-            .create(header.from, header.meta.index)
-            .map_err(ReadError::Io)?;
-        Ok(Receiving {
-            header,
-            file: ReceivedSnapshot::new(path),
-            out: BufWriter::with_capacity(256 << 10, out),
-            hasher: crc32fast::Hasher::new(),
-            received: 0,
-        })
+    buf.clear();
+    buf.push(kind);
+    let want = (len - 1) as u64;
+    let got = r.take(want).read_to_end(buf).map_err(FrameError::Io)?;
+    if got as u64 != want {
+        return Err(FrameError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed inside a frame",
+        )));
     }
-
-    fn push(&mut self, chunk: &[u8]) -> Result<(), ReadError> {
-        if self.received + chunk.len() as u64 > self.header.total {
-            return Err(ReadError::SnapshotOverrun);
-        }
-        self.hasher.update(chunk);
-        self.out.write_all(chunk).map_err(ReadError::Io)?;
-        self.received += chunk.len() as u64;
-        Ok(())
-    }
-
-    /// Checks size and CRC; on success the file is complete and closed.
-    fn finish(mut self, crc: u32) -> Result<(SnapshotHeader, ReceivedSnapshot), ReadError> {
-        if self.received != self.header.total {
-            return Err(ReadError::SnapshotShort {
-                received: self.received,
-                total: self.header.total,
-            });
-        }
-        let computed = self.hasher.clone().finalize();
-        if computed != crc {
-            return Err(ReadError::SnapshotCrc {
-                sent: crc,
-                computed,
-            });
-        }
-        self.out.flush().map_err(ReadError::Io)?;
-        Ok((self.header, self.file))
-    }
-}
-
-fn read_loop(
-    me: NodeId,
-    stream: TcpStream,
-    inbound: &Sender<Message>,
-    inbox: &Inbox,
-) -> Result<(), ReadError> {
-    let _ = stream.set_nodelay(true);
-    let mut r = BufReader::with_capacity(64 << 10, stream);
-    let mut buf = Vec::new();
-    let from = match read_frame(&mut r, &mut buf)? {
-        Some(codec::KIND_HANDSHAKE) => codec::decode_handshake(&buf[1..], me)?,
-        Some(k) => return Err(ReadError::NoHandshake(k)),
-        None => return Ok(()),
-    };
-    debug!("peer {from} connected");
-    let mut receiving: Option<Receiving> = None;
-    while let Some(kind) = read_frame(&mut r, &mut buf)? {
-        let body = &buf[1..];
-        let msg = match (kind, receiving.as_mut()) {
-            (codec::KIND_MESSAGE, None) => Some(codec::decode_message(body)?),
-            (codec::KIND_SNAPSHOT_HEADER, None) => {
-                let h = codec::decode_snapshot_header(body)?;
-                if h.from != from || h.to != me {
-                    return Err(ReadError::Misrouted {
-                        from: h.from,
-                        to: h.to,
-                        peer: from,
-                    });
-                }
-                info!(
-                    "receiving snapshot {} ({} bytes) from peer {from}",
-                    h.meta.index, h.total
-                );
-                receiving = Some(Receiving::start(h, inbox)?);
-                None
-            }
-            (codec::KIND_SNAPSHOT_CHUNK, Some(rcv)) => {
-                rcv.push(body)?;
-                None
-            }
-            (codec::KIND_SNAPSHOT_END, Some(_)) => {
-                let crc = codec::decode_snapshot_end(body)?;
-                let Some(rcv) = receiving.take() else {
-                    return Err(ReadError::UnexpectedFrame(codec::KIND_SNAPSHOT_END));
-                };
-                let (h, file) = rcv.finish(crc)?;
-                Some(codec::snapshot_message(&h, inbox.deliver(file)))
-            }
-            (k, _) => return Err(ReadError::UnexpectedFrame(k)),
-        };
-        if let Some(m) = msg {
-            if m.from != from || m.to != me {
-                return Err(ReadError::Misrouted {
-                    from: m.from,
-                    to: m.to,
-                    peer: from,
-                });
-            }
-            if inbound.send(m).is_err() {
-                return Ok(()); // node is shutting down
-            }
-        }
-        if buf.capacity() > (8 << 20) {
-            buf = Vec::new();
-        }
-    }
-    Ok(())
+    Ok(Some(kind))
 }

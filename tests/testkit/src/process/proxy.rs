@@ -1,11 +1,12 @@
 //! Link proxies: one small TCP proxy per directed peer link, so that tests
 //! can cut, delay and heal the network between real processes.
 //!
-//! Peer connections are one-way (the dialer sends frames, the listener only
-//! reads), so the link from node A to node B is one proxy: A's `--peers`
-//! names B at the proxy's address, and the proxy forwards to B's real peer
-//! address. [`Net`] builds the full mesh for a cluster and expresses
-//! partitions as sets of blocked directed links.
+//! Peer connections carry frames one way (the dialer sends them; the
+//! listener answers only the handshake, and TLS talks both ways), so the
+//! link from node A to node B is one proxy: A's `--peers` names B at the
+//! proxy's address, and the proxy forwards to B's real peer address, and
+//! the answers back. [`Net`] builds the full mesh for a cluster and
+//! expresses partitions as sets of blocked directed links.
 //!
 //! A proxy works on bytes, not frames. Every change of mode severs the
 //! connections it has open, so the dialer redials and the stream restarts
@@ -50,7 +51,8 @@ impl State {
     }
 }
 
-/// One directed link: listens on `listen`, forwards to `target`.
+/// One directed link: listens on `listen`, forwards to `target` (and the
+/// target's answers back).
 pub struct LinkProxy {
     pub listen: String,
     pub target: String,
@@ -114,19 +116,18 @@ fn accept_loop(listener: TcpListener, target: SocketAddr, st: Arc<State>) {
     }
 }
 
-/// Moves bytes from the dialer (`down`) to the target until the mode
-/// changes, either side fails, or the proxy stops.
-fn pump(down: TcpStream, target: SocketAddr, st: &State) {
+/// Moves bytes between the dialer (`down`) and the target, both ways,
+/// until the mode changes, either side fails, or the proxy stops.
+fn pump(down: TcpStream, target: SocketAddr, st: &Arc<State>) {
     let epoch = st.epoch.load(Ordering::SeqCst);
     let mode = st.mode();
     let _ = down.set_nonblocking(false);
-    let _ = down.set_read_timeout(Some(Duration::from_millis(50)));
+    let _ = down.set_nodelay(true);
     let up = match mode {
         Mode::Blackhole => None,
         _ => match TcpStream::connect_timeout(&target, Duration::from_millis(500)) {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
-                let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
                 Some(s)
             }
             Err(_) => {
@@ -135,6 +136,34 @@ fn pump(down: TcpStream, target: SocketAddr, st: &State) {
             }
         },
     };
+    // The answers (verdicts, TLS records) travel back the same way.
+    let back = match (&up, down.try_clone()) {
+        (Some(u), Ok(d)) => match u.try_clone() {
+            Ok(u) => {
+                let st = st.clone();
+                thread::Builder::new()
+                    .name("proxy-back".into())
+                    .stack_size(128 << 10)
+                    .spawn(move || forward_or_discard(u, Some(d), mode, &st, epoch))
+                    .ok()
+            }
+            Err(_) => None,
+        },
+        _ => None,
+    };
+    forward_or_discard(down, up, mode, st, epoch);
+    if let Some(h) = back {
+        let _ = h.join();
+    }
+}
+
+/// Forwards `down` to `up` as `mode` says (discarding everything without
+/// `up`) until the epoch changes or a side fails; then closes both.
+fn forward_or_discard(down: TcpStream, up: Option<TcpStream>, mode: Mode, st: &State, epoch: u64) {
+    let _ = down.set_read_timeout(Some(Duration::from_millis(50)));
+    if let Some(u) = &up {
+        let _ = u.set_write_timeout(Some(Duration::from_secs(1)));
+    }
     // Delayed bytes go through a queue to a writer thread.
     let (delay_tx, writer) = match (mode, &up) {
         (Mode::Delay(_), Some(up)) => {

@@ -1,0 +1,356 @@
+//! One client connection as the I/O thread sees it: bytes in, request
+//! lines out of them, replies in request order, bytes out.
+//!
+//! Every resource a client can make the node hold is bounded:
+//! - **input**: a line is executed only once its `\n` has arrived; the
+//!   partial line held is at most [`MAX_LINE`] bytes, and a longer one is
+//!   answered `ERR BAD_REQUEST` and closes the connection;
+//! - **requests in flight**: at most [`MAX_IN_FLIGHT`] unanswered;
+//! - **output**: replies are serialised only while fewer than
+//!   [`OUTPUT_LIMIT`] bytes wait to be sent. Values are shared with the
+//!   store until then, so a thousand pipelined reads of a large value hold
+//!   a thousand reference counts, not a thousand copies.
+//!
+//! When in flight or output is full, the connection is not read until the
+//! client drains it: TCP then pushes back on the client, as Redis's
+//! `client-output-buffer-limit` does.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+use mio::net::TcpStream;
+use rustls::ServerConnection;
+
+use crate::protocol::{Reply, MAX_LINE};
+
+/// Unanswered requests of one connection, at most.
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// Serialised, unsent reply bytes of one connection, at most (one reply
+/// may go past it).
+pub const OUTPUT_LIMIT: usize = 4 << 20;
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 64 << 10;
+
+/// The reply owed to one request.
+pub struct Slot {
+    pub reply: Option<Reply>,
+    /// The request's id in [`Pending`](crate::reply::Pending), forgotten
+    /// if it times out.
+    pub pending_id: Option<u64>,
+    /// A write: a later `GET` on this connection waits for it.
+    pub write: bool,
+}
+
+/// A `GET` waiting for this connection's earlier writes to be answered.
+pub struct Deferred {
+    pub line: Vec<u8>,
+    pub deadline: Instant,
+}
+
+pub struct Conn {
+    pub sock: TcpStream,
+    pub tls: Option<Box<ServerConnection>>,
+    pub peer: String,
+    /// Whether `AUTH` succeeded (or no token is configured).
+    pub authed: bool,
+    inbuf: Vec<u8>,
+    /// Where in `inbuf` the search for `\n` resumes.
+    scanned: usize,
+    outbuf: Vec<u8>,
+    out_pos: usize,
+    /// Replies owed, in request order: `slots[0]` is request `first_seq`.
+    slots: VecDeque<Slot>,
+    first_seq: u64,
+    pub writes_in_flight: usize,
+    pub deferred: Option<Deferred>,
+    /// The socket may have bytes we have not read (edge-triggered polling).
+    pub maybe_readable: bool,
+    /// No more requests will be read: EOF, an error, or a stop.
+    pub read_closed: bool,
+    /// Close once everything owed is written (a refused or broken client).
+    pub close_when_flushed: bool,
+}
+
+/// What one read from the socket gave.
+enum ReadOutcome {
+    Data,
+    /// Nothing now: wait for the next readiness event.
+    Drained,
+    /// The client closed its side.
+    End,
+}
+
+/// What reading found.
+pub enum Input {
+    /// A complete request line, without `\n`.
+    Line(Vec<u8>),
+    /// A line longer than the limit: answer it and close.
+    TooLong,
+    /// Nothing more for now.
+    Idle,
+}
+
+impl Conn {
+    pub fn new(
+        sock: TcpStream,
+        tls: Option<Box<ServerConnection>>,
+        peer: String,
+        authed: bool,
+    ) -> Conn {
+        Conn {
+            sock,
+            tls,
+            peer,
+            authed,
+            inbuf: Vec::new(),
+            scanned: 0,
+            outbuf: Vec::new(),
+            out_pos: 0,
+            slots: VecDeque::new(),
+            first_seq: 0,
+            writes_in_flight: 0,
+            deferred: None,
+            maybe_readable: true,
+            read_closed: false,
+            close_when_flushed: false,
+        }
+    }
+
+    /// Whether this connection may take another request now.
+    pub fn accepting(&self) -> bool {
+        !self.read_closed
+            && !self.close_when_flushed
+            && self.deferred.is_none()
+            && self.slots.len() < MAX_IN_FLIGHT
+            && self.outbuf.len() - self.out_pos < OUTPUT_LIMIT
+    }
+
+    /// The next complete line, reading from the socket as needed.
+    pub fn next_input(&mut self) -> io::Result<Input> {
+        loop {
+            if let Some(line) = self.take_line() {
+                return Ok(line);
+            }
+            if self.read_closed || !self.maybe_readable {
+                return Ok(Input::Idle);
+            }
+            match self.read_some()? {
+                ReadOutcome::Data => {}
+                ReadOutcome::Drained => {
+                    self.maybe_readable = false;
+                    return Ok(Input::Idle);
+                }
+                ReadOutcome::End => {
+                    // An unterminated last line is never executed.
+                    self.read_closed = true;
+                    self.inbuf.clear();
+                    self.scanned = 0;
+                    return Ok(Input::Idle);
+                }
+            }
+        }
+    }
+
+    fn take_line(&mut self) -> Option<Input> {
+        let limit = self.inbuf.len().min(MAX_LINE + 1);
+        match self.inbuf[self.scanned..limit]
+            .iter()
+            .position(|&b| b == b'\n')
+        {
+            Some(p) => {
+                let end = self.scanned + p;
+                let line = self.inbuf[..end].to_vec();
+                self.inbuf.drain(..=end);
+                self.scanned = 0;
+                Some(Input::Line(line))
+            }
+            None if self.inbuf.len() > MAX_LINE => Some(Input::TooLong),
+            None => {
+                self.scanned = limit;
+                None
+            }
+        }
+    }
+
+    /// Reads what the socket has, up to [`READ_CHUNK`] bytes.
+    fn read_some(&mut self) -> io::Result<ReadOutcome> {
+        let mut chunk = [0u8; 16 << 10];
+        let mut total = 0;
+        while total < READ_CHUNK {
+            let n = match self.tls.as_deref_mut() {
+                None => match self.sock.read(&mut chunk) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                },
+                Some(tls) => match read_tls(tls, &mut self.sock, &mut chunk)? {
+                    Some(n) => n,
+                    None => break,
+                },
+            };
+            if n == 0 {
+                return Ok(if total > 0 {
+                    ReadOutcome::Data
+                } else {
+                    ReadOutcome::End
+                });
+            }
+            self.inbuf.extend_from_slice(&chunk[..n]);
+            total += n;
+        }
+        Ok(if total > 0 {
+            ReadOutcome::Data
+        } else {
+            ReadOutcome::Drained
+        })
+    }
+
+    /// Opens a slot for the next request; returns its sequence number.
+    pub fn open_slot(&mut self, slot: Slot) -> u64 {
+        if slot.write && slot.reply.is_none() {
+            self.writes_in_flight += 1;
+        }
+        self.slots.push_back(slot);
+        self.first_seq + self.slots.len() as u64 - 1
+    }
+
+    /// Records the pending id of the request in slot `seq`.
+    pub fn set_pending_id(&mut self, seq: u64, id: u64) {
+        if let Some(slot) = seq
+            .checked_sub(self.first_seq)
+            .and_then(|i| self.slots.get_mut(i as usize))
+        {
+            slot.pending_id = Some(id);
+        }
+    }
+
+    /// Fills slot `seq` unless it is filled or gone; returns whether it
+    /// took the reply, and the slot's pending id.
+    pub fn fill(&mut self, seq: u64, reply: Reply) -> (bool, Option<u64>) {
+        let Some(i) = seq.checked_sub(self.first_seq) else {
+            return (false, None);
+        };
+        let Some(slot) = self.slots.get_mut(i as usize) else {
+            return (false, None);
+        };
+        if slot.reply.is_some() {
+            return (false, None);
+        }
+        slot.reply = Some(reply);
+        if slot.write {
+            self.writes_in_flight -= 1;
+        }
+        (true, slot.pending_id)
+    }
+
+    /// Whether every request read has been answered and written out.
+    pub fn drained(&self) -> bool {
+        self.slots.is_empty() && self.out_pos == self.outbuf.len() && !self.tls_wants_write()
+    }
+
+    fn tls_wants_write(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Serialises answered replies in order and writes what the socket
+    /// takes. Returns an error when the connection is broken.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while self.outbuf.len() - self.out_pos < OUTPUT_LIMIT {
+            match self.slots.front() {
+                Some(s) if s.reply.is_some() => {}
+                _ => break,
+            }
+            if let Some(Slot {
+                reply: Some(reply), ..
+            }) = self.slots.pop_front()
+            {
+                if self.out_pos == self.outbuf.len() {
+                    self.outbuf.clear();
+                    self.out_pos = 0;
+                }
+                reply.write_line(&mut self.outbuf);
+                self.first_seq += 1;
+            }
+        }
+        self.write_out()
+    }
+
+    fn write_out(&mut self) -> io::Result<()> {
+        loop {
+            if let Some(tls) = self.tls.as_deref_mut() {
+                while tls.wants_write() {
+                    match tls.write_tls(&mut self.sock) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            if self.out_pos == self.outbuf.len() {
+                self.outbuf.clear();
+                self.out_pos = 0;
+                if self.outbuf.capacity() > OUTPUT_LIMIT * 2 {
+                    self.outbuf = Vec::new();
+                }
+                return Ok(());
+            }
+            let pending = &self.outbuf[self.out_pos..];
+            let n = match self.tls.as_deref_mut() {
+                Some(tls) => tls.writer().write(pending)?,
+                None => match self.sock.write(pending) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            if n == 0 {
+                if self.tls.is_some() {
+                    continue; // rustls's buffer is full: send it first
+                }
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "client closed"));
+            }
+            self.out_pos += n;
+        }
+    }
+
+    /// Starts a TLS close (when the connection is closed by the node).
+    pub fn close_tls(&mut self) {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.send_close_notify();
+            let _ = tls.write_tls(&mut self.sock);
+        }
+    }
+}
+
+/// One TLS read: plaintext bytes into `buf`; `Ok(None)` when the socket
+/// has nothing more, `Ok(Some(0))` at the end of the stream.
+fn read_tls(
+    tls: &mut ServerConnection,
+    sock: &mut TcpStream,
+    buf: &mut [u8],
+) -> io::Result<Option<usize>> {
+    loop {
+        match tls.reader().read(buf) {
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Some(0)),
+            Err(e) => return Err(e),
+        }
+        match tls.read_tls(sock) {
+            Ok(0) => return Ok(Some(0)),
+            Ok(_) => {
+                if let Err(e) = tls.process_new_packets() {
+                    let _ = tls.write_tls(sock); // the alert, best effort
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}

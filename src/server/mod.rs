@@ -1,0 +1,605 @@
+//! The client server: the line protocol of `docs/PROTOCOL.md` §2, on one
+//! I/O thread for every connection.
+//!
+//! The thread waits on `epoll` (through `mio`) for three things: new
+//! connections, bytes from clients, and replies (the [`Outbox`] wakes it).
+//! Each round it
+//!
+//! 1. accepts (over `--max-clients`, a connection gets `ERR BUSY` and is
+//!    closed);
+//! 2. reads complete request lines from every readable connection that has
+//!    room (`conn.rs` bounds what a client can make the node hold) and
+//!    starts each request: PING, STATUS and errors at once, writes and reads
+//!    into one batch for the node thread;
+//! 3. hands the whole batch to the node thread in one channel send;
+//! 4. puts the replies that arrived into their connections' slots, answers
+//!    requests whose deadline passed with `ERR TIMEOUT` (or `ERR NO_LEADER`),
+//!    and writes every connection's answered replies in request order.
+//!
+//! No thread is woken per request: a burst of pipelined requests costs one
+//! read, one channel send and one write, and a Ready that answers many
+//! requests wakes this thread once.
+//!
+//! Before a connection may do anything else, it completes TLS (with
+//! `--cert-file`) and, with `--auth-token-file`, sends `AUTH <token>`: any
+//! other first request gets `ERR NOAUTH`, a wrong token closes the
+//! connection. The token is compared in constant time.
+//!
+//! A connection reads its own writes: a `GET` waits, with everything read
+//! after it, until the connection's earlier writes are answered.
+//!
+//! When the node stops, new connections and requests are refused with
+//! `ERR UNAVAILABLE`, and [`Server::close`] stops reading every connection
+//! so the last answers can be written out.
+
+mod conn;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::{self, Write};
+use std::net::TcpListener as StdListener;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::kv::{encode_command, encode_conf_context, RequestId};
+use crate::policy::NodeRequest;
+use crate::protocol::{self, ErrorCode, Reply, Request, MAX_LINE};
+use crate::raft::{ConfChange, ConfChangeKind, NodeId};
+use crate::reply::{Addressee, Outbox, ReplyTx};
+use crate::shared::Shared;
+use crate::tls::ClientTls;
+use conn::{Conn, Deferred, Input, Slot};
+
+pub use conn::{MAX_IN_FLIGHT, OUTPUT_LIMIT};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// How the client server is set up.
+pub struct Config {
+    pub id: NodeId,
+    /// Requests for the node thread, a batch at a time.
+    pub requests: Sender<Vec<NodeRequest>>,
+    /// STATUS requests for the node thread.
+    pub status: Sender<ReplyTx>,
+    /// SNAPSHOT requests for the ready thread.
+    pub snapshots: Sender<ReplyTx>,
+    pub shared: Arc<Shared>,
+    /// `--request-timeout-ms`.
+    pub timeout: Duration,
+    /// `--cert-file`/`--key-file` (and client certificates).
+    pub tls: Option<Arc<ClientTls>>,
+    /// `--auth-token-file`: the token `AUTH` must present.
+    pub auth_token: Option<Vec<u8>>,
+    /// `--max-clients`.
+    pub max_clients: usize,
+}
+
+/// The running client server.
+pub struct Server {
+    outbox: Arc<Outbox>,
+    close: Sender<Sender<()>>,
+}
+
+impl Server {
+    /// Stops reading from every connection (requests already read are
+    /// still answered) and waits up to `within` for them to be written out
+    /// and closed.
+    pub fn close(&self, within: Duration) {
+        let (done_tx, done_rx) = bounded(1);
+        if self.close.send(done_tx).is_ok() {
+            self.outbox.nudge();
+            let _ = done_rx.recv_timeout(within);
+        }
+    }
+}
+
+/// Starts serving clients on an already bound listener.
+pub fn serve(listener: StdListener, cfg: Config) -> io::Result<Server> {
+    info!("serving clients on {}", listener.local_addr()?);
+    listener.set_nonblocking(true)?;
+    let mut listener = TcpListener::from_std(listener);
+    let poll = Poll::new()?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let outbox = Arc::new(Outbox::new(move || {
+        let _ = waker.wake();
+    }));
+    let (close_tx, close_rx) = bounded(1);
+    let mut io = IoThread {
+        poll,
+        listener,
+        conns: HashMap::new(),
+        next_token: FIRST_CONN,
+        outbox: outbox.clone(),
+        cfg,
+        deadlines: BinaryHeap::new(),
+        batch: Vec::new(),
+        close: close_rx,
+        closing: None,
+    };
+    thread::Builder::new()
+        .name("client-io".into())
+        .spawn(move || io.run())?;
+    Ok(Server {
+        outbox,
+        close: close_tx,
+    })
+}
+
+fn shutting_down() -> Reply {
+    Reply::error(ErrorCode::Unavailable, "node is shutting down")
+}
+
+/// Whether `given` is the `expected` token, in time that depends only on
+/// the expected token's length: every byte is compared, wherever the first
+/// difference is.
+fn same_token(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = given.len() ^ expected.len();
+    for (i, &e) in expected.iter().enumerate() {
+        diff |= usize::from(given.get(i).copied().unwrap_or(0) ^ e);
+    }
+    diff == 0
+}
+
+struct IoThread {
+    poll: Poll,
+    listener: TcpListener,
+    conns: HashMap<usize, Conn>,
+    next_token: usize,
+    outbox: Arc<Outbox>,
+    cfg: Config,
+    /// Request deadlines: (when, connection, sequence).
+    deadlines: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Requests for the node thread, sent once per round.
+    batch: Vec<NodeRequest>,
+    close: Receiver<Sender<()>>,
+    /// Set once the node is stopping: who to tell when all is written.
+    closing: Option<Sender<()>>,
+}
+
+impl IoThread {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut replies = Vec::new();
+        loop {
+            let timeout = self
+                .deadlines
+                .peek()
+                .map(|Reverse((t, _, _))| t.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    warn!("client poll failed: {e}");
+                    thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+            let mut touched = Vec::new();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(t) => {
+                        if let Some(c) = self.conns.get_mut(&t) {
+                            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                                c.maybe_readable = true;
+                            }
+                            touched.push(t);
+                        }
+                    }
+                }
+            }
+            if self.closing.is_none() {
+                if let Ok(done) = self.close.try_recv() {
+                    self.begin_close(done);
+                }
+            }
+            for t in touched {
+                self.pump(t);
+            }
+            self.outbox.drain(&mut replies);
+            let mut answered: Vec<usize> = Vec::new();
+            for (to, reply) in replies.drain(..) {
+                if let Some(c) = self.conns.get_mut(&to.conn) {
+                    c.fill(to.seq, reply);
+                    answered.push(to.conn);
+                }
+            }
+            self.expire(&mut answered);
+            answered.sort_unstable();
+            answered.dedup();
+            for t in answered {
+                // A deferred GET or a full connection may go on now.
+                self.pump(t);
+            }
+            if !self.batch.is_empty() {
+                let batch = std::mem::take(&mut self.batch);
+                if self.cfg.requests.send(batch).is_err() {
+                    debug!("the node thread is gone");
+                }
+            }
+            if let Some(done) = &self.closing {
+                if self.conns.is_empty() {
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Accepts every waiting connection.
+    fn accept(&mut self) {
+        loop {
+            let (mut sock, addr) = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    crate::warn_every!("client-accept", "accepting a client failed: {e}");
+                    return;
+                }
+            };
+            let plain = self.cfg.tls.is_none();
+            if self.closing.is_some() || self.cfg.shared.stopping() {
+                refuse(&mut sock, plain, &shutting_down());
+                continue;
+            }
+            if self.conns.len() >= self.cfg.max_clients {
+                crate::warn_every!(
+                    "client-busy",
+                    "refused client {addr}: {} clients are connected (--max-clients)",
+                    self.conns.len()
+                );
+                let msg = format!(
+                    "too many clients ({} connected, --max-clients)",
+                    self.conns.len()
+                );
+                refuse(&mut sock, plain, &Reply::error(ErrorCode::Busy, msg));
+                continue;
+            }
+            let _ = sock.set_nodelay(true);
+            let tls = match &self.cfg.tls {
+                Some(t) => match rustls::ServerConnection::new(t.config.clone()) {
+                    Ok(mut c) => {
+                        c.set_buffer_limit(Some(256 << 10));
+                        Some(Box::new(c))
+                    }
+                    Err(e) => {
+                        warn!("cannot start TLS for client {addr}: {e}");
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let token = self.next_token;
+            self.next_token += 1;
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(&mut sock, Token(token), interest)
+            {
+                warn!("cannot watch client {addr}: {e}");
+                continue;
+            }
+            debug!("client {addr} connected");
+            let authed = self.cfg.auth_token.is_none();
+            self.conns
+                .insert(token, Conn::new(sock, tls, addr.to_string(), authed));
+        }
+    }
+
+    /// Stops reading every connection; the loop ends once all are written
+    /// out and closed.
+    fn begin_close(&mut self, done: Sender<()>) {
+        for c in self.conns.values_mut() {
+            c.read_closed = true;
+        }
+        self.closing = Some(done);
+        let tokens: Vec<usize> = self.conns.keys().copied().collect();
+        for t in tokens {
+            self.pump(t);
+        }
+    }
+
+    /// Moves one connection along: reads and starts what it may, writes
+    /// what is answered, closes it when it is done.
+    fn pump(&mut self, token: usize) {
+        let Some(mut c) = self.conns.remove(&token) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut broken = false;
+        // A GET waiting for this connection's writes goes first.
+        if c.writes_in_flight == 0 {
+            if let Some(d) = c.deferred.take() {
+                self.start_get(&mut c, token, &d.line, d.deadline);
+            }
+        }
+        while c.accepting() {
+            match c.next_input() {
+                Ok(Input::Line(line)) => self.start(&mut c, token, &line, now),
+                Ok(Input::TooLong) => {
+                    let msg = format!("line longer than {MAX_LINE} bytes; closing the connection");
+                    c.open_slot(answered(Reply::error(ErrorCode::BadRequest, msg)));
+                    c.close_when_flushed = true;
+                }
+                Ok(Input::Idle) => break,
+                Err(e) => {
+                    debug!("client {}: {e}", c.peer);
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        if !broken {
+            if let Err(e) = c.flush() {
+                debug!("client {}: {e}", c.peer);
+                broken = true;
+            }
+        }
+        let done = c.drained() && (c.read_closed || c.close_when_flushed);
+        if broken || done {
+            if !broken {
+                c.close_tls();
+            }
+            let _ = self.poll.registry().deregister(&mut c.sock);
+            let _ = c.sock.shutdown(std::net::Shutdown::Both);
+            debug!("client {} disconnected", c.peer);
+            return;
+        }
+        self.conns.insert(token, c);
+    }
+
+    /// Answers requests whose deadline passed.
+    fn expire(&mut self, answered: &mut Vec<usize>) {
+        let now = Instant::now();
+        while let Some(Reverse((t, token, seq))) = self.deadlines.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(c) = self.conns.get_mut(&token) else {
+                continue;
+            };
+            let reply = if self.cfg.shared.has_leader() {
+                Reply::error(
+                    ErrorCode::Timeout,
+                    "request timed out; the outcome is unknown",
+                )
+            } else {
+                Reply::error(
+                    ErrorCode::NoLeader,
+                    "no leader is known; the outcome is unknown",
+                )
+            };
+            let (took, pending_id) = c.fill(seq, reply);
+            if took {
+                if let Some(id) = pending_id {
+                    self.cfg.shared.pending().forget(id);
+                }
+                answered.push(token);
+            }
+        }
+    }
+
+    fn reply_to(&self, token: usize, seq: u64) -> ReplyTx {
+        ReplyTx::new(self.outbox.clone(), Addressee { conn: token, seq })
+    }
+
+    /// Opens a slot that a later reply fills, due by `deadline`.
+    fn await_reply(
+        &mut self,
+        c: &mut Conn,
+        token: usize,
+        write: bool,
+        deadline: Instant,
+    ) -> (u64, ReplyTx) {
+        let seq = c.open_slot(Slot {
+            reply: None,
+            pending_id: None,
+            write,
+        });
+        self.deadlines.push(Reverse((deadline, token, seq)));
+        (seq, self.reply_to(token, seq))
+    }
+
+    /// Starts one request line.
+    fn start(&mut self, c: &mut Conn, token: usize, line: &[u8], now: Instant) {
+        let req = match protocol::parse(line) {
+            Ok(r) => r,
+            Err(e) if c.authed => {
+                c.open_slot(answered(Reply::error(ErrorCode::BadRequest, e.to_string())));
+                return;
+            }
+            Err(_) => {
+                c.open_slot(answered(noauth()));
+                return;
+            }
+        };
+        if let Request::Auth { token: given } = &req {
+            let reply = match &self.cfg.auth_token {
+                None => Reply::error(ErrorCode::BadRequest, "no auth token is configured"),
+                Some(expected) if same_token(given, expected) => {
+                    c.authed = true;
+                    Reply::Ok
+                }
+                Some(_) => {
+                    crate::warn_every!("client-auth", "client {} sent a wrong token", c.peer);
+                    c.close_when_flushed = true;
+                    Reply::error(ErrorCode::NoAuth, "wrong token; closing the connection")
+                }
+            };
+            c.open_slot(answered(reply));
+            return;
+        }
+        if !c.authed {
+            c.open_slot(answered(noauth()));
+            return;
+        }
+        let local = matches!(req, Request::Ping | Request::Status);
+        if !local && self.cfg.shared.stopping() {
+            c.open_slot(answered(shutting_down()));
+            return;
+        }
+        if !local && self.cfg.shared.removed() {
+            let msg = "this node was removed from the cluster; use another member";
+            c.open_slot(answered(Reply::error(ErrorCode::Removed, msg)));
+            return;
+        }
+        let deadline = now + self.cfg.timeout;
+        match req {
+            Request::Ping => {
+                c.open_slot(answered(Reply::Pong));
+            }
+            Request::Auth { .. } => {} // handled above
+            Request::Status => {
+                let (seq, tx) = self.await_reply(c, token, false, deadline);
+                if self.cfg.status.send(tx).is_err() {
+                    c.fill(seq, shutting_down());
+                }
+            }
+            Request::Write(cmd) => {
+                let (seq, tx) = self.await_reply(c, token, true, deadline);
+                let id = self.cfg.shared.pending().register(tx);
+                c.set_pending_id(seq, id);
+                let data = encode_command(
+                    RequestId {
+                        node: self.cfg.id,
+                        seq: id,
+                    },
+                    &cmd,
+                );
+                self.batch.push(NodeRequest::Propose { data, id, deadline });
+            }
+            Request::Get { .. } if c.writes_in_flight > 0 => {
+                c.deferred = Some(Deferred {
+                    line: line.to_vec(),
+                    deadline,
+                });
+            }
+            Request::Get { key } => self.read(c, token, key, deadline),
+            Request::AddNode { id, addr } => {
+                // Joins as a learner; the leader promotes it once it caught
+                // up, and the reply comes when the promotion is applied.
+                self.conf_change(c, token, ConfChangeKind::AddLearner, id, &addr, deadline)
+            }
+            Request::RemoveNode { id } => {
+                self.conf_change(c, token, ConfChangeKind::RemoveNode, id, "", deadline)
+            }
+            Request::TransferLeader { id } => {
+                let (_, tx) = self.await_reply(c, token, false, deadline);
+                self.batch.push(NodeRequest::Transfer {
+                    target: id,
+                    reply: tx,
+                    deadline,
+                });
+            }
+            Request::Snapshot => {
+                let (seq, tx) = self.await_reply(c, token, false, deadline);
+                if self.cfg.snapshots.send(tx).is_err() {
+                    c.fill(seq, shutting_down());
+                }
+            }
+        }
+    }
+
+    /// Starts a deferred `GET` once the connection's writes are answered.
+    fn start_get(&mut self, c: &mut Conn, token: usize, line: &[u8], deadline: Instant) {
+        match protocol::parse(line) {
+            Ok(Request::Get { key }) => self.read(c, token, key, deadline),
+            _ => {
+                c.open_slot(answered(Reply::error(
+                    ErrorCode::Internal,
+                    "lost a deferred read",
+                )));
+            }
+        }
+    }
+
+    fn read(&mut self, c: &mut Conn, token: usize, key: Vec<u8>, deadline: Instant) {
+        let (_, tx) = self.await_reply(c, token, false, deadline);
+        self.batch.push(NodeRequest::Read {
+            key,
+            reply: tx,
+            deadline,
+        });
+    }
+
+    fn conf_change(
+        &mut self,
+        c: &mut Conn,
+        token: usize,
+        kind: ConfChangeKind,
+        node: NodeId,
+        addr: &str,
+        deadline: Instant,
+    ) {
+        let (seq, tx) = self.await_reply(c, token, false, deadline);
+        let id = self.cfg.shared.pending().register(tx);
+        c.set_pending_id(seq, id);
+        let context = encode_conf_context(
+            RequestId {
+                node: self.cfg.id,
+                seq: id,
+            },
+            addr,
+        );
+        let cc = ConfChange {
+            kind,
+            node_id: node,
+            context,
+        };
+        self.batch
+            .push(NodeRequest::ConfChange { cc, id, deadline });
+    }
+}
+
+fn noauth() -> Reply {
+    Reply::error(
+        ErrorCode::NoAuth,
+        "authentication required: send AUTH <token> first",
+    )
+}
+
+/// A slot answered on the spot.
+fn answered(reply: Reply) -> Slot {
+    Slot {
+        reply: Some(reply),
+        pending_id: None,
+        write: false,
+    }
+}
+
+/// Answers a connection that will not be served with one line (a TLS
+/// client could not read it, so it is just closed), and closes it; never
+/// waits for the client.
+fn refuse(sock: &mut TcpStream, plain: bool, reply: &Reply) {
+    if plain {
+        let mut line = Vec::new();
+        reply.write_line(&mut line);
+        let _ = sock.write(&line);
+    }
+    let _ = sock.shutdown(std::net::Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same_token(b"s3cret", b"s3cret"));
+        assert!(!same_token(b"s3cres", b"s3cret"));
+        assert!(!same_token(b"s3cre", b"s3cret"));
+        assert!(!same_token(b"s3cret!", b"s3cret"));
+        assert!(!same_token(b"", b"s3cret"));
+    }
+}
