@@ -9,6 +9,8 @@
 //!   With `RAFTNODE_SOAK_SECS=N` it becomes the soak: 5 nodes for N
 //!   seconds, faults drawn at random (>= 300 kill cycles and >= 100
 //!   partitions in 1800 s).
+//! - `fault_smoke_run_with_peer_tls` (CI): the same smoke schedule with
+//!   mutual TLS between the nodes (certificates from `bin/certs.sh`).
 //! - `broken_node_*` (ignored, run with `--ignored`): nodes broken on
 //!   purpose through test-only switches, which the checks must catch.
 //!
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 use raftnode_testkit::process::faults::{seed, FaultCluster};
 use raftnode_testkit::process::run::{fault_args, run};
 use raftnode_testkit::process::workload::WorkloadConfig;
-use raftnode_testkit::process::{serial, torn};
+use raftnode_testkit::process::{make_certs, peer_tls_args, serial, torn};
 use raftnode_testkit::rng::Rng;
 
 /// One fault of a schedule.
@@ -119,6 +121,18 @@ fn soak_fault(rng: &mut Rng) -> Fault {
 
 #[test]
 fn fault_smoke_run() {
+    smoke(false);
+}
+
+#[test]
+fn fault_smoke_run_with_peer_tls() {
+    if std::env::var_os("RAFTNODE_SOAK_SECS").is_some() {
+        return; // the soak is the plain run's
+    }
+    smoke(true);
+}
+
+fn smoke(peer_tls: bool) {
     let _g = serial();
     let soak_secs: Option<u64> = std::env::var("RAFTNODE_SOAK_SECS")
         .ok()
@@ -131,12 +145,23 @@ fn fault_smoke_run() {
         "fault run: seed {seed} (replay the schedule with RAFTNODE_FAULT_SEED={seed})"
     );
     let mut fc = FaultCluster::new(nodes, &fault_args(), seed);
+    if peer_tls {
+        let certs = make_certs(&fc.cluster.path().join("certs"), nodes);
+        for id in fc.ids() {
+            let args = peer_tls_args(&certs, id);
+            fc.cluster.node_mut(id).args.extend(args);
+        }
+    }
     fc.start_all();
     let wcfg = WorkloadConfig {
         seed,
         ..WorkloadConfig::default()
     };
-    let label = if soak_secs.is_some() { "soak" } else { "smoke" };
+    let label = match (soak_secs, peer_tls) {
+        (Some(_), _) => "soak",
+        (None, false) => "smoke",
+        (None, true) => "smoke with peer TLS",
+    };
     let out = run(fc, wcfg, label, |fc| match soak_secs {
         None => {
             let mut rng = Rng::new(seed ^ 0x5EED);

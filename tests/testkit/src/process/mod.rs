@@ -105,6 +105,41 @@ fn target_tmp() -> PathBuf {
     }
 }
 
+/// Makes a test CA and certificates for nodes `1..=n` in `dir` with the
+/// project's `bin/certs.sh` (which needs `openssl`); returns `dir`.
+///
+/// # Panics
+/// If the script fails: a TLS test cannot run without its certificates.
+pub fn make_certs(dir: &Path, n: u64) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bin/certs.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(dir)
+        .arg(n.to_string())
+        .output()
+        .expect("run bin/certs.sh");
+    assert!(
+        out.status.success(),
+        "bin/certs.sh failed (is openssl installed?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.to_path_buf()
+}
+
+/// The flags that turn on peer TLS for node `id` with certificates from
+/// [`make_certs`].
+pub fn peer_tls_args(certs: &Path, id: u64) -> Vec<String> {
+    let f = |name: String| certs.join(name).display().to_string();
+    vec![
+        "--peer-cert-file".into(),
+        f(format!("node-{id}.pem")),
+        "--peer-key-file".into(),
+        f(format!("node-{id}.key")),
+        "--peer-trusted-ca-file".into(),
+        f("ca.pem".into()),
+    ]
+}
+
 /// One node of a test cluster.
 pub struct Node {
     pub id: u64,
