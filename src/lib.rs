@@ -13,7 +13,7 @@
 //! - [`error`]: why a node could not start, or had to stop.
 //!
 //! ```text
-//!  clients ──► client threads ──requests──► ┌────────────┐ ──Ready──► ┌──────────────┐ ──► WAL (fsync)
+//!  clients ──► client I/O thread ─requests─► ┌────────────┐ ──Ready──► ┌──────────────┐ ──► WAL (fsync)
 //!                   ▲                       │ node thread│            │ ready thread │ ──► KV apply
 //!                   └──────replies──────────│  (RawNode) │ ◄─advance─ │              │ ──► replies
 //!  peers ──► reader threads ──inbound──────►└────────────┘            └──────────────┘

@@ -179,7 +179,10 @@ fn a_wal_write_error_is_returned_to_the_caller_not_swallowed() {
     // a node inside the test process.
     std::env::set_var("RAFTNODE_FAILPOINTS", "wal_save:40");
     let dir = raftnode_testkit::process::TempDir::new("fatal");
-    let (peer, client) = (raftnode_testkit::process::free_port(), raftnode_testkit::process::free_port());
+    let (peer, client) = (
+        raftnode_testkit::process::free_port(),
+        raftnode_testkit::process::free_port(),
+    );
     let cfg = raftnode::NodeConfig {
         id: 1,
         peers: [(1, format!("127.0.0.1:{peer}"))].into(),
@@ -222,7 +225,10 @@ fn a_wal_write_error_is_returned_to_the_caller_not_swallowed() {
     std::env::remove_var("RAFTNODE_FAILPOINTS");
     // The first incarnation's listeners stay bound in this process: restart
     // on new ports (identity is the id, not the address).
-    let (peer, client) = (raftnode_testkit::process::free_port(), raftnode_testkit::process::free_port());
+    let (peer, client) = (
+        raftnode_testkit::process::free_port(),
+        raftnode_testkit::process::free_port(),
+    );
     let cfg = raftnode::NodeConfig {
         peers: [(1, format!("127.0.0.1:{peer}"))].into(),
         client_addr: format!("127.0.0.1:{client}"),
