@@ -10,7 +10,8 @@
 //!
 //! Layout: `bench/histogram.rs` (the histogram), `bench/workload.rs` (keys,
 //! values, requests, reply classification, per-thread figures),
-//! `bench/clients.rs` (the client threads), `bench/procstat.rs` (`/proc`).
+//! `bench/clients.rs` (the client threads), `bench/conn.rs` (a client's
+//! connection, plain or TLS), `bench/procstat.rs` (`/proc`).
 //!
 //! What it does not do: verify values or linearizability (use the test
 //! suite), follow redirects (any node accepts any request), or run on other
@@ -18,6 +19,8 @@
 
 #[path = "bench/clients.rs"]
 mod clients;
+#[path = "bench/conn.rs"]
+mod conn;
 #[path = "bench/histogram.rs"]
 mod histogram;
 #[path = "bench/procstat.rs"]
@@ -27,6 +30,7 @@ mod workload;
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
@@ -36,6 +40,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use clients::Shared;
+use conn::Tls;
 use workload::{Recorder, Workload};
 
 /// Load generator for raftnode: N clients send PUT/GET over the line protocol
@@ -53,6 +58,8 @@ use workload::{Recorder, Workload};
 ///   raftbench --clients 1000 --conns 16 --total 100000 --warmup 5000ops
 ///
 ///   raftbench --keyspace 10000 --prefill --ratio 0 --clients 64 --duration 10s --csv
+///
+///   raftbench --tls-ca certs/ca.pem --endpoints 127.0.0.1:8001 --clients 64 --duration 10s
 #[derive(Parser, Debug)]
 #[command(name = "raftbench", version, about, long_about, verbatim_doc_comment)]
 struct Cli {
@@ -72,9 +79,25 @@ struct Cli {
 
     /// Share M connections among the clients instead of one each. Each
     /// connection has a writer and a reader thread and pipelines the requests
-    /// of its clients; replies are matched in order.
+    /// of its clients; replies are matched in order. Plain TCP only.
     #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
     conns: Option<u64>,
+
+    /// Connect with TLS 1.3, trusting only this CA (PEM); the nodes must
+    /// run with --cert-file/--key-file. Not with --conns: a shared
+    /// connection's writer and reader threads cannot split one TLS session.
+    #[arg(long, value_name = "FILE", conflicts_with = "conns")]
+    tls_ca: Option<PathBuf>,
+
+    /// The name every node's certificate must carry (DNS name or IP
+    /// address); bin/certs.sh puts localhost in each.
+    #[arg(
+        long,
+        default_value = "localhost",
+        value_name = "NAME",
+        requires = "tls_ca"
+    )]
+    tls_server_name: String,
 
     /// Stop after this many measured operations (warmup operations come on top).
     #[arg(long, value_name = "OPS", conflicts_with = "duration")]
@@ -251,6 +274,10 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> Result<ExitCode, String> {
     let endpoints = resolve(&cli.endpoints)?;
+    let tls = match &cli.tls_ca {
+        Some(ca) => Some(Tls::new(ca, &cli.tls_server_name).map_err(|e| e.to_string())?),
+        None => None,
+    };
     let clients = cli.clients as usize;
     let conns = cli.conns.map(|m| (m as usize).min(clients));
     let duration = match (cli.total, cli.duration) {
@@ -287,7 +314,15 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             total: Some(cli.keyspace),
         };
         let t = Instant::now();
-        let r = run_phase(&phase, workload(1.0, 0)?, &endpoints, cli, &[], ticks);
+        let r = run_phase(
+            &phase,
+            workload(1.0, 0)?,
+            &endpoints,
+            tls.as_ref(),
+            cli,
+            &[],
+            ticks,
+        );
         eprintln!(
             "raftbench: prefilled {} keys in {:.1} s ({} errors)",
             r.rec.puts,
@@ -305,7 +340,15 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
         duration,
         total: cli.total,
     };
-    let report = run_phase(&phase, measured, &endpoints, cli, &cli.pids, ticks);
+    let report = run_phase(
+        &phase,
+        measured,
+        &endpoints,
+        tls.as_ref(),
+        cli,
+        &cli.pids,
+        ticks,
+    );
     if cli.json {
         println!("{}", json_line(cli, &phase, &report));
     } else if cli.csv {
@@ -348,6 +391,7 @@ fn run_phase(
     phase: &Phase,
     workload: Workload,
     endpoints: &[SocketAddr],
+    tls: Option<&Tls>,
     cli: &Cli,
     pids: &[u32],
     ticks: f64,
@@ -360,6 +404,7 @@ fn run_phase(
     let sh = Arc::new(Shared {
         workload,
         endpoints: endpoints.to_vec(),
+        tls: tls.cloned(),
         clients: phase.clients,
         rate: phase.rate,
         warmup_ops,
@@ -372,6 +417,7 @@ fn run_phase(
         issued: AtomicU64::new(0),
         start: OnceLock::new(),
         barrier: Barrier::new(threads + 1),
+        connect_error_shown: AtomicBool::new(false),
     });
     let stack = (cli.stack_kib as usize) << 10;
     let mut handles = Vec::with_capacity(threads);
@@ -636,9 +682,10 @@ fn text_report(cli: &Cli, phase: &Phase, r: &Report) -> String {
     let conns = phase.conns.unwrap_or(phase.clients);
     let _ = writeln!(
         s,
-        "raftbench: {} clients on {} connections to {}",
+        "raftbench: {} clients on {} {}connections to {}",
         phase.clients,
         conns,
+        if cli.tls_ca.is_some() { "TLS " } else { "" },
         cli.endpoints.join(",")
     );
     let keys = match cli.keyspace {
@@ -724,4 +771,30 @@ fn text_report(cli: &Cli, phase: &Phase, r: &Report) -> String {
         let _ = writeln!(s, "raftbench: {c:.2} CPU s of its own");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_options_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tls_is_refused_with_shared_connections() {
+        let err =
+            Cli::try_parse_from(["raftbench", "--tls-ca", "ca.pem", "--conns", "4"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn tls_server_name_needs_a_ca_and_defaults_to_localhost() {
+        let err = Cli::try_parse_from(["raftbench", "--tls-server-name", "node-1"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let cli = Cli::try_parse_from(["raftbench", "--tls-ca", "ca.pem"]).unwrap();
+        assert_eq!(cli.tls_server_name, "localhost");
+    }
 }

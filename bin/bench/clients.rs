@@ -4,12 +4,14 @@
 //!
 //! - **Dedicated** (default): one OS thread and one connection per client.
 //!   The thread sends a request, waits for its reply, records it, and goes on.
+//!   The connection is a [`Conn`], plain or TLS (`--tls-ca`).
 //! - **Shared** (`--conns M`): the N clients are tokens spread over M
 //!   connections. Each connection has a writer thread, which sends a request
 //!   for every token that is due (all due ones in one write: pipelining), and
 //!   a reader thread, which matches reply lines to the requests in send order
 //!   (the server answers in order), records them and hands the tokens back.
-//!   A client therefore still has at most one request outstanding.
+//!   A client therefore still has at most one request outstanding. Plain
+//!   TCP only: see `conn.rs` for why TLS does not fit it.
 //!
 //! Pacing: without `--rate`, a client sends its next request as soon as the
 //! previous one is answered (closed loop) and latency runs from the send. With
@@ -38,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 
+use crate::conn::{self, Conn, Tls};
 use crate::workload::{
     classify, Op, Outcome, Recorder, Rng, Workload, CLIENT_TIMEOUT, CONNECT_FAILED, CONN_DROPPED,
 };
@@ -46,6 +49,8 @@ use crate::workload::{
 pub struct Shared {
     pub workload: Workload,
     pub endpoints: Vec<SocketAddr>,
+    /// `--tls-ca`: dedicated connections speak TLS.
+    pub tls: Option<Tls>,
     pub clients: usize,
     /// `--rate`, operations per second across all clients.
     pub rate: Option<f64>,
@@ -67,6 +72,9 @@ pub struct Shared {
     pub start: OnceLock<Instant>,
     /// Client threads + the coordinator: all connect, then start together.
     pub barrier: Barrier,
+    /// Set by the first client that gives up connecting before the start,
+    /// which prints why (once for the run, not once per client).
+    pub connect_error_shown: AtomicBool,
 }
 
 impl Shared {
@@ -111,28 +119,43 @@ impl Shared {
         Some(seq >= self.warmup_ops && intended >= self.start() + self.warmup_time)
     }
 
+    /// A plain TCP connection (shared mode).
     fn connect(&self, endpoint: usize) -> io::Result<TcpStream> {
-        let s = TcpStream::connect_timeout(&self.endpoints[endpoint], self.timeout)?;
-        s.set_nodelay(true)?;
-        s.set_write_timeout(Some(self.timeout))?;
-        Ok(s)
+        conn::tcp(self.endpoints[endpoint], self.timeout)
+    }
+
+    /// A connection ready for requests, TLS if asked (dedicated mode).
+    fn open(&self, endpoint: usize) -> io::Result<Conn> {
+        Conn::open(self.endpoints[endpoint], self.tls.as_ref(), self.timeout)
     }
 
     /// The first connection, before the start: retried with backoff for up
-    /// to `--timeout` (a cluster may still be electing). Failures here are
-    /// not counted; a client left without a connection retries (counted)
-    /// once the run starts.
-    fn connect_initial(&self, endpoint: usize) -> Option<TcpStream> {
+    /// to `--timeout` (a cluster may still be electing), except after a TLS
+    /// refusal (`InvalidData`), which a retry would not change. Failures
+    /// here are not counted; a client left without a connection retries
+    /// (counted) once the run starts.
+    fn connect_initial<T>(&self, endpoint: usize, open: impl Fn() -> io::Result<T>) -> Option<T> {
         let deadline = Instant::now() + self.timeout;
         let mut backoff = Duration::from_millis(10);
         loop {
-            match self.connect(endpoint) {
+            match open() {
                 Ok(s) => return Some(s),
-                Err(_) if Instant::now() + backoff < deadline => {
+                Err(e)
+                    if e.kind() != io::ErrorKind::InvalidData
+                        && Instant::now() + backoff < deadline =>
+                {
                     thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
-                Err(_) => return None,
+                Err(e) => {
+                    if !self.connect_error_shown.swap(true, Ordering::Relaxed) {
+                        eprintln!(
+                            "raftbench: cannot connect to {}: {e}",
+                            self.endpoints[endpoint]
+                        );
+                    }
+                    return None;
+                }
             }
         }
     }
@@ -156,24 +179,12 @@ fn error_code_for(e: &io::Error) -> &'static str {
     }
 }
 
-/// Reads one reply line into `line` (cleared first). EOF before a full line
-/// is an `UnexpectedEof` error.
-fn read_reply(r: &mut BufReader<TcpStream>, line: &mut Vec<u8>) -> io::Result<()> {
-    line.clear();
-    r.read_until(b'\n', line)?;
-    if line.last() == Some(&b'\n') {
-        Ok(())
-    } else {
-        Err(io::ErrorKind::UnexpectedEof.into())
-    }
-}
-
 /// One client on its own connection (dedicated mode). Returns its figures.
 pub fn run_dedicated(sh: &Shared, client: usize) -> Recorder {
     let endpoint = client % sh.endpoints.len();
     let mut rec = Recorder::default();
     let mut rng = Rng::new(sh.seed, client as u64);
-    let mut conn = sh.connect_initial(endpoint).and_then(|s| split(s, sh).ok());
+    let mut conn = sh.connect_initial(endpoint, || sh.open(endpoint));
     sh.barrier.wait(); // connected
     sh.barrier.wait(); // the coordinator has set the start
     let interval = sh.interval();
@@ -200,7 +211,7 @@ pub fn run_dedicated(sh: &Shared, client: usize) -> Recorder {
         req.clear();
         let op = sh.workload.next_request(&mut rng, &mut req);
         if conn.is_none() {
-            match sh.connect(endpoint).and_then(|s| split(s, sh)) {
+            match sh.open(endpoint) {
                 Ok(c) => {
                     conn = Some(c);
                     backoff = Duration::from_millis(10);
@@ -219,8 +230,8 @@ pub fn run_dedicated(sh: &Shared, client: usize) -> Recorder {
                 }
             }
         }
-        let (w, r) = conn.as_mut().expect("connected above");
-        let sent = w.write_all(&req).and_then(|()| read_reply(r, &mut line));
+        let c = conn.as_mut().expect("connected above");
+        let sent = c.send(&req).and_then(|()| c.read_reply(&mut line));
         let done = Instant::now();
         match sent {
             Ok(()) => rec.record(measured, op, intended, done, classify(op, &line)),
@@ -233,19 +244,15 @@ pub fn run_dedicated(sh: &Shared, client: usize) -> Recorder {
                     Outcome::Error(error_code_for(&e)),
                 );
                 // The stream may be mid-reply: only a new connection is in step.
-                let _ = w.shutdown(Shutdown::Both);
+                c.shutdown();
                 conn = None;
             }
         }
     }
+    if let Some(mut c) = conn {
+        c.shutdown();
+    }
     rec
-}
-
-/// A connection as a writer half and a buffered reader half.
-fn split(s: TcpStream, sh: &Shared) -> io::Result<(TcpStream, BufReader<TcpStream>)> {
-    s.set_read_timeout(Some(sh.timeout))?;
-    let r = BufReader::with_capacity(16 << 10, s.try_clone()?);
-    Ok((s, r))
 }
 
 /// A request on the wire, waiting for its reply line (shared mode).
@@ -273,7 +280,7 @@ pub fn run_shared(sh: &Shared, conn_index: usize, clients: Vec<usize>) -> Record
     let mut rec = Recorder::default();
     let mut rng = Rng::new(sh.seed, (1 << 32) + conn_index as u64);
     let (events_tx, events_rx) = unbounded::<Event>();
-    let mut stream = sh.connect_initial(endpoint);
+    let mut stream = sh.connect_initial(endpoint, || sh.connect(endpoint));
     sh.barrier.wait(); // connected
     sh.barrier.wait(); // the coordinator has set the start
     let interval = sh.interval();
