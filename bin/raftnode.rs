@@ -31,7 +31,7 @@ use raftnode::{NodeConfig, Security, Stopper};
 #[command(name = "raftnode", version, about, long_about)]
 struct Cli {
     /// This node's id, an integer >= 1, unique for all time.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..u64::MAX))]
     id: u64,
 
     /// Raft (peer-to-peer) address of every voting member, this node

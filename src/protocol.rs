@@ -236,7 +236,7 @@ fn value(v: &str) -> Result<Vec<u8>, ParseError> {
 fn node_id(tok: &str) -> Result<NodeId, ParseError> {
     let digits = !tok.is_empty() && tok.bytes().all(|b| b.is_ascii_digit());
     match tok.parse::<NodeId>() {
-        Ok(id) if digits && id >= 1 => Ok(id),
+        Ok(id) if digits && (1..u64::MAX).contains(&id) => Ok(id),
         _ => Err(ParseError::BadNodeId(tok.chars().take(32).collect())),
     }
 }

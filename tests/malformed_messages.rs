@@ -39,6 +39,7 @@ fn resp(index: u64, reject: bool, reject_hint: u64, hint_term: u64) -> MessageBo
         reject,
         reject_hint,
         hint_term,
+        recovery: 0,
     }
 }
 
@@ -142,6 +143,7 @@ fn malformed_for(c: &Cluster, id: NodeId) -> Vec<Message> {
             term,
             MessageBody::HeartbeatResponse {
                 context: b"r".to_vec(),
+                recovery: 0,
             },
         ),
         msg(
@@ -183,6 +185,7 @@ fn malformed_for(c: &Cluster, id: NodeId) -> Vec<Message> {
             term,
             MessageBody::HeartbeatResponse {
                 context: b"never-asked".to_vec(),
+                recovery: 0,
             },
         ),
         msg(
@@ -516,7 +519,7 @@ fn random_messages_never_break_a_node() {
                             )
                         })
                         .collect();
-                    let body = match rng.below(12) {
+                    let body = match rng.below(16) {
                         0 | 1 => append(idx, t2, entries, pick(&mut rng, last)),
                         2 => resp(
                             pick(&mut rng, last),
@@ -530,6 +533,7 @@ fn random_messages_never_break_a_node() {
                         },
                         4 => MessageBody::HeartbeatResponse {
                             context: format!("r{}", rng.below(50)).into_bytes(),
+                            recovery: rng.below(3),
                         },
                         5 => MessageBody::RequestVote {
                             pre: rng.below(2) == 0,
@@ -548,8 +552,21 @@ fn random_messages_never_break_a_node() {
                             index: pick(&mut rng, last),
                             context: b"x".to_vec(),
                         },
-                        _ => MessageBody::TransferLeader {
+                        11 => MessageBody::TransferLeader {
                             target: pick(&mut rng, 2),
+                        },
+                        12 => MessageBody::TermQuery,
+                        13 => MessageBody::TermReport {
+                            term: pick(&mut rng, term),
+                        },
+                        14 => MessageBody::Recovering {
+                            id: rng.below(3),
+                            last_index: idx,
+                            last_term: t2,
+                        },
+                        _ => MessageBody::RecoveryAck {
+                            id: rng.below(3),
+                            target: pick(&mut rng, last),
                         },
                     };
                     node.step(msg(from, to, mterm, body));

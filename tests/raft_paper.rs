@@ -57,6 +57,7 @@ fn accept(index: u64) -> MessageBody {
         reject: false,
         reject_hint: 0,
         hint_term: 0,
+        recovery: 0,
     }
 }
 
@@ -674,6 +675,7 @@ fn section_6_4_read_index_needs_a_majority_heartbeat_round() {
     assert!(c.node(1).reads.is_empty(), "no answer before any ack");
     let ack = MessageBody::HeartbeatResponse {
         context: b"r1".to_vec(),
+        recovery: 0,
     };
     c.step_raw(1, msg(2, 1, 1, ack));
     c.process_ready(1);

@@ -6,9 +6,10 @@
 //! any role-specific handling. Each variant then carries only the fields it
 //! needs, unlike etcd's single flat message struct.
 //!
-//! Forwarded client requests (`Propose`, `ReadIndex`, `TransferLeader`) carry
-//! term 0: they are not part of any term's conversation and skip the term rule,
-//! as local messages do in etcd.
+//! Forwarded client requests (`Propose`, `ReadIndex`, `TransferLeader`) and
+//! the term queries of a recovering node (`TermQuery`, `TermReport`) carry
+//! term 0: they are not part of any term's conversation and skip the term
+//! rule, as local messages do in etcd.
 
 use super::types::{Entry, NodeId, Snapshot};
 
@@ -45,6 +46,10 @@ pub enum MessageBody {
         /// match (§5.3 optimisation), with the term it holds there.
         reject_hint: u64,
         hint_term: u64,
+        /// The recovery id of the answering process, 0 if it did not start
+        /// by recovering lost state (see `recovery.rs`). A leader repairing
+        /// that node counts only answers that carry the id it acknowledged.
+        recovery: u64,
     },
     /// Leader → follower: keep-alive that carries a commit index the follower
     /// is known to be able to apply (min of its match and the leader's commit).
@@ -54,7 +59,11 @@ pub enum MessageBody {
         context: Vec<u8>,
     },
     /// Follower → leader: acknowledges a heartbeat.
-    HeartbeatResponse { context: Vec<u8> },
+    HeartbeatResponse {
+        context: Vec<u8>,
+        /// As in `AppendResponse`.
+        recovery: u64,
+    },
     /// Candidate → voter: RequestVote (§5.2), or a PreVote probe when `pre`.
     /// For a PreVote, the envelope term is the term the sender *would* use.
     RequestVote {
@@ -79,6 +88,23 @@ pub enum MessageBody {
     ReadIndexResponse { index: u64, context: Vec<u8> },
     /// Follower → leader: please hand leadership to `target` (term 0).
     TransferLeader { target: NodeId },
+    /// A node that lost its term and vote → every voter: what is your term?
+    /// (term 0: outside the term conversation.)
+    TermQuery,
+    /// The answer to `TermQuery`: the sender's current term (term 0).
+    TermReport { term: u64 },
+    /// A node that lost state → the leader it hears from: reset my
+    /// progress, count me in no quorum, and tell me what to catch up to.
+    Recovering {
+        /// Fresh for every process start that recovers.
+        id: u64,
+        /// The sender's log as it is now.
+        last_index: u64,
+        last_term: u64,
+    },
+    /// Leader → recovering node: progress reset for recovery `id`; the node
+    /// is repaired once it holds the leader's log up to `target`.
+    RecoveryAck { id: u64, target: u64 },
 }
 
 impl MessageBody {
@@ -99,16 +125,23 @@ impl MessageBody {
             MessageBody::ReadIndex { .. } => "read_index",
             MessageBody::ReadIndexResponse { .. } => "read_index_response",
             MessageBody::TransferLeader { .. } => "transfer_leader",
+            MessageBody::TermQuery => "term_query",
+            MessageBody::TermReport { .. } => "term_report",
+            MessageBody::Recovering { .. } => "recovering",
+            MessageBody::RecoveryAck { .. } => "recovery_ack",
         }
     }
 
-    /// Whether this is a forwarded client request that carries term 0.
-    pub fn is_forwarded_request(&self) -> bool {
+    /// Whether this message carries term 0 and stays outside the term
+    /// conversation: a forwarded client request, or a term query.
+    pub fn outside_terms(&self) -> bool {
         matches!(
             self,
             MessageBody::Propose { .. }
                 | MessageBody::ReadIndex { .. }
                 | MessageBody::TransferLeader { .. }
+                | MessageBody::TermQuery
+                | MessageBody::TermReport { .. }
         )
     }
 }

@@ -15,6 +15,7 @@
 //! - `log_unstable`, `log`: the log as the core sees it, stable plus unstable;
 //! - `progress`: per-follower replication state and quorum counting;
 //! - `read_only`: the ReadIndex protocol;
+//! - `recovery`: repairing a node that lost durable state, and why it is safe;
 //! - `raft`: the role state machines and the term rule;
 //! - `rawnode`: the Ready/Advance contract the application programs against.
 //!
@@ -29,14 +30,16 @@ mod progress;
 mod raft;
 mod rawnode;
 mod read_only;
+mod recovery;
 mod rng;
 mod storage;
 mod types;
 
 pub use self::message::{Message, MessageBody};
 pub use self::progress::ProgressState;
-pub use self::raft::{Config, DropReason, Error};
+pub use self::raft::{Config, DropReason, Error, MAX_TERM};
 pub use self::rawnode::{PeerProgress, RawNode, Ready, Status};
+pub use self::recovery::{RecoveryPhase, RecoveryStart, VOTE_LOST};
 pub use self::rng::Rng;
 pub use self::storage::{MemStorage, Storage, StorageError};
 pub use self::types::{

@@ -13,6 +13,11 @@
 //! - **Snapshot**: the follower needs entries the leader has compacted. The
 //!   leader sends a snapshot and sends nothing else until it hears back.
 //!
+//! A follower that lost durable state and announced it (`recovery.rs`) is
+//! *recovering*: its progress was reset, it counts in no commit quorum, and
+//! only its answers tagged with the recovery id the leader acknowledged are
+//! taken, until it holds the recovery's target.
+//!
 //! Invariant: `matched < next`.
 //!
 //! [`ProgressTracker`] also holds the membership (voters and learners) and
@@ -89,7 +94,23 @@ pub struct Progress {
     pub probe_sent: bool,
     pub inflights: Inflights,
     pub is_learner: bool,
+    /// The follower is recovering lost state: the id of its recovery, and
+    /// the index it must reach before it counts again.
+    pub recovery: Option<RecoveringPeer>,
+    /// Recovery ids of this follower already repaired, newest last, so a
+    /// late duplicate of their announcement does not reset it again.
+    pub retired_recoveries: Vec<u64>,
 }
+
+/// A follower being repaired by this leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoveringPeer {
+    pub id: u64,
+    pub target: u64,
+}
+
+/// How many repaired recovery ids a progress remembers.
+const RETIRED_RECOVERIES: usize = 4;
 
 impl Progress {
     pub fn new(next: u64, max_inflight: usize) -> Progress {
@@ -102,7 +123,44 @@ impl Progress {
             probe_sent: false,
             inflights: Inflights::new(max_inflight),
             is_learner: false,
+            recovery: None,
+            retired_recoveries: Vec::new(),
         }
+    }
+
+    /// Starts repairing this follower for recovery `id`: everything known of
+    /// it is forgotten, and it is probed from `next`.
+    pub fn start_recovery(&mut self, id: u64, next: u64, target: u64) {
+        let max_inflight = self.inflights.cap;
+        let retired = std::mem::take(&mut self.retired_recoveries);
+        let is_learner = self.is_learner;
+        *self = Progress::new(next, max_inflight);
+        self.is_learner = is_learner;
+        self.recent_active = true;
+        self.retired_recoveries = retired;
+        self.recovery = Some(RecoveringPeer { id, target });
+    }
+
+    /// Ends the repair once the follower holds its target; returns whether
+    /// it ended now.
+    pub fn maybe_finish_recovery(&mut self) -> bool {
+        match self.recovery {
+            Some(r) if self.matched >= r.target => {
+                self.recovery = None;
+                self.retired_recoveries.push(r.id);
+                if self.retired_recoveries.len() > RETIRED_RECOVERIES {
+                    self.retired_recoveries.remove(0);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether an answer tagged `tag` may be taken: while repairing, only
+    /// answers of the acknowledged recovery are.
+    pub fn takes_answer(&self, tag: u64) -> bool {
+        self.recovery.is_none_or(|r| r.id == tag)
     }
 
     fn reset_state(&mut self, state: ProgressState) {
@@ -276,7 +334,12 @@ impl ProgressTracker {
             &mut large
         };
         for (slot, id) in matched.iter_mut().zip(&self.voters) {
-            *slot = self.progress.get(id).map_or(0, |p| p.matched);
+            // A recovering voter may have lost what it acknowledged.
+            *slot = self
+                .progress
+                .get(id)
+                .filter(|p| p.recovery.is_none())
+                .map_or(0, |p| p.matched);
         }
         matched.sort_unstable_by(|a, b| b.cmp(a));
         matched[self.quorum() - 1]

@@ -32,6 +32,7 @@ use super::log::RaftLog;
 use super::message::{Message, MessageBody};
 use super::progress::{ProgressState, ProgressTracker, VoteResult};
 use super::read_only::{ReadIndexStatus, ReadOnly};
+use super::recovery::{Acked, Recovery, RecoveryPhase, RecoveryStart, VOTE_LOST};
 use super::rng::Rng;
 use super::storage::Storage;
 use super::types::{
@@ -65,6 +66,9 @@ pub struct Config {
     pub pre_vote: bool,
     /// Seed of the election-timeout generator.
     pub seed: u64,
+    /// Set when the node lost durable state and must be repaired before
+    /// it votes or counts again (`recovery.rs`).
+    pub recovery: Option<RecoveryStart>,
 }
 
 impl Config {
@@ -81,12 +85,18 @@ impl Config {
             check_quorum: true,
             pre_vote: true,
             seed: id,
+            recovery: None,
         }
     }
 
     pub fn validate(&self) -> Result<(), Error> {
-        if self.id == NO_NODE {
-            return Err(Error::InvalidConfig("node id must be >= 1".into()));
+        if self.id == NO_NODE || self.id == VOTE_LOST {
+            return Err(Error::InvalidConfig(
+                "node id must be >= 1 and below 2^64 - 1".into(),
+            ));
+        }
+        if self.recovery.is_some_and(|r| r.id == 0) {
+            return Err(Error::InvalidConfig("a recovery id must not be 0".into()));
         }
         if self.heartbeat_ticks == 0 {
             return Err(Error::InvalidConfig("heartbeat ticks must be >= 1".into()));
@@ -202,6 +212,13 @@ pub struct Raft<S: Storage> {
     max_inflight: usize,
     pub max_committed_size_per_ready: u64,
     rng: Rng,
+    /// Set while this node repairs lost state (`recovery.rs`).
+    recovery: Option<Recovery>,
+    /// The recovery id this process started with (0: none); it tags every
+    /// answer to a leader for the life of the process.
+    recovery_tag: u64,
+    /// A recovery finished and the application has not been told.
+    pub recovered: bool,
 }
 
 impl<S: Storage> Raft<S> {
@@ -239,6 +256,9 @@ impl<S: Storage> Raft<S> {
             max_inflight: config.max_inflight_msgs,
             max_committed_size_per_ready: config.max_committed_size_per_ready,
             rng: Rng::new(config.seed),
+            recovery: config.recovery.map(Recovery::new),
+            recovery_tag: config.recovery.map_or(0, |r| r.id),
+            recovered: false,
         };
         if hs != HardState::default() {
             if hs.commit < r.log.committed || hs.commit > r.log.last_index() {
@@ -264,6 +284,22 @@ impl<S: Storage> Raft<S> {
         }
         let term = r.term;
         r.become_follower(term, NO_NODE);
+        if let Some(start) = config.recovery {
+            log::warn!(
+                "{} starts recovering lost state (hard state {}): it will not vote or count \
+                 until a leader has repaired it",
+                r.id,
+                if start.hard_state_lost {
+                    "lost"
+                } else {
+                    "intact"
+                }
+            );
+            if start.hard_state_lost {
+                r.vote = VOTE_LOST;
+            }
+            r.query_terms();
+        }
         Ok(r)
     }
 
@@ -282,9 +318,29 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    /// A node may campaign only if it is a voter.
+    /// A node may campaign only if it is a voter and not recovering.
     pub fn promotable(&self) -> bool {
-        self.prs.is_voter(self.id)
+        self.prs.is_voter(self.id) && self.recovery.is_none()
+    }
+
+    /// Where a recovery is, or `None` when the node is not recovering.
+    pub fn recovery_phase(&self) -> Option<RecoveryPhase> {
+        let r = self.recovery.as_ref()?;
+        if let Some(reports) = &r.reports {
+            let missing = self
+                .prs
+                .voters()
+                .filter(|v| *v != self.id && !reports.contains_key(v))
+                .collect();
+            return Some(RecoveryPhase::AwaitingTerms { missing });
+        }
+        Some(match r.acked {
+            Some(a) if a.term == self.term => RecoveryPhase::CatchingUp {
+                matched: r.matched,
+                target: a.target,
+            },
+            _ => RecoveryPhase::AwaitingLeader,
+        })
     }
 
     // ---- sending -------------------------------------------------------
@@ -422,7 +478,10 @@ impl<S: Storage> Raft<S> {
     fn reset(&mut self, term: u64) {
         if self.term != term {
             self.term = term;
-            self.vote = NO_NODE;
+            // A node that does not know every voter's term yet may have
+            // voted in this one.
+            let terms_unknown = self.recovery.as_ref().is_some_and(|r| r.reports.is_some());
+            self.vote = if terms_unknown { VOTE_LOST } else { NO_NODE };
         }
         self.leader = NO_NODE;
         self.election_elapsed = 0;
@@ -502,6 +561,12 @@ impl<S: Storage> Raft<S> {
     }
 
     fn tick_election(&mut self) {
+        if let Some(r) = self.recovery.as_mut() {
+            r.query_elapsed += 1;
+            if r.reports.is_some() && r.query_elapsed >= self.election_timeout {
+                self.query_terms();
+            }
+        }
         self.election_elapsed += 1;
         if self.promotable() && self.election_elapsed >= self.randomized_election_timeout {
             self.election_elapsed = 0;
@@ -617,9 +682,13 @@ impl<S: Storage> Raft<S> {
         // We may vote for whom we already voted for, for anyone if we have
         // neither voted nor know a leader, and in a PreVote for anyone whose
         // future term is ahead of ours.
-        let can_vote = self.vote == m.from
-            || (self.vote == NO_NODE && self.leader == NO_NODE)
-            || (pre && m.term > self.term);
+        // A recovering node grants nothing (it may have lost a vote, and it
+        // may lack entries it once acknowledged).
+        // `VOTE_LOST` matches no candidate: no vote in that term.
+        let can_vote = self.recovery.is_none()
+            && (self.vote == m.from
+                || (self.vote == NO_NODE && self.leader == NO_NODE)
+                || (pre && m.term > self.term));
         if can_vote && self.log.is_up_to_date(last_index, last_term) {
             let body = MessageBody::RequestVoteResponse { pre, reject: false };
             // A granted PreVote answers in the candidate's future term.
@@ -663,7 +732,7 @@ impl<S: Storage> Raft<S> {
     ///   stranger can neither start an election nor append to a follower;
     /// - a stale `Append` or `Heartbeat` (lower term) from anyone is only
     ///   answered with this node's term (see `step`), so that a leader it
-    ///   does not know can learn that term;
+    ///   does not know can learn that term; a `TermQuery` likewise;
     /// - everything else from a stranger (forwarded proposals, reads and
     ///   transfers, `TimeoutNow`, responses) is dropped.
     fn hears(&self, m: &Message) -> bool {
@@ -678,6 +747,9 @@ impl<S: Storage> Raft<S> {
             MessageBody::Append { .. } | MessageBody::Heartbeat { .. } if m.term < self.term => {
                 true
             }
+            // Only answered, with this node's term: a recovering node may
+            // not know yet that the asker is a member.
+            MessageBody::TermQuery => true,
             MessageBody::Append { .. }
             | MessageBody::Heartbeat { .. }
             | MessageBody::Snapshot { .. }
@@ -707,7 +779,7 @@ impl<S: Storage> Raft<S> {
             );
             return;
         }
-        if m.body.is_forwarded_request() {
+        if m.body.outside_terms() {
             // Term 0: outside the term conversation.
         } else if m.term > self.term {
             if let MessageBody::RequestVote { transfer, .. } = m.body {
@@ -755,6 +827,7 @@ impl<S: Storage> Raft<S> {
                             reject: false,
                             reject_hint: 0,
                             hint_term: 0,
+                            recovery: self.recovery_tag,
                         },
                     );
                 }
@@ -782,6 +855,23 @@ impl<S: Storage> Raft<S> {
             self.handle_vote(&m, pre, last_index, last_term);
             return;
         }
+        match m.body {
+            MessageBody::TermQuery => {
+                let term = self.term;
+                self.send(Message {
+                    from: self.id,
+                    to: m.from,
+                    term: 0,
+                    body: MessageBody::TermReport { term },
+                });
+                return;
+            }
+            MessageBody::TermReport { term } => {
+                self.term_reported(m.from, term);
+                return;
+            }
+            _ => {}
+        }
         match self.role {
             Role::Leader => self.step_leader(m),
             Role::Candidate | Role::PreCandidate => self.step_candidate(m),
@@ -802,12 +892,61 @@ impl<S: Storage> Raft<S> {
                 reject,
                 reject_hint,
                 hint_term,
-            } => self.handle_append_response(from, index, reject, reject_hint, hint_term),
-            MessageBody::HeartbeatResponse { context } => {
+                recovery,
+            } if self.takes_answer(from, recovery) => {
+                self.handle_append_response(from, index, reject, reject_hint, hint_term)
+            }
+            MessageBody::HeartbeatResponse { context, recovery }
+                if self.takes_answer(from, recovery) =>
+            {
                 self.handle_heartbeat_response(from, context)
             }
+            MessageBody::Recovering {
+                id,
+                last_index,
+                last_term,
+            } => self.handle_recovering(from, id, last_index, last_term),
             _ => {}
         }
+    }
+
+    /// Whether an answer of `from` tagged `tag` counts: while `from` is
+    /// being repaired, only the answers of the acknowledged recovery do (the
+    /// others may acknowledge what it has since lost). It counts as a sign
+    /// of life either way.
+    fn takes_answer(&mut self, from: NodeId, tag: u64) -> bool {
+        let Some(pr) = self.prs.progress.get_mut(&from) else {
+            return false;
+        };
+        pr.recent_active = true;
+        pr.takes_answer(tag)
+    }
+
+    /// A follower lost durable state: forget what we knew of it, leave it
+    /// out of every quorum until it holds our whole log, and probe it from
+    /// where its log really ends.
+    fn handle_recovering(&mut self, from: NodeId, id: u64, last_index: u64, last_term: u64) {
+        let own_last = self.log.last_index();
+        let Some(pr) = self.prs.progress.get_mut(&from) else {
+            return;
+        };
+        if pr.retired_recoveries.contains(&id) {
+            return; // a late copy of an announcement already handled
+        }
+        let target = match pr.recovery {
+            Some(r) if r.id == id => r.target, // a repeat: answer it again
+            _ => {
+                log::warn!(
+                    "{} repairs {from}: it lost durable state (its log ends at {last_index}/\
+                     {last_term}); it counts in no quorum until it holds index {own_last}",
+                    self.id
+                );
+                pr.start_recovery(id, last_index.min(own_last) + 1, own_last);
+                own_last
+            }
+        };
+        self.send_to(from, MessageBody::RecoveryAck { id, target });
+        self.send_append(from);
     }
 
     fn handle_append_response(
@@ -847,6 +986,9 @@ impl<S: Storage> Raft<S> {
         let old_paused = pr.is_paused();
         if !pr.maybe_update(index) {
             return;
+        }
+        if pr.maybe_finish_recovery() {
+            log::info!("{} repaired {from}: it holds index {index} again", self.id);
         }
         match pr.state {
             ProgressState::Probe => pr.become_replicate(),
@@ -889,7 +1031,14 @@ impl<S: Storage> Raft<S> {
         if pr.matched < last_index {
             self.send_append(from);
         }
-        if context.is_empty() {
+        // A recovering node may have voted for a newer leader and forgotten
+        // it: its ack cannot confirm our leadership for a read.
+        let recovering = self
+            .prs
+            .progress
+            .get(&from)
+            .is_some_and(|p| p.recovery.is_some());
+        if context.is_empty() || recovering {
             return;
         }
         let Some(acks) = self.read_only.recv_ack(from, &context) else {
@@ -969,7 +1118,7 @@ impl<S: Storage> Raft<S> {
         let Some(pr) = self.prs.progress.get(&target) else {
             return;
         };
-        if pr.is_learner || target == self.id {
+        if pr.is_learner || pr.recovery.is_some() || target == self.id {
             return;
         }
         if self.lead_transferee == target {
@@ -1031,6 +1180,27 @@ impl<S: Storage> Raft<S> {
 
     fn step_follower(&mut self, m: Message) {
         let from = m.from;
+        if let Some(r) = &self.recovery {
+            let from_leader = matches!(
+                m.body,
+                MessageBody::Append { .. }
+                    | MessageBody::Heartbeat { .. }
+                    | MessageBody::Snapshot { .. }
+            );
+            if from_leader && !r.acked_by(from, self.term) {
+                // Until this leader knows we lost state, take nothing from
+                // it: ask it to reset us.
+                self.election_elapsed = 0;
+                self.leader = from;
+                let body = MessageBody::Recovering {
+                    id: r.id,
+                    last_index: self.log.last_index(),
+                    last_term: self.log.last_term(),
+                };
+                self.send_to(from, body);
+                return;
+            }
+        }
         match m.body {
             MessageBody::Append {
                 prev_index,
@@ -1063,6 +1233,21 @@ impl<S: Storage> Raft<S> {
             MessageBody::ReadIndexResponse { index, context } if from == self.leader => {
                 self.read_states.push(ReadState { index, context });
             }
+            MessageBody::RecoveryAck { id, target } if from == self.leader => {
+                let term = self.term;
+                if let Some(r) = self.recovery.as_mut().filter(|r| r.id == id) {
+                    r.acked = Some(Acked {
+                        leader: from,
+                        term,
+                        target,
+                    });
+                    log::info!(
+                        "{} is being repaired by leader {from}: it must reach index {target}",
+                        self.id
+                    );
+                    self.maybe_finish_recovery();
+                }
+            }
             _ => {}
         }
     }
@@ -1092,11 +1277,13 @@ impl<S: Storage> Raft<S> {
         }
         if prev_index < self.log.committed {
             let index = self.log.committed;
+            self.recovery_matched(index);
             let body = MessageBody::AppendResponse {
                 index,
                 reject: false,
                 reject_hint: 0,
                 hint_term: 0,
+                recovery: self.recovery_tag,
             };
             self.send_to(from, body);
             return;
@@ -1106,11 +1293,13 @@ impl<S: Storage> Raft<S> {
             .maybe_append(prev_index, prev_term, commit, entries)
         {
             Ok(Some(last)) => {
+                self.recovery_matched(last);
                 let body = MessageBody::AppendResponse {
                     index: last,
                     reject: false,
                     reject_hint: 0,
                     hint_term: 0,
+                    recovery: self.recovery_tag,
                 };
                 self.send_to(from, body);
             }
@@ -1122,6 +1311,7 @@ impl<S: Storage> Raft<S> {
                     reject: true,
                     reject_hint,
                     hint_term,
+                    recovery: self.recovery_tag,
                 };
                 self.send_to(from, body);
             }
@@ -1144,7 +1334,8 @@ impl<S: Storage> Raft<S> {
                 self.log.last_index()
             );
         }
-        self.send_to(from, MessageBody::HeartbeatResponse { context });
+        let recovery = self.recovery_tag;
+        self.send_to(from, MessageBody::HeartbeatResponse { context, recovery });
     }
 
     fn handle_snapshot(&mut self, from: NodeId, snapshot: super::types::Snapshot) {
@@ -1157,11 +1348,13 @@ impl<S: Storage> Raft<S> {
         } else {
             self.log.committed
         };
+        self.recovery_matched(index);
         let body = MessageBody::AppendResponse {
             index,
             reject: false,
             reject_hint: 0,
             hint_term: 0,
+            recovery: self.recovery_tag,
         };
         self.send_to(from, body);
     }
@@ -1183,6 +1376,8 @@ impl<S: Storage> Raft<S> {
         let mut prs = ProgressTracker::new(self.max_inflight);
         prs.set_conf(&cs, self.log.last_index() + 1);
         self.prs = prs;
+        // A recovering node may only now know whom to ask for terms.
+        self.query_terms();
         true
     }
 
@@ -1331,6 +1526,7 @@ impl<S: Storage> Raft<S> {
 
     fn switch_to_config(&mut self, cs: &ConfState) {
         self.prs.set_conf(cs, self.log.last_index() + 1);
+        self.query_terms();
         if self.role != Role::Leader {
             return;
         }
@@ -1364,9 +1560,112 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    // ---- recovery of lost state (see recovery.rs) ----------------------------
+
+    /// Asks every voter that has not reported its term yet.
+    fn query_terms(&mut self) {
+        let Some(r) = self.recovery.as_mut() else {
+            return;
+        };
+        r.query_elapsed = 0;
+        let Some(reports) = &r.reports else {
+            return;
+        };
+        let ask: Vec<NodeId> = self
+            .prs
+            .voters()
+            .filter(|v| *v != self.id && !reports.contains_key(v))
+            .collect();
+        for to in ask {
+            self.send(Message {
+                from: self.id,
+                to,
+                term: 0,
+                body: MessageBody::TermQuery,
+            });
+        }
+    }
+
+    /// A voter reported its term. Once every other voter has, this node
+    /// knows a term `U` at least as high as any it can have voted in: it
+    /// moves there, keeping `VOTE_LOST`, and votes again only above it.
+    fn term_reported(&mut self, from: NodeId, term: u64) {
+        if !self.prs.is_voter(from) {
+            return;
+        }
+        let Some(reports) = self.recovery.as_mut().and_then(|r| r.reports.as_mut()) else {
+            return;
+        };
+        reports.insert(from, term);
+        if term > self.term {
+            self.become_follower(term, NO_NODE);
+        }
+        let Some(reports) = self.recovery.as_ref().and_then(|r| r.reports.as_ref()) else {
+            return;
+        };
+        let all_known = self.prs.voters().count() > 0
+            && self
+                .prs
+                .voters()
+                .all(|v| v == self.id || reports.contains_key(&v));
+        if !all_known {
+            return;
+        }
+        let u = reports.values().copied().max().unwrap_or(0).max(self.term);
+        if let Some(r) = self.recovery.as_mut() {
+            r.reports = None;
+        }
+        if u > self.term {
+            self.become_follower(u, NO_NODE);
+        }
+        self.vote = VOTE_LOST;
+        log::info!(
+            "{} learned every voter's term: it will vote again only above term {u}",
+            self.id
+        );
+        self.maybe_finish_recovery();
+    }
+
+    /// A recovering node now knows its log matches the acknowledging
+    /// leader's up to `index`.
+    fn recovery_matched(&mut self, index: u64) {
+        let (leader, term) = (self.leader, self.term);
+        if let Some(r) = self.recovery.as_mut() {
+            if r.acked_by(leader, term) {
+                r.matched = r.matched.max(index);
+            }
+        }
+        self.maybe_finish_recovery();
+    }
+
+    /// Ends the recovery once the terms are known, the current leader
+    /// acknowledged it, and its target is durably held.
+    pub(super) fn maybe_finish_recovery(&mut self) {
+        let persisted = self.log.persisted_index();
+        let (leader, term) = (self.leader, self.term);
+        let Some(r) = &self.recovery else {
+            return;
+        };
+        let done = r.reports.is_none()
+            && r.acked_by(leader, term)
+            && r.acked
+                .is_some_and(|a| r.matched >= a.target && persisted >= a.target);
+        if done {
+            log::info!(
+                "{} is repaired: it holds the leader's log and votes and counts again",
+                self.id
+            );
+            self.recovery = None;
+            self.recovered = true;
+        }
+    }
+
     /// The application persisted entries up to `(index, term)`. A leader now
     /// counts itself towards the quorum for them.
     pub fn on_persisted(&mut self, index: u64, term: u64) {
+        if self.recovery.is_some() {
+            self.maybe_finish_recovery();
+        }
         if self.role != Role::Leader || !self.log.match_term(index, term) {
             return;
         }

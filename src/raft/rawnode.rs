@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use super::message::Message;
 use super::progress::ProgressState;
 use super::raft::{Config, Error, Raft};
+use super::recovery::RecoveryPhase;
 use super::storage::Storage;
 use super::types::{
     ConfChange, ConfState, Entry, EntryKind, HardState, NodeId, ReadState, Snapshot, SoftState,
@@ -53,6 +54,9 @@ pub struct Ready {
     /// Whether the hard state's term or vote, or the entries, must be
     /// fsynced before `persisted_messages` go out.
     pub must_sync: bool,
+    /// The node finished recovering lost state (`recovery.rs`): once this
+    /// Ready is persisted, the application may forget that it was damaged.
+    pub recovery_done: bool,
 }
 
 /// A peer's replication progress as seen by the leader.
@@ -65,6 +69,8 @@ pub struct PeerProgress {
     pub recent_active: bool,
     /// Append messages sent and not yet acknowledged.
     pub inflight: usize,
+    /// The peer is recovering lost state and counts in no quorum.
+    pub recovering: bool,
 }
 
 /// A read-only view of the node, for STATUS and for tests.
@@ -80,6 +86,8 @@ pub struct Status {
     /// Per-peer progress; empty unless this node is the leader.
     pub progress: BTreeMap<NodeId, PeerProgress>,
     pub lead_transferee: NodeId,
+    /// Where a recovery of lost state is; `None` when not recovering.
+    pub recovery: Option<RecoveryPhase>,
 }
 
 /// What was handed out in the outstanding Ready.
@@ -206,6 +214,7 @@ impl<S: Storage> RawNode<S> {
             || !r.msgs.is_empty()
             || !r.msgs_after_persist.is_empty()
             || !r.read_states.is_empty()
+            || r.recovered
     }
 
     /// Takes the pending work. Call [`RawNode::advance`] when it is done.
@@ -237,6 +246,7 @@ impl<S: Storage> RawNode<S> {
             entries,
             snapshot,
             committed_entries,
+            recovery_done: std::mem::take(&mut r.recovered),
         };
         self.prev_soft = soft;
         self.prev_hard = hard;
@@ -271,6 +281,8 @@ impl<S: Storage> RawNode<S> {
         if h.applied_to > 0 {
             self.raft.log.applied_to(h.applied_to);
         }
+        // A recovery may end once what it caught up with is durable.
+        self.raft.maybe_finish_recovery();
     }
 
     /// A snapshot of the node's state.
@@ -288,6 +300,7 @@ impl<S: Storage> RawNode<S> {
                         is_learner: p.is_learner,
                         recent_active: p.recent_active,
                         inflight: p.inflights.count(),
+                        recovering: p.recovery.is_some(),
                     };
                     (id, view)
                 })
@@ -305,6 +318,7 @@ impl<S: Storage> RawNode<S> {
             conf_state: r.prs.conf_state(),
             progress,
             lead_transferee: r.lead_transferee,
+            recovery: r.recovery_phase(),
         }
     }
 }

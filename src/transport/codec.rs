@@ -113,7 +113,7 @@ impl std::fmt::Display for DecodeError {
             DecodeError::WrongTarget { from, to, me } => {
                 write!(f, "peer {from} dialled node {to}, but this is node {me}")
             }
-            DecodeError::ZeroId => f.write_str("peer id 0"),
+            DecodeError::ZeroId => f.write_str("peer id 0 or 2^64 - 1 (not a node id)"),
             DecodeError::TooManyMembers(n) => write!(f, "snapshot lists {n} members"),
             DecodeError::SnapshotTooLarge(n) => {
                 write!(
@@ -246,7 +246,7 @@ pub fn decode_handshake(body: &[u8], me: NodeId) -> Result<Handshake, DecodeErro
     if to != me {
         return Err(DecodeError::WrongTarget { from, to, me });
     }
-    if from == 0 {
+    if from == 0 || from == u64::MAX {
         return Err(DecodeError::ZeroId);
     }
     Ok(Handshake { from, cluster_id })
@@ -339,6 +339,10 @@ const TAG_PROPOSE: u8 = 8;
 const TAG_READ_INDEX: u8 = 9;
 const TAG_READ_INDEX_RESPONSE: u8 = 10;
 const TAG_TRANSFER_LEADER: u8 = 11;
+const TAG_TERM_QUERY: u8 = 12;
+const TAG_TERM_REPORT: u8 = 13;
+const TAG_RECOVERING: u8 = 14;
+const TAG_RECOVERY_ACK: u8 = 15;
 
 fn put_entries(out: &mut Vec<u8>, entries: &[Entry]) {
     put_u32(out, entries.len() as u32);
@@ -435,21 +439,24 @@ pub fn encode_message(out: &mut Vec<u8>, m: &Message) {
             reject,
             reject_hint,
             hint_term,
+            recovery,
         } => {
             out.push(TAG_APPEND_RESPONSE);
             put_u64(out, *index);
             out.push(*reject as u8);
             put_u64(out, *reject_hint);
             put_u64(out, *hint_term);
+            put_u64(out, *recovery);
         }
         MessageBody::Heartbeat { commit, context } => {
             out.push(TAG_HEARTBEAT);
             put_u64(out, *commit);
             put_bytes(out, context);
         }
-        MessageBody::HeartbeatResponse { context } => {
+        MessageBody::HeartbeatResponse { context, recovery } => {
             out.push(TAG_HEARTBEAT_RESPONSE);
             put_bytes(out, context);
+            put_u64(out, *recovery);
         }
         MessageBody::RequestVote {
             pre,
@@ -486,6 +493,26 @@ pub fn encode_message(out: &mut Vec<u8>, m: &Message) {
             out.push(TAG_TRANSFER_LEADER);
             put_u64(out, *target);
         }
+        MessageBody::TermQuery => out.push(TAG_TERM_QUERY),
+        MessageBody::TermReport { term } => {
+            out.push(TAG_TERM_REPORT);
+            put_u64(out, *term);
+        }
+        MessageBody::Recovering {
+            id,
+            last_index,
+            last_term,
+        } => {
+            out.push(TAG_RECOVERING);
+            put_u64(out, *id);
+            put_u64(out, *last_index);
+            put_u64(out, *last_term);
+        }
+        MessageBody::RecoveryAck { id, target } => {
+            out.push(TAG_RECOVERY_ACK);
+            put_u64(out, *id);
+            put_u64(out, *target);
+        }
         MessageBody::Snapshot { .. } => {}
     }
     end_frame(out, start);
@@ -515,6 +542,7 @@ pub fn decode_message(body: &[u8]) -> Result<Message, DecodeError> {
             reject: r.bool()?,
             reject_hint: r.u64()?,
             hint_term: r.u64()?,
+            recovery: r.u64()?,
         },
         TAG_HEARTBEAT => MessageBody::Heartbeat {
             commit: r.u64()?,
@@ -522,6 +550,7 @@ pub fn decode_message(body: &[u8]) -> Result<Message, DecodeError> {
         },
         TAG_HEARTBEAT_RESPONSE => MessageBody::HeartbeatResponse {
             context: r.bytes()?,
+            recovery: r.u64()?,
         },
         TAG_VOTE => MessageBody::RequestVote {
             pre: r.bool()?,
@@ -545,6 +574,17 @@ pub fn decode_message(body: &[u8]) -> Result<Message, DecodeError> {
             context: r.bytes()?,
         },
         TAG_TRANSFER_LEADER => MessageBody::TransferLeader { target: r.u64()? },
+        TAG_TERM_QUERY => MessageBody::TermQuery,
+        TAG_TERM_REPORT => MessageBody::TermReport { term: r.u64()? },
+        TAG_RECOVERING => MessageBody::Recovering {
+            id: r.u64()?,
+            last_index: r.u64()?,
+            last_term: r.u64()?,
+        },
+        TAG_RECOVERY_ACK => MessageBody::RecoveryAck {
+            id: r.u64()?,
+            target: r.u64()?,
+        },
         t => return Err(DecodeError::UnknownTag(t)),
     };
     r.finish()?;
@@ -661,12 +701,16 @@ mod tests {
                 reject: true,
                 reject_hint: 2,
                 hint_term: 1,
+                recovery: 9,
             },
             MessageBody::Heartbeat {
                 commit: 3,
                 context: b"c".to_vec(),
             },
-            MessageBody::HeartbeatResponse { context: vec![] },
+            MessageBody::HeartbeatResponse {
+                context: vec![],
+                recovery: 0,
+            },
             MessageBody::RequestVote {
                 pre: true,
                 last_index: 9,
@@ -687,6 +731,14 @@ mod tests {
                 context: b"r".to_vec(),
             },
             MessageBody::TransferLeader { target: 3 },
+            MessageBody::TermQuery,
+            MessageBody::TermReport { term: 7 },
+            MessageBody::Recovering {
+                id: 11,
+                last_index: 4,
+                last_term: 2,
+            },
+            MessageBody::RecoveryAck { id: 11, target: 9 },
         ];
         bodies
             .into_iter()

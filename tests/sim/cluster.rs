@@ -166,6 +166,7 @@ fn describe(m: &Message) -> String {
             reject,
             reject_hint,
             hint_term,
+            ..
         } if *reject => format!("append rejected at {index} hint {reject_hint}/{hint_term}"),
         MessageBody::AppendResponse { index, .. } => format!("append ok to {index}"),
         MessageBody::Heartbeat { commit, .. } => format!("heartbeat commit {commit}"),

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use raftnode::raft::{
     ConfChange, ConfChangeKind, ConfState, Config, Entry, EntryKind, Error, HardState, MemStorage,
-    Message, NodeId, RawNode, ReadState, Role, Snapshot, Status, Storage,
+    Message, NodeId, RawNode, ReadState, RecoveryStart, Role, Snapshot, Status, Storage,
 };
 
 use super::fmt;
@@ -106,6 +106,19 @@ pub struct Node {
     pub reads: Vec<ReadState>,
     /// Role line last written to the trace.
     seen: String,
+}
+
+/// What a node loses in [`Cluster::lose`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// Durable entries after this index (the snapshot stays); the hard
+    /// state survives, its commit clipped.
+    Suffix(u64),
+    /// The same, and the hard state too: only the kept entries' terms are
+    /// known.
+    SuffixAndHardState(u64),
+    /// Everything: a wiped data dir (no snapshot, no log, no membership).
+    Everything,
 }
 
 impl Node {
@@ -403,7 +416,9 @@ impl Cluster {
         if let Some(hs) = rd.hard_state {
             out.push(format!(
                 "  hardstate term={} vote={} commit={}",
-                hs.term, hs.vote, hs.commit
+                hs.term,
+                fmt::vote(hs.vote),
+                hs.commit
             ));
         }
         if let Some(snap) = &rd.snapshot {
@@ -469,6 +484,9 @@ impl Cluster {
                 rs.index,
                 String::from_utf8_lossy(&rs.context)
             ));
+        }
+        if rd.recovery_done {
+            out.push("  recovered".to_string());
         }
         node.reads.extend(rd.read_states);
         node.raw.advance();
@@ -630,6 +648,79 @@ impl Cluster {
                 node.seen = fmt::role_line(&st);
                 let line = format!(
                     "{id} restarted: {} commit={} applied={} last={}",
+                    node.seen, st.hard_state.commit, st.applied, st.last_index
+                );
+                self.say(line);
+            }
+            Err(e) => self.anomaly(format!("node {id} does not restart: {e}")),
+        }
+    }
+
+    /// Node `id` crashes and loses durable state as `loss` says, then
+    /// restarts recovering (`raftnode::raft::RecoveryStart`, with a recovery
+    /// id of `1000 + id`), as the node layer does when its WAL reports damage.
+    pub fn lose(&mut self, id: NodeId, loss: Loss) {
+        let node = self.node_mut(id);
+        let old = node.storage.clone();
+        let (hs, cs) = old.initial_state();
+        let snap = old.snapshot().unwrap_or_default();
+        let storage = match loss {
+            Loss::Everything => MemStorage::new(),
+            Loss::Suffix(k) | Loss::SuffixAndHardState(k) => {
+                let s = MemStorage::new_with_conf_state(cs.clone());
+                if !snap.is_empty() {
+                    s.apply_snapshot(snap.clone()).expect("the old snapshot");
+                }
+                let last = old.last_index().min(k);
+                let first = old.first_index();
+                if last >= first {
+                    let kept = old
+                        .entries(first, last + 1, u64::MAX)
+                        .expect("kept entries");
+                    s.append(&kept).expect("contiguous entries");
+                }
+                let kept_last = s.last_index();
+                let term = match loss {
+                    Loss::Suffix(_) => hs.term,
+                    _ => s.term(kept_last).unwrap_or(0),
+                };
+                let vote = if matches!(loss, Loss::Suffix(_)) {
+                    hs.vote
+                } else {
+                    0
+                };
+                let commit = hs.commit.min(kept_last).max(snap.meta.index);
+                s.set_hard_state(HardState { term, vote, commit });
+                s
+            }
+        };
+        node.storage = storage;
+        // The state machine restarts from the snapshot it keeps (if any).
+        let (applied, machine) = match loss {
+            Loss::Everything => (0, Machine::default()),
+            _ => (
+                snap.meta.index,
+                Machine::decode(&snap.data, snap.meta.conf_state.clone()),
+            ),
+        };
+        node.applied = applied;
+        node.machine = machine;
+        node.history = BTreeMap::from([(applied, node.machine.clone())]);
+        node.applied_entries.clear();
+        let mut config = node.opts.config(id, applied);
+        config.recovery = Some(RecoveryStart {
+            id: 1000 + id,
+            hard_state_lost: !matches!(loss, Loss::Suffix(_)),
+        });
+        self.say(format!("{id} lost {loss:?}"));
+        let node = self.node_mut(id);
+        match RawNode::new(&config, node.storage.clone()) {
+            Ok(raw) => {
+                node.raw = raw;
+                let st = node.raw.status();
+                node.seen = fmt::role_line(&st);
+                let line = format!(
+                    "{id} restarted recovering: {} commit={} applied={} last={}",
                     node.seen, st.hard_state.commit, st.applied, st.last_index
                 );
                 self.say(line);

@@ -2,8 +2,8 @@
 //! ordering, no addresses, no timing.
 
 use raftnode::raft::{
-    ConfChange, ConfChangeKind, ConfState, Entry, EntryKind, Message, MessageBody, NodeId, Role,
-    Snapshot, Status,
+    ConfChange, ConfChangeKind, ConfState, Entry, EntryKind, Message, MessageBody, NodeId,
+    RecoveryPhase, Role, Snapshot, Status, VOTE_LOST,
 };
 
 /// `4/2` for an empty entry, `5/2 "put a=1"` for data, `6/2 conf(add 4)`.
@@ -69,11 +69,20 @@ fn ctx(c: &[u8]) -> String {
     }
 }
 
+/// The recovery tag of an answer, when it has one.
+fn recovery_tag(id: u64) -> String {
+    if id == 0 {
+        String::new()
+    } else {
+        format!(" recovery={id}")
+    }
+}
+
 /// `1->2 append term=2 prev=3/1 entries=[4/2] commit=3`. Forwarded client
 /// requests carry no term and print none.
 pub fn message(m: &Message) -> String {
     let mut s = format!("{}->{} {}", m.from, m.to, m.body.name());
-    if !m.body.is_forwarded_request() {
+    if !m.body.outside_terms() {
         s.push_str(&format!(" term={}", m.term));
     }
     match &m.body {
@@ -91,6 +100,7 @@ pub fn message(m: &Message) -> String {
             reject,
             reject_hint,
             hint_term,
+            recovery,
         } => {
             if *reject {
                 s.push_str(&format!(
@@ -99,11 +109,15 @@ pub fn message(m: &Message) -> String {
             } else {
                 s.push_str(&format!(" index={index}"))
             }
+            s.push_str(&recovery_tag(*recovery));
         }
         MessageBody::Heartbeat { commit, context } => {
             s.push_str(&format!(" commit={commit}{}", ctx(context)))
         }
-        MessageBody::HeartbeatResponse { context } => s.push_str(&ctx(context)),
+        MessageBody::HeartbeatResponse { context, recovery } => {
+            s.push_str(&ctx(context));
+            s.push_str(&recovery_tag(*recovery));
+        }
         MessageBody::RequestVote {
             last_index,
             last_term,
@@ -128,6 +142,14 @@ pub fn message(m: &Message) -> String {
             s.push_str(&format!(" index={index}{}", ctx(context)))
         }
         MessageBody::TransferLeader { target } => s.push_str(&format!(" target={target}")),
+        MessageBody::TermQuery => {}
+        MessageBody::TermReport { term } => s.push_str(&format!(" reported={term}")),
+        MessageBody::Recovering {
+            id,
+            last_index,
+            last_term,
+        } => s.push_str(&format!(" id={id} last={last_index}/{last_term}")),
+        MessageBody::RecoveryAck { id, target } => s.push_str(&format!(" id={id} target={target}")),
     }
     s
 }
@@ -146,14 +168,33 @@ pub fn message_type(m: &Message) -> &'static str {
 
 /// `follower term=1 vote=1 lead=0`: the part of a node's state whose changes
 /// traces report.
+/// A vote: the id, or `lost` for `VOTE_LOST`.
+pub fn vote(v: NodeId) -> String {
+    match v {
+        VOTE_LOST => "lost".to_string(),
+        v => v.to_string(),
+    }
+}
+
 pub fn role_line(st: &Status) -> String {
-    format!(
-        "{} term={} vote={} lead={}",
+    let vote = vote(st.hard_state.vote);
+    let mut line = format!(
+        "{} term={} vote={vote} lead={}",
         role(st.soft_state.role),
         st.hard_state.term,
-        st.hard_state.vote,
         st.soft_state.leader
-    )
+    );
+    match &st.recovery {
+        None => {}
+        Some(RecoveryPhase::AwaitingTerms { missing }) => {
+            line.push_str(&format!(" recovering: terms of {}", ids(missing)))
+        }
+        Some(RecoveryPhase::AwaitingLeader) => line.push_str(" recovering: waiting for a leader"),
+        Some(RecoveryPhase::CatchingUp { matched, target }) => {
+            line.push_str(&format!(" recovering: {matched} of {target}"))
+        }
+    }
+    line
 }
 
 pub fn role(r: Role) -> String {

@@ -48,6 +48,7 @@
 //! | `partition G [G...]` / `heal` | cut the network into groups (unlisted nodes form one more) / reconnect |
 //! | `stabilize [from=..] [to=..] [type=..]` | Ready/Advance everywhere and deliver (only the selected messages), until quiet |
 //! | `restart ID` | crash and restart: lose what was not handed to storage |
+//! | `lose ID suffix=K [hardstate]`, `lose ID all` | crash, lose durable entries after K (and the hard state), or everything, and restart recovering |
 //! | `compact ID INDEX` | snapshot the state machine at INDEX and compact the log |
 //! | `report-unreachable ID PEER`, `report-snapshot ID PEER ok\|fail` | transport feedback |
 //! | `inject FROM->TO TYPE term=T ...` | step a hand-made message into TO, written as traces print it (see below) |
@@ -69,7 +70,7 @@ use std::path::Path;
 
 use raftnode::raft::{ConfChangeKind, ConfState, Message, MessageBody, NodeId};
 
-use super::cluster::{conf, Cluster, Filter, Options};
+use super::cluster::{conf, Cluster, Filter, Loss, Options};
 
 /// Ends a command line; twice, it opens and closes output with blank lines.
 const SEPARATOR: &str = "----";
@@ -485,6 +486,17 @@ impl Runner {
                 self.known(id)?.restart(id);
                 Ok(Vec::new())
             }
+            "lose" => {
+                let id = a.id(0)?;
+                let loss = match (a.num_opt("suffix")?, a.pos.contains(&"hardstate")) {
+                    (Some(k), false) => Loss::Suffix(k),
+                    (Some(k), true) => Loss::SuffixAndHardState(k),
+                    (None, _) if a.pos.contains(&"all") => Loss::Everything,
+                    _ => return Err("usage: lose ID suffix=K [hardstate] | lose ID all".into()),
+                };
+                self.known(id)?.lose(id, loss);
+                Ok(Vec::new())
+            }
             "compact" => {
                 let id = a.id(0)?;
                 let index = a.num_or(1, 0)?;
@@ -560,7 +572,10 @@ fn message(a: &Args) -> Result<Message, String> {
             commit: a.num_opt("commit")?.unwrap_or(0),
             context,
         },
-        "heartbeat_response" => MessageBody::HeartbeatResponse { context },
+        "heartbeat_response" => MessageBody::HeartbeatResponse {
+            context,
+            recovery: a.num_opt("recovery")?.unwrap_or(0),
+        },
         "vote" | "prevote" => {
             let (last_index, last_term) = a.pair_opt("last")?.unwrap_or((0, 0));
             MessageBody::RequestVote {
@@ -581,6 +596,7 @@ fn message(a: &Args) -> Result<Message, String> {
                 reject: flag("rejected"),
                 reject_hint,
                 hint_term,
+                recovery: a.num_opt("recovery")?.unwrap_or(0),
             }
         }
         "timeout_now" => MessageBody::TimeoutNow,
