@@ -113,6 +113,7 @@ fn malformed_for(c: &Cluster, id: NodeId) -> Vec<Message> {
                 last_index: max,
                 last_term: max,
                 transfer: true,
+                campaign: 0,
             },
         ),
         msg(
@@ -122,6 +123,7 @@ fn malformed_for(c: &Cluster, id: NodeId) -> Vec<Message> {
             MessageBody::RequestVoteResponse {
                 pre: false,
                 reject: false,
+                campaign: 0,
             },
         ),
         msg(peer, id, stale, resp(last, false, 0, 0)),
@@ -153,6 +155,7 @@ fn malformed_for(c: &Cluster, id: NodeId) -> Vec<Message> {
             MessageBody::RequestVoteResponse {
                 pre: false,
                 reject: false,
+                campaign: 0,
             },
         ),
         msg(
@@ -162,6 +165,7 @@ fn malformed_for(c: &Cluster, id: NodeId) -> Vec<Message> {
             MessageBody::RequestVoteResponse {
                 pre: true,
                 reject: false,
+                campaign: 0,
             },
         ),
         msg(
@@ -195,6 +199,7 @@ fn malformed_for(c: &Cluster, id: NodeId) -> Vec<Message> {
             MessageBody::RequestVoteResponse {
                 pre: true,
                 reject: false,
+                campaign: 0,
             },
         ),
         msg(
@@ -540,10 +545,12 @@ fn random_messages_never_break_a_node() {
                             last_index: idx,
                             last_term: t2,
                             transfer: rng.below(4) == 0,
+                            campaign: 0,
                         },
                         6 => MessageBody::RequestVoteResponse {
                             pre: rng.below(2) == 0,
                             reject: rng.below(2) == 0,
+                            campaign: 0,
                         },
                         7 => snapshot(pick(&mut rng, last), t2, vec![1, 2, 3]),
                         8 => MessageBody::TimeoutNow,

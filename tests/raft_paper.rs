@@ -48,6 +48,7 @@ fn vote(pre: bool, last_index: u64, last_term: u64) -> MessageBody {
         last_index,
         last_term,
         transfer: false,
+        campaign: 0,
     }
 }
 
@@ -204,6 +205,7 @@ fn section_5_2_candidate_wins_with_a_majority_of_votes() {
             let body = MessageBody::RequestVoteResponse {
                 pre: false,
                 reject: !granted,
+                campaign: 0,
             };
             c.step_raw(1, msg(from, 1, 1, body));
         }
@@ -810,10 +812,12 @@ fn section_9_6_prevote_granted_without_changing_term_or_vote() {
     let granted = MessageBody::RequestVoteResponse {
         pre: true,
         reject: false,
+        campaign: 0,
     };
     let refused = MessageBody::RequestVoteResponse {
         pre: true,
         reject: true,
+        campaign: 0,
     };
     assert_eq!(answer(2), Some(granted), "log as up to date");
     assert_eq!(answer(3), Some(refused), "shorter log");
@@ -852,6 +856,7 @@ fn section_6_2_follower_in_lease_ignores_vote_requests() {
         last_index: 9,
         last_term: 9,
         transfer: true,
+        campaign: 0,
     };
     c.step_raw(2, msg(3, 2, 5, transfer));
     assert_eq!(vote_granted(&sent_by(&mut c, 2), 2), Some(true));

@@ -73,9 +73,20 @@ pub enum MessageBody {
         /// Set when the election was started by a leadership transfer, so
         /// voters bypass their leader lease.
         transfer: bool,
+        /// Identifies the candidate's process: its recovery id, 0 if it did
+        /// not recover lost state. The answer echoes it, and a candidate
+        /// counts only answers to its own campaigns: a grant to a request
+        /// of a process that lost its state (same node, same term) was
+        /// given for a log the node no longer has.
+        campaign: u64,
     },
     /// Voter → candidate.
-    RequestVoteResponse { pre: bool, reject: bool },
+    RequestVoteResponse {
+        pre: bool,
+        reject: bool,
+        /// The `campaign` of the request answered.
+        campaign: u64,
+    },
     /// Leader → follower: InstallSnapshot (§7).
     Snapshot { snapshot: Snapshot },
     /// Leader → transfer target: campaign now, even if you heard from me.

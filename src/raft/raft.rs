@@ -149,6 +149,14 @@ impl std::fmt::Display for DropReason {
     }
 }
 
+/// The `campaign` of a vote request (0 for any other message).
+fn vote_campaign(m: &Message) -> u64 {
+    match m.body {
+        MessageBody::RequestVote { campaign, .. } => campaign,
+        _ => 0,
+    }
+}
+
 /// Terms end here: a message at or above it is dropped, and no node
 /// campaigns into it (see [`Raft::hears`]). Real clusters stay far below.
 pub const MAX_TERM: u64 = 1 << 63;
@@ -668,6 +676,7 @@ impl<S: Storage> Raft<S> {
                 last_index,
                 last_term,
                 transfer,
+                campaign: self.recovery_tag,
             };
             self.send(Message {
                 from: self.id,
@@ -690,7 +699,11 @@ impl<S: Storage> Raft<S> {
                 || (self.vote == NO_NODE && self.leader == NO_NODE)
                 || (pre && m.term > self.term));
         if can_vote && self.log.is_up_to_date(last_index, last_term) {
-            let body = MessageBody::RequestVoteResponse { pre, reject: false };
+            let body = MessageBody::RequestVoteResponse {
+                pre,
+                reject: false,
+                campaign: vote_campaign(m),
+            };
             // A granted PreVote answers in the candidate's future term.
             self.send(Message {
                 from: self.id,
@@ -705,7 +718,11 @@ impl<S: Storage> Raft<S> {
         } else {
             self.send_to(
                 m.from,
-                MessageBody::RequestVoteResponse { pre, reject: true },
+                MessageBody::RequestVoteResponse {
+                    pre,
+                    reject: true,
+                    campaign: vote_campaign(m),
+                },
             );
         }
     }
@@ -797,6 +814,7 @@ impl<S: Storage> Raft<S> {
                 MessageBody::RequestVoteResponse {
                     pre: true,
                     reject: false,
+                    ..
                 } => {}
                 MessageBody::Append { .. }
                 | MessageBody::Heartbeat { .. }
@@ -831,12 +849,17 @@ impl<S: Storage> Raft<S> {
                         },
                     );
                 }
-                MessageBody::RequestVote { pre: true, .. } => {
+                MessageBody::RequestVote {
+                    pre: true,
+                    campaign,
+                    ..
+                } => {
                     self.send_to(
                         m.from,
                         MessageBody::RequestVoteResponse {
                             pre: true,
                             reject: true,
+                            campaign,
                         },
                     );
                 }
@@ -1156,9 +1179,13 @@ impl<S: Storage> Raft<S> {
                 self.become_follower(term, from);
                 self.handle_snapshot(from, snapshot);
             }
-            MessageBody::RequestVoteResponse { pre, reject } => {
-                if pre != (self.role == Role::PreCandidate) {
-                    return; // an answer to an earlier round
+            MessageBody::RequestVoteResponse {
+                pre,
+                reject,
+                campaign,
+            } => {
+                if pre != (self.role == Role::PreCandidate) || campaign != self.recovery_tag {
+                    return; // an answer to an earlier round, or process
                 }
                 self.prs.record_vote(from, !reject);
                 match self.prs.tally_votes().2 {

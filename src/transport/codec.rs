@@ -463,17 +463,24 @@ pub fn encode_message(out: &mut Vec<u8>, m: &Message) {
             last_index,
             last_term,
             transfer,
+            campaign,
         } => {
             out.push(TAG_VOTE);
             out.push(*pre as u8);
             put_u64(out, *last_index);
             put_u64(out, *last_term);
             out.push(*transfer as u8);
+            put_u64(out, *campaign);
         }
-        MessageBody::RequestVoteResponse { pre, reject } => {
+        MessageBody::RequestVoteResponse {
+            pre,
+            reject,
+            campaign,
+        } => {
             out.push(TAG_VOTE_RESPONSE);
             out.push(*pre as u8);
             out.push(*reject as u8);
+            put_u64(out, *campaign);
         }
         MessageBody::TimeoutNow => out.push(TAG_TIMEOUT_NOW),
         MessageBody::Propose { entries } => {
@@ -557,10 +564,12 @@ pub fn decode_message(body: &[u8]) -> Result<Message, DecodeError> {
             last_index: r.u64()?,
             last_term: r.u64()?,
             transfer: r.bool()?,
+            campaign: r.u64()?,
         },
         TAG_VOTE_RESPONSE => MessageBody::RequestVoteResponse {
             pre: r.bool()?,
             reject: r.bool()?,
+            campaign: r.u64()?,
         },
         TAG_TIMEOUT_NOW => MessageBody::TimeoutNow,
         TAG_PROPOSE => MessageBody::Propose {
@@ -716,10 +725,12 @@ mod tests {
                 last_index: 9,
                 last_term: 2,
                 transfer: false,
+                campaign: 5,
             },
             MessageBody::RequestVoteResponse {
                 pre: false,
                 reject: true,
+                campaign: 5,
             },
             MessageBody::TimeoutNow,
             MessageBody::Propose { entries: vec![e] },

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 
-use raftnode::raft::{HardState, NodeId, ReadState, Role, Status, NO_NODE};
+use raftnode::raft::{HardState, NodeId, ReadState, Role, Status, NO_NODE, VOTE_LOST};
 
 use crate::node::SimNode;
 
@@ -45,8 +45,11 @@ pub struct Checker {
     reads: HashMap<Vec<u8>, (NodeId, u64)>,
     pub reads_answered: u64,
     /// The last hard state of each node, per incarnation (in memory) and
-    /// under [`DURABLE`] (in storage, across restarts).
+    /// under [`DURABLE`] (in storage, across restarts until it loses state).
     hard: HashMap<(NodeId, u64), HardState>,
+    /// Every vote ever seen, by node and term, across incarnations and
+    /// losses of state: a node votes at most once per term, for all time.
+    votes: HashMap<(NodeId, u64), NodeId>,
 }
 
 impl Checker {
@@ -119,11 +122,33 @@ impl Checker {
                 prev.term, hs.term
             ));
         }
-        if hs.term == prev.term && prev.vote != NO_NODE && hs.vote != prev.vote {
+        // `VOTE_LOST` is no vote, but nothing may follow it in its term.
+        let voted = |v: NodeId| v != NO_NODE && v != VOTE_LOST;
+        if hs.term == prev.term
+            && hs.vote != prev.vote
+            && ((voted(prev.vote) && hs.vote != VOTE_LOST) || prev.vote == VOTE_LOST)
+        {
             return Err(format!(
                 "node {node} voted for {} and then for {} in term {}",
                 prev.vote, hs.vote, hs.term
             ));
+        }
+        // A vote counts once durable: only then can it have been sent. A
+        // vote for itself by a process that then lost its state may be
+        // followed by a vote for another: that candidacy died with the
+        // process, and no answer to it is ever counted (the `campaign` of
+        // a vote request). Any other second vote in a term is a failure.
+        if inc == DURABLE && voted(hs.vote) {
+            let first = *self.votes.entry((node, hs.term)).or_insert(hs.vote);
+            if first == node && hs.vote != node {
+                self.votes.insert((node, hs.term), hs.vote);
+            } else if first != hs.vote {
+                return Err(format!(
+                    "node {node} voted twice in term {}: for {first} and for {} \
+                     (across restarts and losses of state)",
+                    hs.term, hs.vote
+                ));
+            }
         }
         if hs.commit < prev.commit {
             return Err(format!(
@@ -133,6 +158,12 @@ impl Checker {
         }
         *prev = hs;
         Ok(())
+    }
+
+    /// Node `node` lost durable state: its term and commit index may go
+    /// back in storage from now on (its votes may not: see `votes`).
+    pub fn lost_state(&mut self, node: NodeId) {
+        self.hard.remove(&(node, DURABLE));
     }
 
     /// Checks one node after a step in which it may have changed.

@@ -16,8 +16,8 @@
 use std::collections::BTreeMap;
 
 use raftnode::raft::{
-    ConfChange, ConfChangeKind, ConfState, Config, EntryKind, MemStorage, Message, MessageBody,
-    NodeId, RawNode, Rng, Role, Status,
+    ConfChange, ConfChangeKind, ConfState, Config, EntryKind, HardState, MemStorage, Message,
+    MessageBody, NodeId, RawNode, RecoveryStart, Rng, Role, Status, Storage,
 };
 use raftnode_testkit::ready;
 use raftnode_testkit::rng::mix;
@@ -61,6 +61,8 @@ pub struct SimConfig {
     pub heartbeat_ticks: usize,
     pub pre_vote: bool,
     pub check_quorum: bool,
+    /// Weight of "a node loses durable state" (0 turns it off).
+    pub loss_weight: u64,
 }
 
 impl SimConfig {
@@ -85,6 +87,7 @@ impl SimConfig {
             check_quorum: rng.below(4) != 0,
             // Drawn last, so earlier seeds keep their other knobs.
             conf_weight: pick(&mut rng, &[2, 4, 20]),
+            loss_weight: pick(&mut rng, &[0, 1, 3]),
         }
     }
 }
@@ -97,6 +100,9 @@ pub struct Stats {
     pub committed: u64,
     pub snapshots_sent: u64,
     pub crashes: u64,
+    /// Nodes that lost durable state, and recoveries that finished.
+    pub losses: u64,
+    pub recoveries: u64,
     pub conf_changes: u64,
     pub reads: u64,
     pub partitions: u64,
@@ -111,6 +117,8 @@ impl Stats {
         self.committed += o.committed;
         self.snapshots_sent += o.snapshots_sent;
         self.crashes += o.crashes;
+        self.losses += o.losses;
+        self.recoveries += o.recoveries;
         self.conf_changes += o.conf_changes;
         self.reads += o.reads;
         self.partitions += o.partitions;
@@ -179,7 +187,7 @@ fn describe(m: &Message) -> String {
             "{} last {last_index}/{last_term}",
             if *pre { "prevote" } else { "vote" }
         ),
-        MessageBody::RequestVoteResponse { pre, reject } => format!(
+        MessageBody::RequestVoteResponse { pre, reject, .. } => format!(
             "{} {}",
             if *pre { "prevote" } else { "vote" },
             if *reject { "rejected" } else { "granted" }
@@ -294,7 +302,7 @@ impl Sim {
         let partitioned = self.net.is_partitioned();
         let any_down = self.nodes.values().any(|n| !n.is_up());
         // Weights per thousand steps, roughly.
-        let weights: [(u8, u64); 15] = [
+        let weights: [(u8, u64); 16] = [
             (0, 500),                              // deliver a message
             (1, 300),                              // a Ready stage on some node
             (2, 20),                               // tick one node
@@ -310,6 +318,7 @@ impl Sim {
             (12, if partitioned { 5 } else { 0 }), // heal
             (13, 2),                               // report a peer unreachable
             (14, 2),                               // the application forces an election
+            (15, c.loss_weight),                   // a node loses durable state
         ];
         let total: u64 = weights.iter().map(|w| w.1).sum();
         let mut r = self.rng.below(total);
@@ -353,6 +362,7 @@ impl Sim {
                 self.net.heal();
                 Ok(())
             }
+            15 => self.lose_state(),
             14 => {
                 let ids = self.up_ids();
                 if !ids.is_empty() {
@@ -535,6 +545,12 @@ impl Sim {
         if let Some(hs) = o.rd.hard_state {
             self.check.hard_state(id, crate::checks::DURABLE, hs)?;
         }
+        if o.rd.recovery_done {
+            // As the node layer clears the WAL's damage marker.
+            trace!(self, "node {id} finished recovering");
+            n.damaged = None;
+            self.stats.recoveries += 1;
+        }
         o.persisted = true;
         let msgs = std::mem::take(&mut o.rd.persisted_messages);
         self.send_all(id, msgs);
@@ -668,6 +684,9 @@ impl Sim {
         let Some(l) = self.leader() else {
             return Ok(());
         };
+        if self.nodes.values().any(|n| n.damaged.is_some()) {
+            return Ok(()); // see `lose_state`
+        }
         let cs = self.status(l).expect("leader is up").conf_state;
         let max_voters = self.cfg.nodes as usize + 1;
         let roll = self.rng.below(4);
@@ -786,6 +805,144 @@ impl Sim {
         self.stats.crashes += 1;
     }
 
+    /// A node loses durable state (a damaged or wiped disk), then restarts
+    /// recovering, as the node layer does when its WAL reports damage: its
+    /// log after a random index, its hard state too, everything, or its
+    /// snapshot and log. One node at a time carries damage: membership
+    /// changes may leave as few as [`MIN_VOTERS`] voters, which can spare
+    /// only one and still elect a leader, and the liveness phase needs one.
+    /// Two damaged at once is covered by a scenario script (the cluster
+    /// then waits, unavailable, and loses nothing).
+    ///
+    /// Nor is state lost while the membership is in flux (some node has not
+    /// applied the leader's configuration): a voter that has not applied a
+    /// removal still counts the removed node in its quorum, and with one
+    /// more node abstaining no candidate may be able to win until the
+    /// damaged node is repaired, which needs a leader. The cluster then
+    /// waits, safely; the liveness phase could not end. For the same reason
+    /// no membership change is proposed while a node is damaged.
+    fn lose_state(&mut self) -> Result<(), String> {
+        if self.nodes.values().any(|n| n.damaged.is_some()) || !self.membership_settled() {
+            return Ok(());
+        }
+        let ids: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| n.damaged.is_none())
+            .map(|n| n.id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let id = ids[self.rand(ids.len())];
+        if self.nodes[&id].is_up() {
+            self.crash(id);
+        }
+        let kind = self.rand(4);
+        let founders = ConfState::with_voters((1..=self.cfg.nodes).collect());
+        let n = self.nodes.get_mut(&id).expect("node exists");
+        let old = n.storage.clone();
+        let (hs, cs) = old.initial_state();
+        let snap = old.snapshot().map_err(|e| format!("node {id}: {e}"))?;
+        let (what, lost_hs) = match kind {
+            0 | 1 => {
+                // The log after a random index k (and the hard state).
+                let lo = old.first_index().saturating_sub(1);
+                let hi = old.last_index();
+                let k = lo + self.rng.below(hi - lo + 1);
+                let s = MemStorage::new_with_conf_state(cs);
+                if !snap.is_empty() {
+                    s.apply_snapshot(snap.clone())
+                        .map_err(|e| format!("node {id}: {e}"))?;
+                }
+                if k >= old.first_index() {
+                    let kept = old
+                        .entries(old.first_index(), k + 1, u64::MAX)
+                        .map_err(|e| format!("node {id}: {e}"))?;
+                    s.append(&kept).map_err(|e| format!("node {id}: {e}"))?;
+                }
+                let kept_last = s.last_index();
+                let lost_hs = kind == 1;
+                let term = if lost_hs {
+                    s.term(kept_last).unwrap_or(0)
+                } else {
+                    hs.term
+                };
+                s.set_hard_state(HardState {
+                    term,
+                    vote: if lost_hs { 0 } else { hs.vote },
+                    commit: hs.commit.min(kept_last).max(snap.meta.index),
+                });
+                n.storage = s;
+                n.log.truncate(kept_last);
+                // The chain follows the storage's compaction point.
+                let base = n.storage.first_index() - 1;
+                if base > n.log.base {
+                    n.log.compact(base);
+                }
+                (format!("its log after {k}"), lost_hs)
+            }
+            2 => {
+                n.storage = MemStorage::new_with_conf_state(founders);
+                n.log = Default::default();
+                n.snap_index = 0;
+                ("everything".to_string(), true)
+            }
+            _ => {
+                let s = MemStorage::new_with_conf_state(founders);
+                s.set_hard_state(HardState {
+                    term: hs.term,
+                    vote: hs.vote,
+                    commit: 0,
+                });
+                n.storage = s;
+                n.log = Default::default();
+                n.snap_index = 0;
+                ("its snapshot and log".to_string(), false)
+            }
+        };
+        n.damaged = Some(lost_hs);
+        self.stats.losses += 1;
+        self.check.lost_state(id);
+        trace!(
+            self,
+            "node {id} loses {what}{}",
+            if lost_hs { " and its hard state" } else { "" }
+        );
+        self.start(id)
+    }
+
+    /// Whether every member has applied the leader's configuration and no
+    /// membership change is in the leader's log past what every member has
+    /// applied.
+    fn membership_settled(&self) -> bool {
+        let Some(l) = self.leader() else {
+            return false;
+        };
+        let Some(cs) = self.status(l).map(|st| st.conf_state) else {
+            return false;
+        };
+        let members: Vec<&SimNode> = cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .filter_map(|id| self.nodes.get(id))
+            .collect();
+        if members.len() != cs.voters.len() + cs.learners.len()
+            || members.iter().any(|n| n.conf != cs)
+        {
+            return false;
+        }
+        let applied = members.iter().map(|n| n.sm.applied).min().unwrap_or(0);
+        let storage = &self.nodes[&l].storage;
+        let lo = (applied + 1).max(storage.first_index());
+        let hi = storage.last_index() + 1;
+        lo >= hi
+            || storage
+                .entries(lo, hi, u64::MAX)
+                .is_ok_and(|es| es.iter().all(|e| e.kind != EntryKind::ConfChange))
+    }
+
     fn restart_one(&mut self) -> Result<(), String> {
         let down: Vec<NodeId> = self
             .nodes
@@ -816,6 +973,10 @@ impl Sim {
         config.heartbeat_ticks = self.cfg.heartbeat_ticks;
         config.pre_vote = self.cfg.pre_vote;
         config.check_quorum = self.cfg.check_quorum;
+        config.recovery = n.damaged.map(|hard_state_lost| RecoveryStart {
+            id: mix(self.cfg.seed ^ mix(id ^ mix(n.incarnation ^ 0x4ec0))).max(1),
+            hard_state_lost,
+        });
         let raw = RawNode::new(&config, n.storage.clone())
             .map_err(|e| format!("node {id} cannot restart: {e}"))?;
         n.raw = Some(raw);
@@ -936,10 +1097,11 @@ impl Sim {
         let Some(st) = self.status(l) else {
             return false;
         };
-        st.conf_state
-            .voters
-            .iter()
-            .all(|v| self.nodes.get(v).is_some_and(|n| n.sm.applied >= m))
+        st.conf_state.voters.iter().all(|v| {
+            self.nodes
+                .get(v)
+                .is_some_and(|n| n.sm.applied >= m && n.damaged.is_none())
+        })
     }
 
     /// Runs every node's Ready loop and delivers every message until the

@@ -1,5 +1,6 @@
 //! A seeded simulation of whole Raft clusters with drops, duplicates,
-//! reordering, delays, partitions, crashes, snapshots and membership changes,
+//! reordering, delays, partitions, crashes, losses of durable state (a damaged
+//! or wiped disk, repaired by the leader), snapshots and membership changes,
 //! checking Raft's safety properties after every step.
 //!
 //! - `cargo test --release --test sim` runs [`DEFAULT_SEEDS`] seeds, half
@@ -128,8 +129,9 @@ fn simulated_clusters_stay_safe_and_live() {
     }
     println!(
         "{seeds} seeds ({from}..{}) in {:.1} s: {} steps, {} leader terms, {} entries committed, \
-         {} snapshots delivered, {} crashes, {} partitions, {} conf changes proposed, \
-         {} reads answered, {:.1} ticks to liveness on average ({} at most)",
+         {} snapshots delivered, {} crashes, {} losses of state ({} recovered), {} partitions, \
+         {} conf changes proposed, {} reads answered, {:.1} ticks to liveness on average \
+         ({} at most)",
         from + seeds,
         start.elapsed().as_secs_f64(),
         total.steps,
@@ -137,6 +139,8 @@ fn simulated_clusters_stay_safe_and_live() {
         total.committed,
         total.snapshots_sent,
         total.crashes,
+        total.losses,
+        total.recoveries,
         total.partitions,
         total.conf_changes,
         total.reads,

@@ -169,6 +169,13 @@ impl LogChain {
         self.ents.clear();
     }
 
+    /// Forgets every entry after `index` (durable state lost).
+    pub fn truncate(&mut self, index: u64) {
+        if index >= self.base {
+            self.ents.truncate((index - self.base) as usize);
+        }
+    }
+
     pub fn compact(&mut self, index: u64) {
         if let Some((t, h)) = self.get(index) {
             let n = (index - self.base) as usize;
@@ -285,6 +292,10 @@ pub struct SimNode {
     pub log: LogChain,
     /// Index of the durable snapshot (0 if none).
     pub snap_index: u64,
+    /// The durable damage marker: set when the node lost state (`true`: its
+    /// hard state too), cleared once a Ready with `recovery_done` is
+    /// persisted. While set, every start recovers.
+    pub damaged: Option<bool>,
 }
 
 impl SimNode {
@@ -299,6 +310,7 @@ impl SimNode {
             conf,
             log: LogChain::default(),
             snap_index: 0,
+            damaged: None,
         }
     }
 

@@ -122,11 +122,15 @@ pub fn message(m: &Message) -> String {
             last_index,
             last_term,
             transfer,
+            campaign,
             ..
         } => {
             s.push_str(&format!(" last={last_index}/{last_term}"));
             if *transfer {
                 s.push_str(" transfer");
+            }
+            if *campaign != 0 {
+                s.push_str(&format!(" campaign={campaign}"));
             }
         }
         MessageBody::RequestVoteResponse { reject, .. } => {

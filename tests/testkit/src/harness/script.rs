@@ -583,11 +583,13 @@ fn message(a: &Args) -> Result<Message, String> {
                 last_index,
                 last_term,
                 transfer: flag("transfer"),
+                campaign: a.num_opt("campaign")?.unwrap_or(0),
             }
         }
         "vote_response" | "prevote_response" => MessageBody::RequestVoteResponse {
             pre,
             reject: flag("rejected"),
+            campaign: a.num_opt("campaign")?.unwrap_or(0),
         },
         "append_response" => {
             let (reject_hint, hint_term) = a.pair_opt("hint")?.unwrap_or((0, 0));
