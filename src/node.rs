@@ -36,7 +36,8 @@ use log::{info, warn};
 use crate::policy::{NodeRequest, Policy};
 use crate::protocol::{ErrorCode, Reply};
 use crate::raft::{
-    ConfChange, ConfState, MemStorage, Message, NodeId, RawNode, Ready, Role, NO_NODE,
+    ConfChange, ConfState, MemStorage, Message, NodeId, RawNode, Ready, RecoveryPhase, Role,
+    NO_NODE,
 };
 use crate::reply::ReplyTx;
 use crate::shared::Shared;
@@ -54,6 +55,8 @@ pub struct StatusInfo {
     pub applied: u64,
     pub last: u64,
     pub conf_state: ConfState,
+    /// Where a recovery of lost state is, if the node is recovering.
+    pub recovery: Option<RecoveryPhase>,
 }
 
 impl StatusInfo {
@@ -84,6 +87,18 @@ impl StatusInfo {
         );
         if !self.conf_state.learners.is_empty() {
             line.push_str(&format!(" learners={}", ids(&self.conf_state.learners)));
+        }
+        if let Some(phase) = &self.recovery {
+            let phase = match phase {
+                RecoveryPhase::AwaitingTerms { missing } => {
+                    format!("terms-from-{}", ids(missing))
+                }
+                RecoveryPhase::AwaitingLeader => "waiting-for-leader".to_string(),
+                RecoveryPhase::CatchingUp { matched, target } => {
+                    format!("catching-up-{matched}-of-{target}")
+                }
+            };
+            line.push_str(&format!(" recovering=1 recovery={phase}"));
         }
         line
     }
@@ -244,6 +259,7 @@ impl NodeLoop {
             applied: st.applied,
             last: st.last_index,
             conf_state: st.conf_state,
+            recovery: st.recovery,
         }
     }
 

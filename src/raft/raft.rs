@@ -227,6 +227,10 @@ pub struct Raft<S: Storage> {
     recovery_tag: u64,
     /// A recovery finished and the application has not been told.
     pub recovered: bool,
+    /// Ticks since start, to rate-limit warnings (the core reads no clock).
+    ticks: u64,
+    /// When each repeatable warning was last logged, in ticks.
+    warned: std::collections::HashMap<&'static str, u64>,
 }
 
 impl<S: Storage> Raft<S> {
@@ -267,6 +271,8 @@ impl<S: Storage> Raft<S> {
             recovery: config.recovery.map(Recovery::new),
             recovery_tag: config.recovery.map_or(0, |r| r.id),
             recovered: false,
+            ticks: 0,
+            warned: std::collections::HashMap::new(),
         };
         if hs != HardState::default() {
             if hs.commit < r.log.committed || hs.commit > r.log.last_index() {
@@ -559,8 +565,24 @@ impl<S: Storage> Raft<S> {
 
     // ---- time ----------------------------------------------------------
 
+    /// Whether a warning that may repeat (`key`) may be logged now: at most
+    /// once per election timeout of ticks, so a peer that keeps sending the
+    /// same bad message cannot flood the log.
+    fn may_warn(&mut self, key: &'static str) -> bool {
+        let now = self.ticks;
+        let every = self.election_timeout as u64;
+        match self.warned.get(key) {
+            Some(&at) if now < at + every => false,
+            _ => {
+                self.warned.insert(key, now);
+                true
+            }
+        }
+    }
+
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         if self.role == Role::Leader {
             self.tick_heartbeat();
         } else {
@@ -617,14 +639,18 @@ impl<S: Storage> Raft<S> {
         if self.term + 1 >= MAX_TERM {
             // Only a malformed message can have brought us here; the term
             // space ends at MAX_TERM (see `hears`).
-            log::warn!("{} cannot campaign: the term space is exhausted", self.id);
+            if self.may_warn("term space") {
+                log::warn!("{} cannot campaign: the term space is exhausted", self.id);
+            }
             return;
         }
         if self.has_unapplied_conf_changes() {
-            log::warn!(
-                "{} cannot campaign: committed conf changes are not applied yet",
-                self.id
-            );
+            if self.may_warn("unapplied conf changes") {
+                log::warn!(
+                    "{} cannot campaign: committed conf changes are not applied yet",
+                    self.id
+                );
+            }
             return;
         }
         if self.pre_vote && !transfer {
@@ -1297,7 +1323,9 @@ impl<S: Storage> Raft<S> {
                 || e.term < expected_term
                 || e.term > self.term
             {
-                log::warn!("{} ignores a malformed append from {}", self.id, from);
+                if self.may_warn("malformed append") {
+                    log::warn!("{} ignores a malformed append from {}", self.id, from);
+                }
                 return;
             }
             expected_term = e.term;
@@ -1342,7 +1370,11 @@ impl<S: Storage> Raft<S> {
                 };
                 self.send_to(from, body);
             }
-            Err(why) => log::warn!("{} ignores an append from {}: {}", self.id, from, why),
+            Err(why) => {
+                if self.may_warn("bad append") {
+                    log::warn!("{} ignores an append from {}: {}", self.id, from, why)
+                }
+            }
         }
     }
 
@@ -1352,9 +1384,10 @@ impl<S: Storage> Raft<S> {
         // entry could commit entries the leader does not have; ignore it.
         if commit <= self.log.last_index() {
             self.log.commit_to(commit);
-        } else {
+        } else if self.may_warn("commit past last index") {
             log::warn!(
-                "{} ignores commit {} from {}: past its last index {}",
+                "{} ignores commit {} from {}: past its last index {} (warned at most \
+                 once per election timeout)",
                 self.id,
                 commit,
                 from,
