@@ -59,6 +59,7 @@ scenarios! {
     conf_change_refused_while_pending,
     conf_change_remove_follower,
     conf_change_takes_effect_when_applied,
+    defence_strangers_cannot_touch_the_term,
     election_basic,
     election_candidate_steps_down_on_leader_append,
     election_prevote_partitioned_node_does_not_disrupt,

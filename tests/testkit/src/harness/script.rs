@@ -602,6 +602,31 @@ fn message(a: &Args) -> Result<Message, String> {
             }
         }
         "timeout_now" => MessageBody::TimeoutNow,
+        // `append prev=I/T entries=N commit=C`: N entries after I, of the
+        // message's term, each `put x=injected`.
+        "append" => {
+            let (prev_index, prev_term) = a.pair_opt("prev")?.unwrap_or((0, 0));
+            let term = a.num_opt("term")?.unwrap_or(0);
+            let n = a.num_opt("entries")?.unwrap_or(0);
+            let entries = (1..=n)
+                .map(|k| raftnode::raft::Entry {
+                    index: prev_index + k,
+                    term,
+                    kind: raftnode::raft::EntryKind::Normal,
+                    data: b"put x=injected".to_vec(),
+                })
+                .collect();
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit: a.num_opt("commit")?.unwrap_or(0),
+            }
+        }
+        // `propose`: one entry `put x=injected`, as a follower forwards it.
+        "propose" => MessageBody::Propose {
+            entries: vec![raftnode::raft::Entry::normal(b"put x=injected".to_vec())],
+        },
         other => return Err(format!("inject cannot build `{other}` messages")),
     };
     Ok(super::msg(
