@@ -646,6 +646,39 @@ fn connection_flood(c: &Cluster, b: &mut Baseline, a: &Attacker) {
     b.check(c, "8 connection flood", w);
 }
 
+/// 8, slowly: a dialer that sends its handshake one byte a second. The
+/// whole authentication must finish within the handshake timeout, not
+/// each read: 16 such dialers would otherwise hold every authenticating
+/// slot for minutes, and no peer could reconnect meanwhile.
+fn trickled_handshake(c: &Cluster, b: &mut Baseline, a: &Attacker) {
+    let target = b.leader;
+    let w = b.watch(c);
+    let started = Instant::now();
+    let mut p = RawPeer::connect(&c.node(target).peer_addr, &a.wire, target).expect("connect");
+    let mut hello = Vec::new();
+    codec::encode_handshake(&mut hello, a.from, target, a.cluster_id);
+    let mut closed = false;
+    for byte in &hello {
+        if p.send_bytes(std::slice::from_ref(byte)).is_err()
+            || p.closed_within(Duration::from_secs(1))
+        {
+            closed = true;
+            break;
+        }
+        if started.elapsed() > HANDSHAKE_TIMEOUT * 3 {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    println!("  8 trickled handshake: closed={closed} after {took:?}");
+    assert!(
+        closed && took <= HANDSHAKE_TIMEOUT + Duration::from_secs(3),
+        "a handshake trickled a byte a second was still open after {took:?} \
+         (the handshake timeout is {HANDSHAKE_TIMEOUT:?})"
+    );
+    b.check(c, "8 trickled handshake", w);
+}
+
 /// Every attack, from each attacker, against one cluster.
 fn all_attacks(c: &Cluster, attackers: &[Attacker], wire_for_floods: &Wire) -> Baseline {
     let mut b = Baseline::take(c);
@@ -665,6 +698,7 @@ fn all_attacks(c: &Cluster, attackers: &[Attacker], wire_for_floods: &Wire) -> B
         .find(|a| a.expect == Verdict::Welcome)
         .expect("a welcomed attacker");
     connection_flood(c, &mut b, welcomed);
+    trickled_handshake(c, &mut b, welcomed);
     println!(
         "largest RSS growth: {} KiB ({})",
         b.worst_rss.0, b.worst_rss.1
