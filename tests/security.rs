@@ -774,3 +774,171 @@ fn tls_cluster_peer_attacks_change_nothing() {
     all_attacks(&c, &attackers, &wire);
     println!("TLS attacks took {:?}", t0.elapsed());
 }
+
+/// Dials node `to` and asserts it answers `want` and, unless it welcomed
+/// the dialer, closes the connection.
+fn expect_verdict(c: &Cluster, wire: &Wire, from: NodeId, to: u64, cluster_id: u64, want: Verdict) {
+    let r = RawPeer::dial(&c.node(to).peer_addr, wire, from, to, cluster_id);
+    let (mut p, v) = r.unwrap_or_else(|e| panic!("{from} dialling {to}: no verdict: {e}"));
+    assert_eq!(
+        v, want,
+        "{from} with cluster ID {cluster_id:#x} dialling {to}"
+    );
+    let closed = p.closed_within(if want == Verdict::Welcome {
+        Duration::from_millis(300)
+    } else {
+        HANDSHAKE_TIMEOUT
+    });
+    assert_eq!(
+        closed,
+        want != Verdict::Welcome,
+        "{from} dialling {to}: closed={closed}"
+    );
+}
+
+/// Dials node `to` and asserts that TLS refuses the connection: no
+/// verdict comes back.
+fn expect_tls_refusal(
+    c: &Cluster,
+    wire: &Wire,
+    from: NodeId,
+    to: u64,
+    cluster_id: u64,
+    what: &str,
+) {
+    match RawPeer::dial(&c.node(to).peer_addr, wire, from, to, cluster_id) {
+        Ok((_, v)) => panic!("{what}: node {to} answered the verdict {v:?}"),
+        Err(e) => println!("  {what}: refused ({e})"),
+    }
+}
+
+#[test]
+fn plain_transport_refuses_strangers_other_clusters_and_removed_nodes() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let (c, cluster_id) = start(None);
+    let other_cluster = cluster_id.wrapping_add(1).max(1);
+    let mut b = Baseline::take(&c);
+    let w = b.watch(&c);
+    let plain = Wire::Plain;
+    for to in 1..=3 {
+        let member = if to == 1 { 2 } else { 1 };
+        expect_verdict(&c, &plain, ATTACKER, to, 0, Verdict::Stranger);
+        expect_verdict(
+            &c,
+            &plain,
+            ATTACKER,
+            to,
+            other_cluster,
+            Verdict::WrongCluster,
+        );
+        expect_verdict(&c, &plain, member, to, other_cluster, Verdict::WrongCluster);
+        // What is let in: a member, and a newcomer with this cluster's ID.
+        expect_verdict(&c, &plain, member, to, cluster_id, Verdict::Welcome);
+        expect_verdict(&c, &plain, ATTACKER, to, cluster_id, Verdict::Welcome);
+    }
+    b.check(&c, "the plain identity checks", w);
+
+    // Remove a follower while it runs; then nobody may speak as it.
+    let (leader, gone) = (b.leader, b.followers()[0]);
+    let rest: Vec<u64> = (1..=3).filter(|&id| id != gone).collect();
+    let mut cl = c.node(leader).client().unwrap();
+    assert_eq!(cl.request(&format!("REMOVE_NODE {gone}")).unwrap(), "OK");
+    let want: String = rest
+        .iter()
+        .map(|id| id.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    for &id in &rest {
+        let r = c.request_until(
+            id,
+            "STATUS",
+            |s| s.contains(&format!(" members={want}")),
+            LONG,
+        );
+        assert!(
+            r.is_some(),
+            "node {id} never saw {gone} removed\n{}",
+            c.logs()
+        );
+        expect_verdict(&c, &plain, gone, id, cluster_id, Verdict::Removed);
+        expect_verdict(&c, &plain, gone, id, 0, Verdict::Removed);
+    }
+    // The removed node learns it, from its log or from its peers' verdict.
+    let r = c.request_until(gone, "GET base0", |r| r.starts_with("ERR REMOVED"), LONG);
+    assert!(
+        r.is_some(),
+        "removed node {gone} never answered ERR REMOVED\n{}",
+        c.logs()
+    );
+    println!("  removed node {gone} answers: {}", r.unwrap());
+    for &id in &rest {
+        let mut cl = c.node(id).client().unwrap();
+        assert_eq!(
+            cl.request("GET base0").unwrap(),
+            "VALUE value 0",
+            "node {id}"
+        );
+        let s = status_of(&c, id);
+        assert_eq!(
+            (s.num("leader"), s.num("term")),
+            (leader, b.term),
+            "node {id}"
+        );
+    }
+    println!("plain identity checks took {:?}", t0.elapsed());
+}
+
+#[test]
+fn tls_transport_refuses_plaintext_foreign_ca_and_borrowed_certificates() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let (dir, other_dir) = (TempDir::new("certs"), TempDir::new("other-ca"));
+    let Some(certs) = Certs::make(&dir.0, 3) else {
+        return;
+    };
+    let other = Certs::make(&other_dir.0, 3).expect("a second CA");
+    let (c, cluster_id) = start(Some(&certs));
+    let mut b = Baseline::take(&c);
+    let w = b.watch(&c);
+    for to in [1, 2] {
+        let me = 3;
+        // The control: node 3's own certificate, claiming node 3.
+        expect_verdict(
+            &c,
+            &Wire::tls_as(&certs, &certs, me),
+            me,
+            to,
+            cluster_id,
+            Verdict::Welcome,
+        );
+        expect_tls_refusal(&c, &Wire::Plain, me, to, cluster_id, "a plaintext peer");
+        let no_cert = Wire::Tls {
+            ca: certs.ca(),
+            cert: None,
+        };
+        expect_tls_refusal(
+            &c,
+            &no_cert,
+            me,
+            to,
+            cluster_id,
+            "TLS without a certificate",
+        );
+        let foreign = Wire::tls_as(&certs, &other, me);
+        expect_tls_refusal(
+            &c,
+            &foreign,
+            me,
+            to,
+            cluster_id,
+            "a certificate from another CA",
+        );
+    }
+    // Node 3's certificate cannot speak as node 2.
+    let borrowed = Wire::tls_as(&certs, &certs, 3);
+    expect_verdict(&c, &borrowed, 2, 1, cluster_id, Verdict::WrongCertificate);
+    expect_verdict(&c, &borrowed, 1, 2, cluster_id, Verdict::WrongCertificate);
+    b.check(&c, "the TLS identity checks", w);
+    println!("TLS identity checks took {:?}", t0.elapsed());
+}
