@@ -14,19 +14,16 @@
 //!   `src/raft/raft.rs`) is what stops it. The connection staying open
 //!   shows that its frames did reach the core.
 //!
-//! After each attack, [`Baseline::check`] asserts that nothing moved: the
-//! base keys read back with `GET` from every node, a fresh write commits
-//! and is read back everywhere (an entry a follower took from the attacker
-//! at that index would hide it), and every node reports the same term,
-//! leader and members as before. No node's RSS may grow by more than
-//! 64 MiB at any moment of the attack (sampled every 20 ms).
+//! After each attack, `Baseline::check` (`process/baseline.rs` of the
+//! testkit) asserts that nothing moved: the base keys read back with `GET`
+//! from every node, a fresh write commits and is read back everywhere (an
+//! entry a follower took from the attacker at that index would hide it),
+//! and every node reports the same term, leader and members as before. No
+//! node's RSS may grow by more than 64 MiB at any moment of the attack.
 
-use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use raftnode::kv::{encode_command, encode_conf_context, Command, RequestId};
@@ -36,261 +33,22 @@ use raftnode::raft::{
 };
 use raftnode::transport::codec::{self, Verdict};
 use raftnode_testkit::process::attack::{self, Certs, RawPeer, Wire};
+use raftnode_testkit::process::baseline::{self, pid, status_of, Baseline};
 use raftnode_testkit::process::{serial, Cluster, TempDir};
 
 /// Election timeout 2-4 s: a loaded 2-core machine must not cause an
 /// election that the term check would blame on an attack.
 const ARGS: &[&str] = &["--tick-ms", "50", "--election-ticks", "40"];
 const ATTACKER: NodeId = 99;
-const RSS_LIMIT_KIB: u64 = 64 << 10;
-const BASE_KEYS: usize = 5;
-/// Long enough for any effect of an accepted attack to show: a proposal
-/// commits, a term moves, an election starts, all within milliseconds.
-const SETTLE: Duration = Duration::from_millis(500);
 const LONG: Duration = Duration::from_secs(20);
 /// listener.rs: inbound peer connections at most, and still authenticating.
 const MAX_CONNECTIONS: usize = 64;
 const MAX_UNAUTHENTICATED: usize = 16;
-/// The handshake timeout of the transport, and generous slack around it.
+/// The transport's handshake timeout.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-// ---- the cluster and what must not change ---------------------------------
-
-/// Starts 3 nodes (with peer TLS from `certs` if given) and waits until
-/// they agree on a leader and have a cluster ID.
 fn start(certs: Option<&Certs>) -> (Cluster, u64) {
-    let mut c = Cluster::new(3, ARGS);
-    for n in c.nodes.values_mut() {
-        if let Some(certs) = certs {
-            n.args.extend(certs.peer_args(n.id));
-        }
-        n.spawn();
-    }
-    c.wait_leader(LONG).expect("a leader");
-    let ids: Vec<u64> = (1..=3)
-        .map(|id| attack::cluster_id(c.node(id), LONG).expect("a cluster id in the log"))
-        .collect();
-    assert!(
-        ids.iter().all(|&i| i == ids[0] && i != 0),
-        "cluster ids {ids:?}"
-    );
-    (c, ids[0])
-}
-
-fn status_of(c: &Cluster, id: u64) -> raftnode_testkit::process::Status {
-    let deadline = Instant::now() + LONG;
-    loop {
-        if let Some(s) = c.node(id).status() {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {id} does not answer STATUS\n{}",
-            c.logs()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn pid(c: &Cluster, id: u64) -> u32 {
-    c.node(id).pid().expect("running")
-}
-
-/// What the attacks must leave as it was.
-struct Baseline {
-    leader: u64,
-    term: u64,
-    members: String,
-    keys: Vec<(String, String)>,
-    probes: u64,
-    /// Largest RSS growth seen over all attacks, KiB, and where.
-    worst_rss: (u64, String),
-}
-
-impl Baseline {
-    /// Writes the base keys and waits until all nodes agree on one leader
-    /// and term, and have applied the same index.
-    fn take(c: &Cluster) -> Baseline {
-        let leader = c.wait_leader(LONG).expect("a leader");
-        let keys: Vec<(String, String)> = (0..BASE_KEYS)
-            .map(|i| (format!("base{i}"), format!("value {i}")))
-            .collect();
-        let mut cl = c.node(leader).client().unwrap();
-        for (k, v) in &keys {
-            assert_eq!(cl.request(&format!("PUT {k} {v}")).unwrap(), "OK");
-        }
-        c.wait_converged(1, LONG).expect("nodes converge");
-        let s = status_of(c, leader);
-        let b = Baseline {
-            leader,
-            term: s.num("term"),
-            members: s.fields["members"].clone(),
-            keys,
-            probes: 0,
-            worst_rss: (0, String::new()),
-        };
-        for id in 1..=3 {
-            let s = status_of(c, id);
-            assert_eq!(
-                (s.num("term"), s.num("leader")),
-                (b.term, b.leader),
-                "node {id} disagrees before any attack\n{}",
-                c.logs()
-            );
-        }
-        b
-    }
-
-    fn followers(&self) -> Vec<u64> {
-        (1..=3).filter(|&id| id != self.leader).collect()
-    }
-
-    /// Starts sampling every node's RSS and threads for one attack.
-    fn watch(&self, c: &Cluster) -> Watch {
-        Watch::start((1..=3).map(|id| (id, pid(c, id))).collect())
-    }
-
-    /// Asserts that the attack `what` changed nothing (see the module docs).
-    fn check(&mut self, c: &Cluster, what: &str, watch: Watch) {
-        let started = Instant::now();
-        thread::sleep(SETTLE);
-        let seen = |c: &Cluster| -> Vec<String> {
-            (1..=3)
-                .map(|id| {
-                    let s = status_of(c, id);
-                    format!(
-                        "node {id}: term={} leader={} members={}",
-                        s.num("term"),
-                        s.num("leader"),
-                        s.fields.get("members").cloned().unwrap_or_default()
-                    )
-                })
-                .collect()
-        };
-        let want: Vec<String> = (1..=3)
-            .map(|id| {
-                format!(
-                    "node {id}: term={} leader={} members={}",
-                    self.term, self.leader, self.members
-                )
-            })
-            .collect();
-        assert_eq!(seen(c), want, "after {what}\n{}", c.logs());
-        // A fresh write at the next index, then every key on every node.
-        self.probes += 1;
-        let probe = format!("probe{}", self.probes);
-        let mut cl = c.node(self.leader).client().unwrap();
-        assert_eq!(
-            cl.request(&format!("PUT {probe} after {what}")).unwrap(),
-            "OK",
-            "after {what}\n{}",
-            c.logs()
-        );
-        for id in 1..=3 {
-            let mut cl = c.node(id).client().unwrap();
-            for (k, v) in &self.keys {
-                let r = cl.request(&format!("GET {k}")).unwrap();
-                assert_eq!(r, format!("VALUE {v}"), "GET {k} on node {id} after {what}");
-            }
-            let r = cl.request(&format!("GET {probe}")).unwrap();
-            assert_eq!(
-                r,
-                format!("VALUE after {what}"),
-                "GET {probe} on node {id} after {what}: the node diverged\n{}",
-                c.logs()
-            );
-        }
-        assert_eq!(
-            seen(c),
-            want,
-            "after the probe write of {what}\n{}",
-            c.logs()
-        );
-        let peaks = watch.stop();
-        let mut growth = Vec::new();
-        for (id, p) in &peaks {
-            let grew = p.peak_rss.saturating_sub(p.rss_before);
-            growth.push(format!("node {id} +{} KiB", grew));
-            if grew >= self.worst_rss.0 {
-                self.worst_rss = (grew, format!("node {id} during {what}"));
-            }
-            assert!(
-                grew <= RSS_LIMIT_KIB,
-                "node {id}'s RSS grew by {grew} KiB (from {} KiB) during {what}",
-                p.rss_before
-            );
-        }
-        println!(
-            "  {what}: unchanged (checked in {:?}); peak RSS growth {}",
-            started.elapsed(),
-            growth.join(", ")
-        );
-    }
-}
-
-/// Peak RSS and threads of each node during one attack.
-#[derive(Clone, Copy, Debug, Default)]
-struct Peak {
-    rss_before: u64,
-    peak_rss: u64,
-    peak_threads: u64,
-}
-
-struct Watch {
-    stop: Arc<AtomicBool>,
-    peaks: Arc<Mutex<BTreeMap<u64, Peak>>>,
-    handle: JoinHandle<()>,
-}
-
-impl Watch {
-    fn start(pids: Vec<(u64, u32)>) -> Watch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peaks: BTreeMap<u64, Peak> = pids
-            .iter()
-            .map(|&(id, pid)| {
-                let rss = attack::rss_kib(pid).expect("VmRSS");
-                let th = attack::threads(pid).expect("Threads");
-                let p = Peak {
-                    rss_before: rss,
-                    peak_rss: rss,
-                    peak_threads: th,
-                };
-                (id, p)
-            })
-            .collect();
-        let peaks = Arc::new(Mutex::new(peaks));
-        let (s, shared) = (stop.clone(), peaks.clone());
-        let handle = thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                for &(id, pid) in &pids {
-                    let (rss, th) = (attack::rss_kib(pid), attack::threads(pid));
-                    let mut all = shared.lock().unwrap();
-                    let p = all.get_mut(&id).unwrap();
-                    p.peak_rss = p.peak_rss.max(rss.unwrap_or(0));
-                    p.peak_threads = p.peak_threads.max(th.unwrap_or(0));
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-        });
-        Watch {
-            stop,
-            peaks,
-            handle,
-        }
-    }
-
-    /// The peaks so far.
-    fn peek(&self) -> BTreeMap<u64, Peak> {
-        self.peaks.lock().unwrap().clone()
-    }
-
-    fn stop(self) -> BTreeMap<u64, Peak> {
-        self.stop.store(true, Ordering::Relaxed);
-        let peaks = self.peaks.clone();
-        self.handle.join().expect("watch thread");
-        let all = peaks.lock().unwrap().clone();
-        all
-    }
+    baseline::start(ARGS, certs)
 }
 
 // ---- the attacker ---------------------------------------------------------
@@ -861,6 +619,14 @@ fn plain_transport_refuses_strangers_other_clusters_and_removed_nodes() {
             "node {id} never saw {gone} removed\n{}",
             c.logs()
         );
+        // STATUS shows the node thread's membership; the transport's
+        // follows from the apply thread a moment later.
+        let deadline = Instant::now() + LONG;
+        let addr = &c.node(id).peer_addr;
+        while let Ok((_, Verdict::Welcome)) = RawPeer::dial(addr, &plain, gone, id, cluster_id) {
+            assert!(Instant::now() < deadline, "node {id} still welcomes {gone}");
+            thread::sleep(Duration::from_millis(20));
+        }
         expect_verdict(&c, &plain, gone, id, cluster_id, Verdict::Removed);
         expect_verdict(&c, &plain, gone, id, 0, Verdict::Removed);
     }

@@ -11,7 +11,8 @@
 //! the nemesis (`faults`), torn WAL tails (`torn`), client workloads
 //! (`workload`), their history (`history`), the linearizability checker
 //! (`checker`) and one whole fault run (`run`); `attack` is the hostile
-//! peer and client tooling of the security tests.
+//! peer and client tooling of the security tests, `baseline` what their
+//! attacks must leave unchanged.
 //!
 //! Cargo tells an integration test where the node binary and the build's
 //! scratch directory are (`CARGO_BIN_EXE_raftnode`, `CARGO_TARGET_TMPDIR`)
@@ -19,6 +20,7 @@
 //! from the tests; [`binary`] and [`TempDir`] find them at run time instead.
 
 pub mod attack;
+pub mod baseline;
 pub mod checker;
 pub mod faults;
 pub mod history;
