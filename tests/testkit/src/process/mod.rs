@@ -309,6 +309,11 @@ impl Client {
         let _ = self.stream.set_write_timeout(Some(t));
     }
 
+    /// Closes the sending side, the reading side, or both.
+    pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        self.stream.shutdown(how)
+    }
+
     /// Sends raw bytes (a line must include its `\n`).
     pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)
