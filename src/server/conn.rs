@@ -272,8 +272,10 @@ impl Conn {
                     reply: Some(reply), ..
                 }) = self.slots.pop_front()
                 {
-                    if self.out_pos == self.outbuf.len() {
-                        self.outbuf.clear();
+                    // Drop what was written: the buffer holds at most the
+                    // unsent bytes, OUTPUT_LIMIT of written ones and a reply.
+                    if self.out_pos == self.outbuf.len() || self.out_pos >= OUTPUT_LIMIT {
+                        self.outbuf.drain(..self.out_pos);
                         self.out_pos = 0;
                     }
                     reply.write_line(&mut self.outbuf);
