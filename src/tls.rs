@@ -220,6 +220,20 @@ impl PeerStream {
         }
     }
 
+    /// Reads like [`Read::read`], but fails with `TimedOut` at `deadline`:
+    /// every read of the socket waits only for the time left, so a peer
+    /// that trickles bytes (or TLS records) cannot stretch the wait.
+    pub fn read_before(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<usize> {
+        match self {
+            PeerStream::Plain(s) => {
+                s.set_read_timeout(Some(time_left(deadline)?))?;
+                s.read(buf).map_err(|e| expired(e, timed_out))
+            }
+            PeerStream::Accepted(s) => read_tls_before(&mut s.conn, &mut s.sock, buf, deadline),
+            PeerStream::Dialled(s) => read_tls_before(&mut s.conn, &mut s.sock, buf, deadline),
+        }
+    }
+
     /// The TLS session of an accepted connection, for [`verify_node_id`].
     pub fn accepted_tls(&self) -> Option<&ServerConnection> {
         match self {
@@ -261,6 +275,7 @@ impl Write for PeerStream {
 /// whole handshake. A first byte that cannot start a TLS handshake is
 /// reported as a plaintext peer, in one line.
 pub fn accept_peer(sock: TcpStream, tls: &PeerTls, timeout: Duration) -> io::Result<PeerStream> {
+    let deadline = Instant::now() + timeout;
     sock.set_read_timeout(Some(timeout))?;
     let mut first = [0u8; 1];
     if sock.peek(&mut first)? == 0 {
@@ -280,7 +295,8 @@ pub fn accept_peer(sock: TcpStream, tls: &PeerTls, timeout: Duration) -> io::Res
     }
     let conn = ServerConnection::new(tls.listener.clone()).map_err(io::Error::other)?;
     let mut s = StreamOwned::new(conn, sock);
-    handshake(&mut s.conn, &mut s.sock, timeout)?;
+    // The wait for the first byte counts against the same deadline.
+    handshake(&mut s.conn, &mut s.sock, time_left(deadline)?)?;
     Ok(PeerStream::Accepted(Box::new(s)))
 }
 
@@ -326,6 +342,40 @@ fn handshake<D>(
                 "closed during the TLS handshake",
             ));
         }
+        if let Err(e) = conn.process_new_packets() {
+            let _ = conn.write_tls(sock); // best effort: the alert
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "timed out")
+}
+
+/// The time until `deadline`, or `TimedOut` if it has passed.
+fn time_left(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(timed_out());
+    }
+    Ok(left)
+}
+
+/// [`PeerStream::read_before`] over TLS: one socket read at a time.
+fn read_tls_before<D>(
+    conn: &mut rustls::ConnectionCommon<D>,
+    sock: &mut TcpStream,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> io::Result<usize> {
+    loop {
+        match conn.reader().read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            done => return done,
+        }
+        sock.set_read_timeout(Some(time_left(deadline)?))?;
+        conn.read_tls(sock).map_err(|e| expired(e, timed_out))?;
         if let Err(e) = conn.process_new_packets() {
             let _ = conn.write_tls(sock); // best effort: the alert
             return Err(io::Error::new(io::ErrorKind::InvalidData, e));

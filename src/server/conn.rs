@@ -256,25 +256,39 @@ impl Conn {
 
     /// Serialises answered replies in order and writes what the socket
     /// takes. Returns an error when the connection is broken.
+    ///
+    /// Goes on until the socket is full or no answered reply is left: the
+    /// socket signals room again (edge-triggered) only after a write that
+    /// did not fit, so stopping at [`OUTPUT_LIMIT`] with everything written
+    /// would leave the rest owed for good.
     pub fn flush(&mut self) -> io::Result<()> {
-        while self.outbuf.len() - self.out_pos < OUTPUT_LIMIT {
-            match self.slots.front() {
-                Some(s) if s.reply.is_some() => {}
-                _ => break,
-            }
-            if let Some(Slot {
-                reply: Some(reply), ..
-            }) = self.slots.pop_front()
-            {
-                if self.out_pos == self.outbuf.len() {
-                    self.outbuf.clear();
-                    self.out_pos = 0;
+        loop {
+            while self.outbuf.len() - self.out_pos < OUTPUT_LIMIT {
+                match self.slots.front() {
+                    Some(s) if s.reply.is_some() => {}
+                    _ => break,
                 }
-                reply.write_line(&mut self.outbuf);
-                self.first_seq += 1;
+                if let Some(Slot {
+                    reply: Some(reply), ..
+                }) = self.slots.pop_front()
+                {
+                    // Drop what was written: the buffer holds at most the
+                    // unsent bytes, OUTPUT_LIMIT of written ones and a reply.
+                    if self.out_pos == self.outbuf.len() || self.out_pos >= OUTPUT_LIMIT {
+                        self.outbuf.drain(..self.out_pos);
+                        self.out_pos = 0;
+                    }
+                    reply.write_line(&mut self.outbuf);
+                    self.first_seq += 1;
+                }
+            }
+            self.write_out()?;
+            let all_written = self.out_pos == self.outbuf.len() && !self.tls_wants_write();
+            let more = self.slots.front().is_some_and(|s| s.reply.is_some());
+            if !(all_written && more) {
+                return Ok(());
             }
         }
-        self.write_out()
     }
 
     fn write_out(&mut self) -> io::Result<()> {

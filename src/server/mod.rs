@@ -323,26 +323,40 @@ impl IoThread {
                 self.start_get(&mut c, token, &d.line, d.deadline);
             }
         }
-        while c.accepting() {
-            match c.next_input() {
-                Ok(Input::Line(line)) => self.start(&mut c, token, &line, now),
-                Ok(Input::TooLong) => {
-                    let msg = format!("line longer than {MAX_LINE} bytes; closing the connection");
-                    c.open_slot(answered(Reply::error(ErrorCode::BadRequest, msg)));
-                    c.close_when_flushed = true;
-                }
-                Ok(Input::Idle) => break,
-                Err(e) => {
-                    debug!("client {}: {e}", c.peer);
-                    broken = true;
+        loop {
+            let mut full = false;
+            loop {
+                if !c.accepting() {
+                    full = true;
                     break;
                 }
+                match c.next_input() {
+                    Ok(Input::Line(line)) => self.start(&mut c, token, &line, now),
+                    Ok(Input::TooLong) => {
+                        let msg =
+                            format!("line longer than {MAX_LINE} bytes; closing the connection");
+                        c.open_slot(answered(Reply::error(ErrorCode::BadRequest, msg)));
+                        c.close_when_flushed = true;
+                    }
+                    Ok(Input::Idle) => break,
+                    Err(e) => {
+                        debug!("client {}: {e}", c.peer);
+                        broken = true;
+                        break;
+                    }
+                }
             }
-        }
-        if !broken {
-            if let Err(e) = c.flush() {
-                debug!("client {}: {e}", c.peer);
-                broken = true;
+            if !broken {
+                if let Err(e) = c.flush() {
+                    debug!("client {}: {e}", c.peer);
+                    broken = true;
+                }
+            }
+            // Writing may have made room to read again. Polling is
+            // edge-triggered: no event will say so for bytes already
+            // waiting in the socket, so read on now.
+            if broken || !full || !c.accepting() {
+                break;
             }
         }
         let done = c.drained() && (c.read_closed || c.close_when_flushed);

@@ -20,12 +20,12 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use log::{debug, info};
@@ -298,6 +298,7 @@ pub fn judge(m: &Membership, listed: &BTreeSet<NodeId>, from: NodeId, cluster_id
 /// TLS (if configured), the handshake, the identity check and the verdict,
 /// all within the handshake timeout. Returns the stream and the dialer's id.
 fn authenticate(stream: TcpStream, ctx: &Context) -> Result<(PeerStream, NodeId), Refusal> {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
@@ -305,9 +306,12 @@ fn authenticate(stream: TcpStream, ctx: &Context) -> Result<(PeerStream, NodeId)
         Some(tls) => crate::tls::accept_peer(stream, tls, HANDSHAKE_TIMEOUT)?,
         None => PeerStream::Plain(stream),
     };
-    stream.tcp().set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let mut buf = Vec::new();
-    let kind = read_frame(&mut stream, &mut buf, |k| {
+    let mut before = Before {
+        stream: &mut stream,
+        deadline,
+    };
+    let kind = read_frame(&mut before, &mut buf, |k| {
         (k == codec::KIND_HANDSHAKE).then_some(codec::MAX_HANDSHAKE)
     })?;
     if kind.is_none() {
@@ -347,6 +351,19 @@ fn authenticate(stream: TcpStream, ctx: &Context) -> Result<(PeerStream, NodeId)
     stream.tcp().set_read_timeout(None)?;
     stream.tcp().set_write_timeout(None)?;
     Ok((stream, from))
+}
+
+/// Reads a connection that must be done by `deadline`: the handshake
+/// timeout bounds the whole handshake, not each read of it.
+struct Before<'a> {
+    stream: &'a mut PeerStream,
+    deadline: Instant,
+}
+
+impl Read for Before<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read_before(buf, self.deadline)
+    }
 }
 
 /// A snapshot being received into a file of the inbox.

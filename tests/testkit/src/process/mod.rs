@@ -10,13 +10,17 @@
 //! The submodules build the fault suite on top: link proxies (`proxy`),
 //! the nemesis (`faults`), torn WAL tails (`torn`), client workloads
 //! (`workload`), their history (`history`), the linearizability checker
-//! (`checker`) and one whole fault run (`run`).
+//! (`checker`) and one whole fault run (`run`); `attack` is the hostile
+//! peer and client tooling of the security tests, `baseline` what their
+//! attacks must leave unchanged.
 //!
 //! Cargo tells an integration test where the node binary and the build's
 //! scratch directory are (`CARGO_BIN_EXE_raftnode`, `CARGO_TARGET_TMPDIR`)
 //! only while compiling the test itself, and this crate is compiled apart
 //! from the tests; [`binary`] and [`TempDir`] find them at run time instead.
 
+pub mod attack;
+pub mod baseline;
 pub mod checker;
 pub mod faults;
 pub mod history;
@@ -338,6 +342,11 @@ impl Client {
     pub fn set_timeout(&mut self, t: Duration) {
         let _ = self.stream.set_read_timeout(Some(t));
         let _ = self.stream.set_write_timeout(Some(t));
+    }
+
+    /// Closes the sending side, the reading side, or both.
+    pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        self.stream.shutdown(how)
     }
 
     /// Sends raw bytes (a line must include its `\n`).

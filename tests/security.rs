@@ -1,0 +1,710 @@
+//! Issue 12, "How it is proven", on the raft port: every attack of the
+//! black-box probe, run against a 3-node cluster without TLS and against
+//! one with peer TLS, and the transport's identity checks in both modes.
+//! The client port's cases are in `tests/security_clients.rs`.
+//!
+//! The attacker (`raftnode_testkit::process::attack`) writes the wire format
+//! by hand and claims id 99, which is not a member, in two guises:
+//! - a *stranger*, with cluster ID 0: the transport refuses it
+//!   (`Stranger`) and reads nothing it sends after the verdict;
+//! - a *vouched* stranger, with the cluster's ID (and, with TLS, a
+//!   certificate for `node-99` from the cluster's CA): the transport lets
+//!   it in, as it must let in a member added after this node's
+//!   configuration, so the core's membership filter (`hears` in
+//!   `src/raft/raft.rs`) is what stops it. The connection staying open
+//!   shows that its frames did reach the core.
+//!
+//! After each attack, `Baseline::check` (`process/baseline.rs` of the
+//! testkit) asserts that nothing moved: the base keys read back with `GET`
+//! from every node, a fresh write commits and is read back everywhere (an
+//! entry a follower took from the attacker at that index would hide it),
+//! and every node reports the same term, leader and members as before. No
+//! node's RSS may grow by more than 64 MiB at any moment of the attack.
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use raftnode::kv::{encode_command, encode_conf_context, Command, RequestId};
+use raftnode::raft::{
+    ConfChange, ConfChangeKind, ConfState, Entry, EntryKind, Message, MessageBody, NodeId,
+    SnapshotMeta,
+};
+use raftnode::transport::codec::{self, Verdict};
+use raftnode_testkit::process::attack::{self, Certs, RawPeer, Wire};
+use raftnode_testkit::process::baseline::{self, pid, status_of, Baseline};
+use raftnode_testkit::process::{serial, Cluster, TempDir};
+
+/// Election timeout 2-4 s: a loaded 2-core machine must not cause an
+/// election that the term check would blame on an attack.
+const ARGS: &[&str] = &["--tick-ms", "50", "--election-ticks", "40"];
+const ATTACKER: NodeId = 99;
+const LONG: Duration = Duration::from_secs(20);
+/// listener.rs: inbound peer connections at most, and still authenticating.
+const MAX_CONNECTIONS: usize = 64;
+const MAX_UNAUTHENTICATED: usize = 16;
+/// The transport's handshake timeout.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn start(certs: Option<&Certs>) -> (Cluster, u64) {
+    baseline::start(ARGS, certs)
+}
+
+// ---- the attacker ---------------------------------------------------------
+
+/// Who the attacker claims to be, and what the transport must answer.
+struct Attacker {
+    name: &'static str,
+    wire: Wire,
+    from: NodeId,
+    cluster_id: u64,
+    expect: Verdict,
+}
+
+impl Attacker {
+    /// Dials node `to` and asserts the verdict. A refused connection must
+    /// be closed by the node.
+    fn dial(&self, c: &Cluster, to: u64) -> (RawPeer, Verdict) {
+        let addr = &c.node(to).peer_addr;
+        let (mut p, v) = RawPeer::dial(addr, &self.wire, self.from, to, self.cluster_id)
+            .unwrap_or_else(|e| panic!("{} dialling node {to}: {e}", self.name));
+        assert_eq!(v, self.expect, "{} dialling node {to}", self.name);
+        if v != Verdict::Welcome {
+            assert!(
+                p.closed_within(HANDSHAKE_TIMEOUT),
+                "node {to} kept a refused connection open"
+            );
+        }
+        (p, v)
+    }
+
+    /// Sends `msgs` to node `to` on one connection. A welcomed connection
+    /// must stay open: the transport handed the frames to the core.
+    fn send(&self, c: &Cluster, to: u64, msgs: &[Message]) {
+        let (mut p, v) = self.dial(c, to);
+        for m in msgs {
+            // After a refusal the node has closed: the write may fail.
+            let r = p.send(m);
+            if v == Verdict::Welcome {
+                r.unwrap_or_else(|e| panic!("{}: send to node {to}: {e}", self.name));
+            }
+        }
+        if v == Verdict::Welcome {
+            assert!(
+                !p.closed_within(Duration::from_millis(300)),
+                "node {to} closed the {} connection: its frames never reached the core",
+                self.name
+            );
+        }
+    }
+
+    fn msg(&self, to: u64, term: u64, body: MessageBody) -> Message {
+        Message {
+            from: self.from,
+            to,
+            term,
+            body,
+        }
+    }
+}
+
+fn put(key: &str, value: &str, seq: u64) -> Vec<u8> {
+    encode_command(
+        RequestId {
+            node: ATTACKER,
+            seq,
+        },
+        &Command::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+        },
+    )
+}
+
+fn entry(index: u64, term: u64, kind: EntryKind, data: Vec<u8>) -> Entry {
+    Entry {
+        index,
+        term,
+        kind,
+        data,
+    }
+}
+
+// ---- the attacks ----------------------------------------------------------
+
+/// 1-5: what one handshake and one frame did before issue 12.
+fn message_attacks(c: &Cluster, b: &mut Baseline, a: &Attacker) {
+    println!(" as the {} attacker:", a.name);
+    let (leader, t) = (b.leader, b.term);
+
+    let w = b.watch(c);
+    let data = put("base0", "OVERWRITTEN", 1);
+    let entries = vec![entry(0, 0, EntryKind::Normal, data)];
+    a.send(
+        c,
+        leader,
+        &[a.msg(leader, 0, MessageBody::Propose { entries })],
+    );
+    b.check(c, &format!("1 write injection ({})", a.name), w);
+
+    let w = b.watch(c);
+    let cc = ConfChange {
+        kind: ConfChangeKind::RemoveNode,
+        node_id: 3,
+        context: encode_conf_context(
+            RequestId {
+                node: ATTACKER,
+                seq: 2,
+            },
+            "",
+        ),
+    };
+    let entries = vec![entry(0, 0, EntryKind::ConfChange, cc.encode())];
+    a.send(
+        c,
+        leader,
+        &[a.msg(leader, 0, MessageBody::Propose { entries })],
+    );
+    b.check(c, &format!("2 membership injection ({})", a.name), w);
+
+    let w = b.watch(c);
+    for f in b.followers() {
+        // The last entry is the leader's, of the current term.
+        let last = status_of(c, f).num("last");
+        let bogus = entry(last + 1, t, EntryKind::Normal, put("base1", "DIVERGED", 3));
+        let body = MessageBody::Append {
+            prev_index: last,
+            prev_term: t,
+            entries: vec![bogus],
+            commit: last + 1,
+        };
+        a.send(c, f, &[a.msg(f, t, body)]);
+    }
+    b.check(c, &format!("3 divergence ({})", a.name), w);
+
+    let heartbeat = || MessageBody::Heartbeat {
+        commit: 0,
+        context: Vec::new(),
+    };
+    let w = b.watch(c);
+    for id in 1..=3 {
+        a.send(c, id, &[a.msg(id, u64::MAX, heartbeat())]);
+    }
+    b.check(c, &format!("4 wedge at term 2^64-1 ({})", a.name), w);
+
+    let w = b.watch(c);
+    for id in 1..=3 {
+        a.send(c, id, &[a.msg(id, t + 5, heartbeat())]);
+    }
+    b.check(c, &format!("5a heartbeat at term T+5 ({})", a.name), w);
+
+    let w = b.watch(c);
+    for f in b.followers() {
+        a.send(c, f, &[a.msg(f, t, MessageBody::TimeoutNow)]);
+    }
+    b.check(c, &format!("5b TimeoutNow at term T ({})", a.name), w);
+}
+
+/// 6: 50 connections each announce a 16 MiB frame before any handshake,
+/// then send nothing. At most 16 may wait (for the handshake timeout), the
+/// rest are refused at once, and memory does not follow the announcement.
+fn length_prefix_flood(c: &Cluster, b: &mut Baseline, wire: &Wire) {
+    let target = b.leader;
+    let addr = &c.node(target).peer_addr;
+    let w = b.watch(c);
+    let started = Instant::now();
+    let prefix = (16u32 << 20).to_le_bytes();
+    let mut open = Vec::new();
+    let mut refused_at_connect = 0;
+    for _ in 0..50 {
+        // With TLS, the TLS handshake is part of authenticating: a busy
+        // listener refuses it.
+        match RawPeer::connect(addr, wire, target) {
+            Ok(mut p) => {
+                let _ = p.send_bytes(&prefix);
+                open.push(p);
+            }
+            Err(_) => refused_at_connect += 1,
+        }
+    }
+    let (mut busy, mut silent) = (0, 0);
+    for p in &mut open {
+        match p.read_verdict() {
+            Ok(Verdict::Busy) => busy += 1,
+            Ok(v) => panic!("a 16 MiB length prefix got the verdict {v:?}"),
+            Err(_) => silent += 1, // closed without a verdict
+        }
+        assert!(
+            p.closed_within(LONG),
+            "a connection that announced 16 MiB is still open after {:?}",
+            started.elapsed()
+        );
+    }
+    println!(
+        "  6 length-prefix flood: {refused_at_connect} refused at connect, {busy} busy, \
+         {silent} closed after waiting; all closed after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        refused_at_connect + busy >= 50 - MAX_UNAUTHENTICATED,
+        "more than {MAX_UNAUTHENTICATED} connections were let wait"
+    );
+    b.check(c, "6 length-prefix flood", w);
+}
+
+/// 7: a snapshot header announcing 64 GiB, from an accepted connection
+/// that is not the leader this node follows, then chunks: refused, and
+/// nothing is written to the node's snapshot inbox.
+fn huge_snapshot(c: &Cluster, b: &mut Baseline, a: &Attacker) {
+    let w = b.watch(c);
+    let target = b.followers()[0];
+    let (mut p, v) = a.dial(c, target);
+    let meta = SnapshotMeta {
+        index: 1 << 20,
+        term: b.term,
+        conf_state: ConfState {
+            voters: vec![1, 2, 3],
+            learners: Vec::new(),
+        },
+    };
+    let mut out = Vec::new();
+    codec::encode_snapshot_header(&mut out, a.from, target, b.term, &meta, 64 << 30);
+    let _ = p.send_bytes(&out);
+    let chunk = vec![0x5a; codec::CHUNK];
+    for _ in 0..4 {
+        if p.send_bytes(&codec::chunk_frame_header(chunk.len()))
+            .is_err()
+            || p.send_bytes(&chunk).is_err()
+        {
+            break;
+        }
+    }
+    assert!(
+        p.closed_within(HANDSHAKE_TIMEOUT),
+        "node {target} kept the connection of a 64 GiB snapshot from {} open",
+        a.name
+    );
+    let inbox = c.node(target).data_dir.join("incoming");
+    let held = dir_bytes(&inbox);
+    assert_eq!(
+        held, 0,
+        "node {target} wrote {held} bytes of the 64 GiB snapshot"
+    );
+    b.check(
+        c,
+        &format!("7 64 GiB snapshot ({}, verdict {v:?})", a.name),
+        w,
+    );
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// 8: 100 idle connections, then as many authenticated ones as the node
+/// takes. Past its limits the node refuses; idle ones are closed after the
+/// handshake timeout; clients are served throughout; the threads go away.
+fn connection_flood(c: &Cluster, b: &mut Baseline, a: &Attacker) {
+    let target = b.leader;
+    let addr: std::net::SocketAddr = c.node(target).peer_addr.parse().unwrap();
+    let target_pid = pid(c, target);
+    let threads_before = attack::threads(target_pid).unwrap();
+    let w = b.watch(c);
+    let started = Instant::now();
+    let idle: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect_timeout(&addr, LONG).expect("connect"))
+        .collect();
+    let mut cl = c.node(target).client().unwrap();
+    assert_eq!(cl.request("PUT during-idle-flood yes").unwrap(), "OK");
+    assert_eq!(cl.request("GET during-idle-flood").unwrap(), "VALUE yes");
+    let (mut busy, mut waited) = (0, 0);
+    for s in &idle {
+        // A refusal is a verdict frame, plain even on a TLS port.
+        let mut p = RawPeer::from_tcp(s.try_clone().unwrap());
+        match p.read_verdict() {
+            Ok(Verdict::Busy) => busy += 1,
+            Ok(v) => panic!("an idle connection got the verdict {v:?}"),
+            Err(_) => waited += 1,
+        }
+        assert!(p.closed_within(LONG), "an idle connection was never closed");
+    }
+    let all_closed = started.elapsed();
+    drop(idle);
+    println!(
+        "  8 idle flood: {busy} refused busy, {waited} closed after the handshake timeout; \
+         all closed after {all_closed:?}"
+    );
+    assert!(
+        busy >= 100 - MAX_UNAUTHENTICATED,
+        "only {busy} of 100 refused"
+    );
+    assert!(
+        waited > 0 && all_closed >= HANDSHAKE_TIMEOUT - Duration::from_millis(500),
+        "the idle connections that got a slot were closed early ({all_closed:?})"
+    );
+
+    // Authenticated connections, up to the limit of open ones.
+    let mut held = Vec::new();
+    let refusal = loop {
+        let r = RawPeer::dial(
+            &c.node(target).peer_addr,
+            &a.wire,
+            a.from,
+            target,
+            a.cluster_id,
+        );
+        match r {
+            Ok((p, Verdict::Welcome)) => held.push(p),
+            other => break other.map(|(_, v)| v).map_err(|e| e.to_string()),
+        }
+        assert!(
+            held.len() <= MAX_CONNECTIONS,
+            "more than {MAX_CONNECTIONS} peers let in"
+        );
+    };
+    println!(
+        "  8 open flood: {} authenticated connections let in, then {refusal:?}",
+        held.len()
+    );
+    // The cluster's own inbound connections take a few of the 64.
+    assert!(
+        (MAX_CONNECTIONS - 6..MAX_CONNECTIONS).contains(&held.len()),
+        "{} let in",
+        held.len()
+    );
+    if matches!(a.wire, Wire::Plain) {
+        assert_eq!(refusal, Ok(Verdict::Busy));
+    }
+    assert_eq!(cl.request("PUT during-open-flood yes").unwrap(), "OK");
+    assert_eq!(cl.request("GET during-open-flood").unwrap(), "VALUE yes");
+    drop(held);
+    let deadline = Instant::now() + LONG;
+    let mut threads_after = attack::threads(target_pid).unwrap();
+    while threads_after > threads_before + 2 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        threads_after = attack::threads(target_pid).unwrap();
+    }
+    println!(
+        "  8 threads of node {target}: {threads_before} before, peak {}, {threads_after} after",
+        w.peek()[&target].peak_threads
+    );
+    assert!(
+        threads_after <= threads_before + 2,
+        "node {target} kept {} threads after the connections closed",
+        threads_after - threads_before
+    );
+    b.check(c, "8 connection flood", w);
+}
+
+/// 8, slowly: a dialer that sends its handshake one byte a second. The
+/// whole authentication must finish within the handshake timeout, not
+/// each read: 16 such dialers would otherwise hold every authenticating
+/// slot for minutes, and no peer could reconnect meanwhile.
+fn trickled_handshake(c: &Cluster, b: &mut Baseline, a: &Attacker) {
+    let target = b.leader;
+    let w = b.watch(c);
+    let started = Instant::now();
+    let mut p = RawPeer::connect(&c.node(target).peer_addr, &a.wire, target).expect("connect");
+    let mut hello = Vec::new();
+    codec::encode_handshake(&mut hello, a.from, target, a.cluster_id);
+    let mut closed = false;
+    for byte in &hello {
+        if p.send_bytes(std::slice::from_ref(byte)).is_err()
+            || p.closed_within(Duration::from_secs(1))
+        {
+            closed = true;
+            break;
+        }
+        if started.elapsed() > HANDSHAKE_TIMEOUT * 3 {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    println!("  8 trickled handshake: closed={closed} after {took:?}");
+    assert!(
+        closed && took <= HANDSHAKE_TIMEOUT + Duration::from_secs(3),
+        "a handshake trickled a byte a second was still open after {took:?} \
+         (the handshake timeout is {HANDSHAKE_TIMEOUT:?})"
+    );
+    b.check(c, "8 trickled handshake", w);
+}
+
+/// Every attack, from each attacker, against one cluster.
+fn all_attacks(c: &Cluster, attackers: &[Attacker], wire_for_floods: &Wire) -> Baseline {
+    let mut b = Baseline::take(c);
+    println!(
+        "leader {} at term {}, members {}",
+        b.leader, b.term, b.members
+    );
+    for a in attackers {
+        message_attacks(c, &mut b, a);
+    }
+    length_prefix_flood(c, &mut b, wire_for_floods);
+    for a in attackers {
+        huge_snapshot(c, &mut b, a);
+    }
+    let welcomed = attackers
+        .iter()
+        .find(|a| a.expect == Verdict::Welcome)
+        .expect("a welcomed attacker");
+    connection_flood(c, &mut b, welcomed);
+    trickled_handshake(c, &mut b, welcomed);
+    println!(
+        "largest RSS growth: {} KiB ({})",
+        b.worst_rss.0, b.worst_rss.1
+    );
+    b
+}
+
+// ---- the tests ------------------------------------------------------------
+
+#[test]
+fn plain_cluster_peer_attacks_change_nothing() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let (c, cluster_id) = start(None);
+    let attackers = [
+        Attacker {
+            name: "stranger",
+            wire: Wire::Plain,
+            from: ATTACKER,
+            cluster_id: 0,
+            expect: Verdict::Stranger,
+        },
+        Attacker {
+            name: "vouched stranger",
+            wire: Wire::Plain,
+            from: ATTACKER,
+            cluster_id,
+            expect: Verdict::Welcome,
+        },
+    ];
+    let mut b = all_attacks(&c, &attackers, &Wire::Plain);
+    // Plain mode cannot tell a member from someone who claims its id; the
+    // snapshot rule still holds: only the leader this node follows.
+    let f = b.followers();
+    let impostor = Attacker {
+        name: "impostor of a follower",
+        wire: Wire::Plain,
+        from: f[1],
+        cluster_id,
+        expect: Verdict::Welcome,
+    };
+    huge_snapshot(&c, &mut b, &impostor);
+    println!("plain attacks took {:?}", t0.elapsed());
+}
+
+#[test]
+fn tls_cluster_peer_attacks_change_nothing() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let dir = TempDir::new("certs");
+    let Some(certs) = Certs::make(&dir.0, 3) else {
+        return;
+    };
+    certs.issue_node(ATTACKER);
+    let (c, cluster_id) = start(Some(&certs));
+    let wire = Wire::tls_as(&certs, &certs, ATTACKER);
+    let attackers = [
+        Attacker {
+            name: "TLS stranger",
+            wire: wire.clone(),
+            from: ATTACKER,
+            cluster_id: 0,
+            expect: Verdict::Stranger,
+        },
+        Attacker {
+            name: "TLS vouched stranger",
+            wire: wire.clone(),
+            from: ATTACKER,
+            cluster_id,
+            expect: Verdict::Welcome,
+        },
+    ];
+    all_attacks(&c, &attackers, &wire);
+    println!("TLS attacks took {:?}", t0.elapsed());
+}
+
+/// Dials node `to` and asserts it answers `want` and, unless it welcomed
+/// the dialer, closes the connection.
+fn expect_verdict(c: &Cluster, wire: &Wire, from: NodeId, to: u64, cluster_id: u64, want: Verdict) {
+    let r = RawPeer::dial(&c.node(to).peer_addr, wire, from, to, cluster_id);
+    let (mut p, v) = r.unwrap_or_else(|e| panic!("{from} dialling {to}: no verdict: {e}"));
+    assert_eq!(
+        v, want,
+        "{from} with cluster ID {cluster_id:#x} dialling {to}"
+    );
+    let closed = p.closed_within(if want == Verdict::Welcome {
+        Duration::from_millis(300)
+    } else {
+        HANDSHAKE_TIMEOUT
+    });
+    assert_eq!(
+        closed,
+        want != Verdict::Welcome,
+        "{from} dialling {to}: closed={closed}"
+    );
+}
+
+/// Dials node `to` and asserts that TLS refuses the connection: no
+/// verdict comes back.
+fn expect_tls_refusal(
+    c: &Cluster,
+    wire: &Wire,
+    from: NodeId,
+    to: u64,
+    cluster_id: u64,
+    what: &str,
+) {
+    match RawPeer::dial(&c.node(to).peer_addr, wire, from, to, cluster_id) {
+        Ok((_, v)) => panic!("{what}: node {to} answered the verdict {v:?}"),
+        Err(e) => println!("  {what}: refused ({e})"),
+    }
+}
+
+#[test]
+fn plain_transport_refuses_strangers_other_clusters_and_removed_nodes() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let (c, cluster_id) = start(None);
+    let other_cluster = cluster_id.wrapping_add(1).max(1);
+    let mut b = Baseline::take(&c);
+    let w = b.watch(&c);
+    let plain = Wire::Plain;
+    for to in 1..=3 {
+        let member = if to == 1 { 2 } else { 1 };
+        expect_verdict(&c, &plain, ATTACKER, to, 0, Verdict::Stranger);
+        expect_verdict(
+            &c,
+            &plain,
+            ATTACKER,
+            to,
+            other_cluster,
+            Verdict::WrongCluster,
+        );
+        expect_verdict(&c, &plain, member, to, other_cluster, Verdict::WrongCluster);
+        // What is let in: a member, and a newcomer with this cluster's ID.
+        expect_verdict(&c, &plain, member, to, cluster_id, Verdict::Welcome);
+        expect_verdict(&c, &plain, ATTACKER, to, cluster_id, Verdict::Welcome);
+    }
+    b.check(&c, "the plain identity checks", w);
+
+    // Remove a follower while it runs; then nobody may speak as it.
+    let (leader, gone) = (b.leader, b.followers()[0]);
+    let rest: Vec<u64> = (1..=3).filter(|&id| id != gone).collect();
+    let mut cl = c.node(leader).client().unwrap();
+    assert_eq!(cl.request(&format!("REMOVE_NODE {gone}")).unwrap(), "OK");
+    let want: String = rest
+        .iter()
+        .map(|id| id.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    for &id in &rest {
+        let r = c.request_until(
+            id,
+            "STATUS",
+            |s| s.contains(&format!(" members={want}")),
+            LONG,
+        );
+        assert!(
+            r.is_some(),
+            "node {id} never saw {gone} removed\n{}",
+            c.logs()
+        );
+        // STATUS shows the node thread's membership; the transport's
+        // follows from the apply thread a moment later.
+        let deadline = Instant::now() + LONG;
+        let addr = &c.node(id).peer_addr;
+        while let Ok((_, Verdict::Welcome)) = RawPeer::dial(addr, &plain, gone, id, cluster_id) {
+            assert!(Instant::now() < deadline, "node {id} still welcomes {gone}");
+            thread::sleep(Duration::from_millis(20));
+        }
+        expect_verdict(&c, &plain, gone, id, cluster_id, Verdict::Removed);
+        expect_verdict(&c, &plain, gone, id, 0, Verdict::Removed);
+    }
+    // The removed node learns it, from its log or from its peers' verdict.
+    let r = c.request_until(gone, "GET base0", |r| r.starts_with("ERR REMOVED"), LONG);
+    assert!(
+        r.is_some(),
+        "removed node {gone} never answered ERR REMOVED\n{}",
+        c.logs()
+    );
+    println!("  removed node {gone} answers: {}", r.unwrap());
+    for &id in &rest {
+        let mut cl = c.node(id).client().unwrap();
+        assert_eq!(
+            cl.request("GET base0").unwrap(),
+            "VALUE value 0",
+            "node {id}"
+        );
+        let s = status_of(&c, id);
+        assert_eq!(
+            (s.num("leader"), s.num("term")),
+            (leader, b.term),
+            "node {id}"
+        );
+    }
+    println!("plain identity checks took {:?}", t0.elapsed());
+}
+
+#[test]
+fn tls_transport_refuses_plaintext_foreign_ca_and_borrowed_certificates() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let (dir, other_dir) = (TempDir::new("certs"), TempDir::new("other-ca"));
+    let Some(certs) = Certs::make(&dir.0, 3) else {
+        return;
+    };
+    let other = Certs::make(&other_dir.0, 3).expect("a second CA");
+    let (c, cluster_id) = start(Some(&certs));
+    let mut b = Baseline::take(&c);
+    let w = b.watch(&c);
+    for to in [1, 2] {
+        let me = 3;
+        // The control: node 3's own certificate, claiming node 3.
+        expect_verdict(
+            &c,
+            &Wire::tls_as(&certs, &certs, me),
+            me,
+            to,
+            cluster_id,
+            Verdict::Welcome,
+        );
+        expect_tls_refusal(&c, &Wire::Plain, me, to, cluster_id, "a plaintext peer");
+        let no_cert = Wire::Tls {
+            ca: certs.ca(),
+            cert: None,
+        };
+        expect_tls_refusal(
+            &c,
+            &no_cert,
+            me,
+            to,
+            cluster_id,
+            "TLS without a certificate",
+        );
+        let foreign = Wire::tls_as(&certs, &other, me);
+        expect_tls_refusal(
+            &c,
+            &foreign,
+            me,
+            to,
+            cluster_id,
+            "a certificate from another CA",
+        );
+    }
+    // Node 3's certificate cannot speak as node 2.
+    let borrowed = Wire::tls_as(&certs, &certs, 3);
+    expect_verdict(&c, &borrowed, 2, 1, cluster_id, Verdict::WrongCertificate);
+    expect_verdict(&c, &borrowed, 1, 2, cluster_id, Verdict::WrongCertificate);
+    b.check(&c, "the TLS identity checks", w);
+    println!("TLS identity checks took {:?}", t0.elapsed());
+}
