@@ -41,6 +41,12 @@ use crate::tls::{PeerStream, PeerTls};
 pub const MAX_CONNECTIONS: usize = 64;
 /// Inbound peer connections still authenticating, at most.
 pub const MAX_UNAUTHENTICATED: usize = 16;
+/// Connections one member may hold open at once (it needs one).
+pub const MAX_PER_PEER: usize = 4;
+/// Connections, all together, of ids this node does not know as members
+/// but let in because they present the cluster ID (members added after
+/// this node's configuration).
+pub const MAX_NEWCOMERS: usize = 8;
 /// Disk space a received snapshot must leave free.
 const DISK_RESERVE: u64 = 64 << 20;
 
@@ -60,6 +66,55 @@ pub struct Context {
 pub struct Counts {
     open: AtomicUsize,
     unauthenticated: AtomicUsize,
+    /// Open connections per authenticated id, and of newcomers together.
+    per_peer: std::sync::Mutex<std::collections::HashMap<NodeId, usize>>,
+    newcomers: AtomicUsize,
+}
+
+/// One authenticated connection's share of [`Counts`], given back on drop.
+struct PeerSlot<'a> {
+    counts: &'a Counts,
+    id: NodeId,
+    newcomer: Option<Slot<'a>>,
+}
+
+impl<'a> PeerSlot<'a> {
+    /// Takes a slot for `id`, within [`MAX_PER_PEER`] (and [`MAX_NEWCOMERS`]
+    /// for an id that is not a known member).
+    fn take(counts: &'a Counts, id: NodeId, known: bool) -> Option<PeerSlot<'a>> {
+        let newcomer = match known {
+            true => None,
+            false => Some(Slot::take(&counts.newcomers, MAX_NEWCOMERS)?),
+        };
+        let mut per = counts.per_peer.lock().unwrap_or_else(|e| e.into_inner());
+        let n = per.entry(id).or_default();
+        if *n >= MAX_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            counts,
+            id,
+            newcomer,
+        })
+    }
+}
+
+impl Drop for PeerSlot<'_> {
+    fn drop(&mut self) {
+        let mut per = self
+            .counts
+            .per_peer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.id);
+            }
+        }
+        drop(self.newcomer.take());
+    }
 }
 
 /// Holds one unit of a counter while it lives.
@@ -113,7 +168,7 @@ fn serve(stream: TcpStream, peer: &str, ctx: &Context) {
             "peer-busy",
             "refused a peer connection from {peer}: {MAX_CONNECTIONS} are open"
         );
-        refuse_busy(stream);
+        refuse_busy(stream, ctx.tls.is_some());
         return;
     };
     let authed = {
@@ -122,12 +177,12 @@ fn serve(stream: TcpStream, peer: &str, ctx: &Context) {
                 "peer-busy",
                 "refused a peer connection from {peer}: {MAX_UNAUTHENTICATED} are authenticating"
             );
-            refuse_busy(stream);
+            refuse_busy(stream, ctx.tls.is_some());
             return;
         };
         authenticate(stream, ctx)
     };
-    let (stream, from) = match authed {
+    let (stream, from, _slot) = match authed {
         Ok(a) => a,
         Err(e) => {
             crate::warn_every!(
@@ -146,8 +201,12 @@ fn serve(stream: TcpStream, peer: &str, ctx: &Context) {
     }
 }
 
-/// Tells a dialer we are full, without waiting on it.
-fn refuse_busy(stream: TcpStream) {
+/// Tells a dialer we are full, without waiting on it. A TLS dialer could
+/// not read a plain verdict: it is just closed.
+fn refuse_busy(stream: TcpStream, tls: bool) {
+    if tls {
+        return;
+    }
     let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
     let mut out = Vec::new();
     codec::encode_verdict(&mut out, Verdict::Busy, 0);
@@ -297,7 +356,10 @@ pub fn judge(m: &Membership, listed: &BTreeSet<NodeId>, from: NodeId, cluster_id
 
 /// TLS (if configured), the handshake, the identity check and the verdict,
 /// all within the handshake timeout. Returns the stream and the dialer's id.
-fn authenticate(stream: TcpStream, ctx: &Context) -> Result<(PeerStream, NodeId), Refusal> {
+fn authenticate(
+    stream: TcpStream,
+    ctx: &Context,
+) -> Result<(PeerStream, NodeId, PeerSlot<'_>), Refusal> {
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
@@ -320,9 +382,15 @@ fn authenticate(stream: TcpStream, ctx: &Context) -> Result<(PeerStream, NodeId)
         );
     }
     let membership = ctx.shared.membership();
+    // Only a welcomed dialer learns our cluster ID.
     let verdict_for = |stream: &mut PeerStream, v: Verdict| -> Result<(), Refusal> {
         let mut out = Vec::new();
-        codec::encode_verdict(&mut out, v, membership.cluster_id);
+        let cluster_id = if v == Verdict::Welcome {
+            membership.cluster_id
+        } else {
+            0
+        };
+        codec::encode_verdict(&mut out, v, cluster_id);
         stream.write_all(&out)?;
         stream.flush()?;
         Ok(())
@@ -343,14 +411,22 @@ fn authenticate(stream: TcpStream, ctx: &Context) -> Result<(PeerStream, NodeId)
             return Err(Refusal::Certificate { from, why });
         }
     }
-    let verdict = judge(&membership, &ctx.listed, from, hello.cluster_id);
-    verdict_for(&mut stream, verdict)?;
-    if verdict != Verdict::Welcome {
-        return Err(Refusal::Judged { from, verdict });
+    let mut verdict = judge(&membership, &ctx.listed, from, hello.cluster_id);
+    let mut slot = None;
+    if verdict == Verdict::Welcome {
+        let known = membership.members.contains(&from) || ctx.listed.contains(&from);
+        slot = PeerSlot::take(&ctx.open, from, known);
+        if slot.is_none() {
+            verdict = Verdict::Busy;
+        }
     }
+    verdict_for(&mut stream, verdict)?;
+    let Some(slot) = slot else {
+        return Err(Refusal::Judged { from, verdict });
+    };
     stream.tcp().set_read_timeout(None)?;
     stream.tcp().set_write_timeout(None)?;
-    Ok((stream, from))
+    Ok((stream, from, slot))
 }
 
 /// Reads a connection that must be done by `deadline`: the handshake
