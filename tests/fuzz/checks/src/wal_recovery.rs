@@ -254,16 +254,34 @@ fn mutate(template: &[(PathBuf, Vec<u8>)], mut input: &[u8]) -> Vec<(PathBuf, Op
     files
 }
 
-pub fn check(input: &[u8]) {
-    let scratch = scratch().lock().unwrap_or_else(|e| e.into_inner());
-    let work = &scratch.work;
-    let _ = fs::remove_dir_all(work);
+/// Makes `work` hold exactly `files` (and the lock file). Cheaper than
+/// deleting and recreating the whole directory at every run: only what the
+/// last run left behind beyond the template is removed.
+fn restore(work: &Path, files: &[(PathBuf, Option<Vec<u8>>)]) {
     fs::create_dir_all(work.join("snap")).expect("create the scratch dir");
-    for (rel, bytes) in mutate(&scratch.template.files, input) {
+    for dir in [work.to_path_buf(), work.join("snap")] {
+        for e in fs::read_dir(&dir).expect("list the scratch dir").flatten() {
+            let path = e.path();
+            let rel = path.strip_prefix(work).unwrap_or(&path);
+            let known = rel == Path::new("LOCK")
+                || rel == Path::new("snap")
+                || files.iter().any(|(p, b)| p == rel && b.is_some());
+            if !known {
+                let _ = fs::remove_file(&path).or_else(|_| fs::remove_dir_all(&path));
+            }
+        }
+    }
+    for (rel, bytes) in files {
         if let Some(bytes) = bytes {
             fs::write(work.join(rel), bytes).expect("write a scratch file");
         }
     }
+}
+
+pub fn check(input: &[u8]) {
+    let scratch = scratch().lock().unwrap_or_else(|e| e.into_inner());
+    let work = &scratch.work;
+    restore(work, &mutate(&scratch.template.files, input));
     let (w, rec) = match Wal::open(work, opts()) {
         Ok(opened) => opened,
         Err(e) => {
