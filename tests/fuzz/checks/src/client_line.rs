@@ -1,0 +1,210 @@
+//! The client line parser (`raftnode::protocol::parse`) and the reply path
+//! behind it.
+//!
+//! The input is what a client sends: it is cut at every `\n`, as the server
+//! cuts requests, and each piece (the last one too, terminated or not) is
+//! parsed. A request then takes the path the server gives it, without a
+//! cluster: a write is encoded as a log entry, decoded as the state machine
+//! decodes it, applied to a small store and answered; a read is answered
+//! from that store; a membership change's entry context is encoded and
+//! decoded; a refused line gets its `ERR BAD_REQUEST` reply.
+//!
+//! Promises checked:
+//! - nothing panics, allocates beyond [`ALLOC_LIMIT`], or hangs;
+//! - a request satisfies the limits the protocol states (key length and
+//!   characters, value length, node id >= 1, an address with a port);
+//! - the command and conf-change encodings round-trip;
+//! - every reply is exactly one line.
+//!
+//! This target fuzzes one line at a time. The server's framing (line length,
+//! an unterminated last line, pipelining) is the job of a second target,
+//! `client_frames`, to be added beside this one once the server's framer has
+//! a public entry point; it goes in [`crate::TARGETS`] like the others.
+
+use std::cell::RefCell;
+
+use raftnode::kv::{self, Command, KvStore, RequestId};
+use raftnode::protocol::{self, ErrorCode, Reply, Request, MAX_KEY, MAX_VALUE};
+
+/// A line is at most [`protocol::MAX_LINE`] bytes, and a request copies it
+/// a few times; nothing needs a single allocation over this.
+pub const ALLOC_LIMIT: usize = 4 * protocol::MAX_LINE;
+
+const ID: RequestId = RequestId { node: 7, seq: 42 };
+
+thread_local! {
+    /// Keys `k` (value `v`) and `e` (empty value), so that reads, deletes
+    /// and both outcomes of CAS are reachable. Every write applied to it is
+    /// undone before the next line, so each input sees the same store.
+    static STORE: RefCell<KvStore> = RefCell::new({
+        let mut kv = KvStore::new();
+        for (k, v) in [("k", "v"), ("e", "")] {
+            kv.apply(Command::Put {
+                key: k.into(),
+                value: v.into(),
+            });
+        }
+        kv
+    });
+}
+
+pub fn check(data: &[u8]) {
+    for line in data.split(|&b| b == b'\n') {
+        let reply = match protocol::parse(line) {
+            Ok(req) => {
+                check_request(&req);
+                answer(req)
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(!msg.is_empty(), "{e:?} has no message");
+                Reply::error(ErrorCode::BadRequest, msg)
+            }
+        };
+        let mut out = Vec::new();
+        reply.write_line(&mut out);
+        assert_eq!(
+            out.iter().position(|&b| b == b'\n'),
+            Some(out.len() - 1),
+            "the reply to {line:?} is not one line: {out:?}"
+        );
+    }
+}
+
+fn check_key(key: &[u8]) {
+    assert!(!key.is_empty() && key.len() <= MAX_KEY, "key {key:?}");
+    let key = std::str::from_utf8(key).expect("a key is UTF-8");
+    assert!(
+        !key.chars().any(|c| c.is_whitespace() || c.is_control()),
+        "key {key:?}"
+    );
+}
+
+fn check_request(req: &Request) {
+    match req {
+        Request::Write(Command::Put { key, value }) => {
+            check_key(key);
+            assert!(value.len() <= MAX_VALUE);
+        }
+        Request::Write(Command::Delete { key }) | Request::Get { key } => check_key(key),
+        Request::Write(Command::Cas {
+            key,
+            expected,
+            value,
+        }) => {
+            check_key(key);
+            assert!(expected.len() <= MAX_VALUE && value.len() <= MAX_VALUE);
+        }
+        Request::AddNode { id, addr } => {
+            assert!(*id >= 1);
+            assert!(addr.contains(':'), "address {addr:?}");
+        }
+        Request::RemoveNode { id } | Request::TransferLeader { id } => assert!(*id >= 1),
+        Request::Auth { token } => assert!(!token.is_empty(), "an empty AUTH token parsed"),
+        Request::Status | Request::Snapshot | Request::Ping => {}
+        Request::Write(Command::SetClusterId { .. }) => {
+            panic!("a client line parsed into the internal cluster-ID command")
+        }
+    }
+}
+
+/// The reply the request would get from a cluster holding [`STORE`].
+fn answer(req: Request) -> Reply {
+    match req {
+        Request::Write(cmd) => {
+            let entry = kv::encode_command(ID, &cmd);
+            assert_eq!(
+                kv::decode_command(&entry),
+                Some((ID, cmd.clone())),
+                "the log entry of {cmd:?} does not decode to it"
+            );
+            STORE.with(|s| {
+                let mut kv = s.borrow_mut();
+                let key = match &cmd {
+                    Command::Put { key, .. }
+                    | Command::Delete { key }
+                    | Command::Cas { key, .. } => key.clone(),
+                    Command::SetClusterId { .. } => unreachable!("refused by check_request"),
+                };
+                let before = kv.get(&key).map(<[u8]>::to_vec);
+                let reply = kv.apply(cmd);
+                kv.apply(match before {
+                    Some(value) => Command::Put { key, value },
+                    None => Command::Delete { key },
+                });
+                reply
+            })
+        }
+        Request::Get { key } => STORE.with(|s| match s.borrow().get(&key) {
+            Some(v) => Reply::Value(v.to_vec().into()),
+            None => Reply::NotFound,
+        }),
+        Request::AddNode { addr, .. } => {
+            let ctx = kv::encode_conf_context(ID, &addr);
+            assert_eq!(kv::decode_conf_context(&ctx), Some((ID, addr)));
+            Reply::OkIndex(u64::MAX)
+        }
+        Request::RemoveNode { .. } | Request::TransferLeader { .. } | Request::Snapshot => {
+            Reply::Ok
+        }
+        Request::Status => Reply::Status("STATUS id=1 role=leader".into()),
+        Request::Ping => Reply::Pong,
+        Request::Auth { .. } => Reply::Ok,
+    }
+}
+
+/// Every command, in its valid forms and its edge cases, and the careless
+/// inputs issue 12 lists.
+pub fn seeds() -> Vec<(String, Vec<u8>)> {
+    let long_key = "k".repeat(MAX_KEY);
+    let lines: Vec<(&str, Vec<u8>)> = vec![
+        ("put", b"PUT k hello world".to_vec()),
+        ("put_empty_value", b"PUT k ".to_vec()),
+        ("put_crlf", b"PUT k v\r".to_vec()),
+        ("put_no_value", b"PUT k".to_vec()),
+        ("put_key_at_limit", format!("PUT {long_key} v").into_bytes()),
+        (
+            "put_key_over_limit",
+            format!("PUT {long_key}k v").into_bytes(),
+        ),
+        ("get", b"GET k".to_vec()),
+        ("get_missing", b"GET nokey".to_vec()),
+        ("get_two_keys", b"GET a b".to_vec()),
+        ("get_nul", b"GET k\0ey".to_vec()),
+        ("get_unicode_space", "GET k\u{2003}y".as_bytes().to_vec()),
+        ("del", b"DEL k".to_vec()),
+        ("del_missing", b"DEL nokey".to_vec()),
+        ("cas_match", b"CAS k v new value".to_vec()),
+        ("cas_mismatch", b"CAS k x y".to_vec()),
+        ("cas_missing", b"CAS nokey x y".to_vec()),
+        ("cas_no_new_value", b"CAS k v".to_vec()),
+        ("status", b"STATUS".to_vec()),
+        ("auth", b"AUTH s3cret".to_vec()),
+        ("auth_no_token", b"AUTH".to_vec()),
+        ("auth_two_tokens", b"AUTH a b".to_vec()),
+        ("status_arg", b"STATUS now".to_vec()),
+        ("ping_lower", b"ping".to_vec()),
+        ("snapshot", b"SNAPSHOT".to_vec()),
+        ("add_node", b"ADD_NODE 4 127.0.0.1:7004".to_vec()),
+        ("add_node_zero", b"ADD_NODE 0 127.0.0.1:7004".to_vec()),
+        ("add_node_no_port", b"ADD_NODE 4 localhost".to_vec()),
+        ("remove_node", b"REMOVE_NODE 2".to_vec()),
+        ("remove_node_plus", b"REMOVE_NODE +2".to_vec()),
+        (
+            "remove_node_huge",
+            b"REMOVE_NODE 18446744073709551616".to_vec(),
+        ),
+        ("transfer_leader", b"TRANSFER_LEADER 3".to_vec()),
+        ("unknown", b"FOO bar".to_vec()),
+        ("empty", b"".to_vec()),
+        ("not_utf8", b"PUT \xff\xfe v".to_vec()),
+        (
+            "pipelined",
+            b"PUT a 1\nGET a\nCAS a 1 2\nDEL a\nPING\nSTATUS\n".to_vec(),
+        ),
+    ];
+    lines
+        .into_iter()
+        .map(|(name, line)| (name.to_string(), line))
+        .collect()
+}

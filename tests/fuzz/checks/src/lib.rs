@@ -1,0 +1,57 @@
+//! What each fuzz target checks, written once for two callers:
+//!
+//! - the libFuzzer binaries in `tests/fuzz/fuzz_targets/`, one per target,
+//!   each a one-line call to a `check` function below;
+//! - the root package's `tests/fuzz_corpus.rs`, which feeds every committed
+//!   corpus file to the same function in an ordinary `cargo test`, so CI
+//!   replays the corpus (and every regression seed) without a fuzzer.
+//!
+//! A `check` takes any bytes and panics only when the code under test broke
+//! a promise: a panic inside the code, an allocation larger than the input
+//! can justify ([`alloc::LimitAlloc`]), or a property (a round trip, a
+//! documented invariant) that does not hold. Each target also has `seeds()`,
+//! meaningful inputs built with the real encoders, which the corpus test
+//! keeps in sync with the committed `corpus/<target>/seed-*` files.
+//!
+//! This is a crate of its own rather than a file included twice (`#[path]`
+//! or `include!`): both callers depend on it by path, it compiles once per
+//! build, and its own imports are checked like any other crate's.
+
+pub mod alloc;
+pub mod client_line;
+pub mod peer_frame;
+pub mod wal_recovery;
+
+/// One fuzz target: its name (the fuzz binary and the corpus directory),
+/// the check the fuzzer and the corpus test both run, its generated seeds,
+/// and the largest single allocation an input may cause.
+pub struct Target {
+    pub name: &'static str,
+    pub check: fn(&[u8]),
+    pub seeds: fn() -> Vec<(String, Vec<u8>)>,
+    pub alloc_limit: usize,
+}
+
+/// Every target. A new one (the client framer's, once the server's line
+/// framing settles) is a module here, a line here, and a file in
+/// `fuzz_targets/`.
+pub const TARGETS: &[Target] = &[
+    Target {
+        name: "peer_frame",
+        check: peer_frame::check,
+        seeds: peer_frame::seeds,
+        alloc_limit: peer_frame::ALLOC_LIMIT,
+    },
+    Target {
+        name: "client_line",
+        check: client_line::check,
+        seeds: client_line::seeds,
+        alloc_limit: client_line::ALLOC_LIMIT,
+    },
+    Target {
+        name: "wal_recovery",
+        check: wal_recovery::check,
+        seeds: wal_recovery::seeds,
+        alloc_limit: wal_recovery::ALLOC_LIMIT,
+    },
+];
