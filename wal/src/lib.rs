@@ -97,14 +97,18 @@
 
 #![deny(missing_docs)]
 
+mod damage;
 mod error;
 mod failpoint;
 mod format;
 mod fsutil;
 mod recovery;
 mod remover;
+mod replay;
+mod salvage;
 mod segment;
 mod snapshot;
+mod tear;
 mod wal;
 
 #[cfg(test)]
@@ -117,6 +121,7 @@ pub use crate::failpoint::crash::{crash_point, error_point};
 
 use std::path::PathBuf;
 
+pub use crate::damage::{Damage, DamageReason, OnDamage};
 pub use crate::error::Error;
 pub use crate::snapshot::{open_snapshot_file, SnapshotReader, SnapshotWriter};
 pub use crate::wal::Wal;
@@ -140,6 +145,10 @@ pub struct Options {
     /// [`Wal::commit_snapshot`]. Default off; a caller whose thread must not
     /// stall on a busy disk (a Raft Ready loop) turns it on.
     pub remove_in_background: bool,
+    /// What [`Wal::open`] does when the log is damaged (anything but the torn
+    /// tail of a crash): refuse to open (the default), or keep the good
+    /// prefix and report a [`Damage`].
+    pub on_damage: OnDamage,
 }
 
 impl Default for Options {
@@ -149,6 +158,7 @@ impl Default for Options {
             keep_snapshots: 2,
             preallocate_in_background: true,
             remove_in_background: false,
+            on_damage: OnDamage::Refuse,
         }
     }
 }
@@ -220,4 +230,9 @@ pub struct Recovered {
     /// Snapshot files renamed aside (`*.broken`: damaged; `*.orphan`: a save
     /// that never reached the log). Never deleted by the WAL.
     pub set_aside: Vec<PathBuf>,
+    /// Damage that was salvaged around ([`OnDamage::Salvage`]), or that an
+    /// earlier open or [`Wal::mark_damaged`] recorded and
+    /// [`Wal::clear_damage`] has not cleared yet. `None` means the state is
+    /// complete: every record that was fsynced is here.
+    pub damage: Option<Damage>,
 }
