@@ -282,6 +282,27 @@ pub(crate) fn seal_frames(buf: &mut [u8], at: u64, v: Version) {
     }
 }
 
+/// Rewrites the length words (and CRCs) of the frames in `buf`, built for a
+/// version-`from` segment, for a version-`to` one: a batch built for a
+/// version-1 tail that rolls over into a new segment.
+pub(crate) fn reframe(buf: &mut [u8], from: Version, to: Version) {
+    if from == to {
+        return;
+    }
+    let mut off = 0;
+    while buf.len() - off >= FRAME_HEADER_LEN {
+        let Some(w) = parse_word(LE::read_u64(&buf[off..off + 8]), from) else {
+            debug_assert!(false, "reframe on a buffer that is not whole frames");
+            return;
+        };
+        let total = w.total().min(buf.len() - off);
+        LE::write_u64(&mut buf[off..off + 8], make_word(w.body, w.pad, false, to));
+        let crc = frame_crc(&buf[off..off + total], w.body as usize);
+        LE::write_u32(&mut buf[off + 8..off + 12], crc);
+        off += total;
+    }
+}
+
 /// The CRC of a frame whose body is `body` bytes long.
 fn frame_crc(frame: &[u8], body: usize) -> u32 {
     let mut h = crc32fast::Hasher::new();
@@ -757,6 +778,16 @@ mod tests {
                 assert_eq!(parse_word(word ^ (1 << bit), Version::V2), None);
             }
         }
+    }
+
+    #[test]
+    fn frames_can_be_moved_between_versions() {
+        let mut buf = Vec::new();
+        push_save(&mut buf, Version::V1, Some(&HardState::default()), &[]).unwrap();
+        push_save(&mut buf, Version::V1, None, &[entry(4, b"four")]).unwrap();
+        reframe(&mut buf, Version::V1, Version::V2);
+        let f = check_frame(&buf, 0, Version::V2).unwrap();
+        assert!(check_frame(&buf, f.total, Version::V2).is_ok());
     }
 
     #[test]

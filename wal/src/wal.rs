@@ -686,9 +686,12 @@ impl Wal {
     fn append_buf(&mut self, sync: bool) -> Result<(), Error> {
         let need = self.buf.len() as u64;
         if self.cursor + need > self.file_len {
+            let built_for = self.tail_version;
             if let Err(e) = self.roll(need) {
                 return Err(self.fail(e));
             }
+            // Built for a version-1 tail, written into a new segment.
+            format::reframe(&mut self.buf, built_for, self.tail_version);
         }
         // The position is decided: the flags that depend on it can be set.
         format::seal_frames(&mut self.buf, self.cursor, self.tail_version);
