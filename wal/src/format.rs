@@ -227,16 +227,19 @@ pub(crate) fn parse_word(word: u64, v: Version) -> Option<Word> {
     })
 }
 
-/// Whether `bytes` holds at most one set bit.
+/// Whether `bytes` holds at most one set bit. Stops at the second one, so
+/// a sector of ordinary data costs a few bytes.
 fn at_most_one_bit(bytes: &[u8]) -> bool {
     let mut ones = 0;
-    for &b in bytes {
-        ones += b.count_ones();
+    let words = bytes.chunks_exact(8);
+    let rest = words.remainder();
+    for w in words {
+        ones += LE::read_u64(w).count_ones();
         if ones > 1 {
             return false;
         }
     }
-    true
+    ones + rest.iter().map(|b| b.count_ones()).sum::<u32>() <= 1
 }
 
 /// Sets `TEAR_AMBIGUOUS` (recomputing check and CRC) on every frame in `buf`
@@ -854,6 +857,21 @@ mod tests {
         let before = buf.clone();
         seal_frames(&mut buf, 40, Version::V1);
         assert_eq!(buf, before);
+    }
+
+    #[test]
+    fn at_most_one_bit_counts_every_byte() {
+        assert!(at_most_one_bit(&[]));
+        assert!(at_most_one_bit(&[0; 13]));
+        for len in [1, 7, 8, 9, 512] {
+            for at in 0..len {
+                let mut b = vec![0u8; len];
+                b[at] = 0x80;
+                assert!(at_most_one_bit(&b));
+                b[(at + 1) % len] |= 1;
+                assert!(!at_most_one_bit(&b), "len {len} at {at}");
+            }
+        }
     }
 
     #[test]

@@ -554,6 +554,14 @@ pub(crate) fn recover(
 /// The report for a `DAMAGE` marker found at open, on a log that needed no
 /// salvage now.
 pub(crate) fn pending_report(dir: &Path, m: &DamageRecord, last_index: u64) -> Damage {
+    log::warn!(
+        "{}: damage found earlier ({:?} in {} at offset {}) is not repaired yet; the DAMAGE \
+         marker stays until the node has caught up from its peers (Wal::clear_damage)",
+        dir.display(),
+        m.reason,
+        m.file.display(),
+        m.offset
+    );
     Damage {
         file: dir.join(&m.file),
         offset: m.offset,

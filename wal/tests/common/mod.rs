@@ -257,8 +257,27 @@ pub fn is_torn(seg: &[u8], end: usize) -> bool {
     false
 }
 
-/// A save record framed in format version 1 (length-word bits 32..47 zero),
-/// written from `FORMAT.md`.
+/// A frame of record type `kind` around `payload`, in format version 1
+/// (length-word bits 32..47 zero), written from `FORMAT.md`.
+pub fn frame_v1(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let body = 8 + payload.len() as u64;
+    let pad = (8 - body % 8) % 8;
+    let word = body | (0x5A << 48) | (pad << 56);
+    let mut f = Vec::new();
+    f.extend_from_slice(&word.to_le_bytes());
+    f.extend_from_slice(&[0u8; 4]);
+    f.extend_from_slice(&[kind, 0, 0, 0]);
+    f.extend_from_slice(payload);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&f[0..8]);
+    h.update(&f[12..]);
+    let crc = h.finalize();
+    f[8..12].copy_from_slice(&crc.to_le_bytes());
+    f.resize(f.len() + pad as usize, 0);
+    f
+}
+
+/// A save record framed in format version 1.
 pub fn save_record_v1(hs: Option<&HardState>, entries: &[Entry]) -> Vec<u8> {
     let mut payload = Vec::new();
     payload.extend_from_slice(&u32::from(hs.is_some()).to_le_bytes());
@@ -275,21 +294,7 @@ pub fn save_record_v1(hs: Option<&HardState>, entries: &[Entry]) -> Vec<u8> {
         payload.push(e.kind);
         payload.extend_from_slice(&e.data);
     }
-    let body = 8 + payload.len() as u64;
-    let pad = (8 - body % 8) % 8;
-    let word = body | (0x5A << 48) | (pad << 56);
-    let mut f = Vec::new();
-    f.extend_from_slice(&word.to_le_bytes());
-    f.extend_from_slice(&[0u8; 4]);
-    f.extend_from_slice(&[1, 0, 0, 0]);
-    f.extend_from_slice(&payload);
-    let mut h = crc32fast::Hasher::new();
-    h.update(&f[0..8]);
-    h.update(&f[12..]);
-    let crc = h.finalize();
-    f[8..12].copy_from_slice(&crc.to_le_bytes());
-    f.resize(f.len() + pad as usize, 0);
-    f
+    frame_v1(1, &payload)
 }
 
 /// A version-1 segment of `size` bytes holding `records` (already framed).
