@@ -105,14 +105,14 @@ impl Replay {
         first_index: u64,
         continues: bool,
     ) -> Result<(), LogFault> {
-        if continues && first_index != self.log_last + 1 {
+        if continues && first_index != self.log_last.saturating_add(1) {
             return Err(LogFault {
                 pos,
                 offset: 0,
                 whole: true,
                 fault: Fault::new(
                     DamageReason::SegmentIndexMismatch {
-                        expected: self.log_last + 1,
+                        expected: self.log_last.saturating_add(1),
                         found: first_index,
                     },
                     format!(
@@ -184,10 +184,10 @@ impl Replay {
         // Pass 1 checked the whole payload; walking every entry header again
         // would touch every cache line of the log.
         let (first, count) = (v.first, v.count);
-        if first > self.log_last + 1 {
+        if first > self.log_last.saturating_add(1) {
             return Err(Fault::new(
                 DamageReason::EntryGap {
-                    expected: self.log_last + 1,
+                    expected: self.log_last.saturating_add(1),
                     found: first,
                 },
                 format!(
@@ -235,13 +235,15 @@ impl Replay {
     /// The index of the first entry the raw log holds (last index + 1 if it
     /// holds none).
     fn log_start(&self) -> u64 {
-        self.runs.first().map_or(self.log_last + 1, |r| r.first)
+        self.runs
+            .first()
+            .map_or(self.log_last.saturating_add(1), |r| r.first)
     }
 
     /// Whether the log can follow a snapshot at `base`: every entry after it
     /// is there, from `base + 1` on. `Err` says why not and where.
     pub(crate) fn covers(&self, base: u64) -> Result<(), Uncovered> {
-        if self.log_start() <= base + 1 {
+        if self.log_start() <= base.saturating_add(1) {
             return Ok(());
         }
         Err(match self.last_reset {
@@ -304,8 +306,8 @@ impl Replay {
             Uncovered::Hole { log_start, .. } => format!(
                 "the log does not reach back to the snapshot: the first entry after snapshot \
                  index {base} is {log_start}, entries {}..{} are missing{context}",
-                base + 1,
-                log_start - 1
+                base.saturating_add(1),
+                log_start.saturating_sub(1)
             ),
         }
     }

@@ -332,7 +332,7 @@ pub(crate) fn run(cx: Context) -> Result<Recovery, Error> {
         match &site {
             Some(s) if s.whole && s.pos == 0 => (
                 Tail::Fresh {
-                    first_index: b_index + 1,
+                    first_index: b_index.saturating_add(1),
                 },
                 0,
             ),

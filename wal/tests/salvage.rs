@@ -183,11 +183,14 @@ fn check(dir: &Path, want: Expect) {
     w.save(None, std::slice::from_ref(&next), true).unwrap();
     drop(w);
 
-    // Reopened (in either mode): the same state, the damage still pending.
+    // Reopened (in either mode): the same state, the damage still pending,
+    // and nothing more set aside: the log itself is clean now.
     let mut kept = expected.clone();
     kept.push(next.clone());
+    let aside = common::leftovers(dir);
     for o in [salvage(), refuse()] {
         let (_, again) = Wal::open(dir, o).unwrap();
+        assert_eq!(common::leftovers(dir), aside);
         let d2 = again.damage.expect("still reported");
         assert!(d2.pending);
         assert_eq!(
