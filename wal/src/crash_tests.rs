@@ -259,3 +259,164 @@ fn a_crash_in_the_middle_of_a_release_leaves_an_unbroken_run_of_segments() {
     // Finishing the release after the crash ends where an uninterrupted one does.
     assert_eq!(run("release-crash", true), run("release-control", false));
 }
+
+/// Copies the files of `from` (and of its `snap/`) into `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    let _ = fs::remove_dir_all(to);
+    fs::create_dir_all(to.join("snap")).unwrap();
+    for sub in ["", "snap"] {
+        for e in fs::read_dir(from.join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                fs::copy(&p, to.join(sub).join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+}
+
+/// A log of entries 1..=100 over 4 KiB segments, each save with a hard state
+/// whose term rises every 30 entries; snapshots at 30 and 60.
+fn damaged_log(dir: &Path, damage: impl FnOnce(&Path)) {
+    let (mut w, _) = Wal::open(dir, opts()).unwrap();
+    for i in 1..=100u64 {
+        let hs = HardState {
+            term: 1 + i / 30,
+            vote: 2,
+            commit: i - 1,
+        };
+        let e = Entry {
+            term: 1 + i / 30,
+            ..e(i)
+        };
+        w.save(Some(&hs), &[e], true).unwrap();
+        if i == 40 || i == 70 {
+            let index = i - 10;
+            let m = SnapshotMeta {
+                term: 1 + index / 30,
+                ..meta(index)
+            };
+            w.save_snapshot(&m, format!("state at {index}").as_bytes())
+                .unwrap();
+        }
+    }
+    drop(w);
+    damage(dir);
+}
+
+/// Flips a byte of the record holding entry `index` (found by its data,
+/// which is 300 bytes of `index | 1`).
+fn flip_entry(dir: &Path, index: u64) {
+    let pattern = vec![index as u8 | 1; 300];
+    for name in names(dir).iter().filter(|n| n.ends_with(".wal")) {
+        let p = dir.join(name);
+        let mut b = fs::read(&p).unwrap();
+        // The segment holding the entry's data right after its entry header.
+        let hit = b
+            .windows(300)
+            .position(|w| w == &pattern[..])
+            .filter(|&at| at >= 13 && b[at - 13..at - 5] == (1 + index / 30).to_le_bytes());
+        if let Some(at) = hit {
+            b[at + 100] ^= 0x40;
+            fs::write(&p, b).unwrap();
+            return;
+        }
+    }
+    panic!("entry {index} not found");
+}
+
+fn salvage_opts() -> Options {
+    Options {
+        on_damage: crate::OnDamage::Salvage,
+        preallocate_in_background: false,
+        ..opts()
+    }
+}
+
+/// What must not depend on whether the salvage was interrupted.
+fn outcome(rec: &crate::Recovered) -> impl PartialEq + std::fmt::Debug {
+    let d = rec.damage.clone().expect("damage reported");
+    (
+        rec.hard_state,
+        rec.snapshot.clone(),
+        rec.entries.clone(),
+        (
+            d.file.file_name().map(|n| n.to_owned()),
+            d.offset,
+            d.reason,
+            d.kept_last_index,
+        ),
+        (d.hard_state_intact, d.max_term_seen, d.snapshot_lost),
+    )
+}
+
+/// For each crash point, a salvage interrupted there leaves the `DAMAGE`
+/// marker, and the next open (in either mode) finishes it with exactly the
+/// result of an uninterrupted salvage, and reports it as pending.
+fn crash_during_salvage(name: &str, points: &[&'static str], damage: impl Fn(&Path)) {
+    let pristine = TempDir::new(&format!("salvage-{name}-pristine"));
+    damaged_log(&pristine.0, damage);
+    let control = TempDir::new(&format!("salvage-{name}-control"));
+    copy_dir(&pristine.0, &control.0);
+    let (_, want) = Wal::open(&control.0, salvage_opts()).unwrap();
+    for (k, &point) in points.iter().enumerate() {
+        let d = TempDir::new(&format!("salvage-{name}-{k}"));
+        copy_dir(&pristine.0, &d.0);
+        arm(point);
+        let err = Wal::open(&d.0, salvage_opts()).unwrap_err();
+        assert!(err.to_string().contains(point), "{point}: {err}");
+        assert!(d.0.join("DAMAGE").exists(), "{point}: the marker was lost");
+        // Odd points reopen with Refuse: an interrupted salvage is finished
+        // whatever the options say.
+        let o = if k % 2 == 1 { opts() } else { salvage_opts() };
+        let (mut w, rec) = Wal::open(&d.0, o).unwrap_or_else(|e| panic!("{point}: {e}"));
+        assert_eq!(outcome(&rec), outcome(&want), "{point}");
+        assert!(rec.damage.as_ref().unwrap().pending, "{point}");
+        let next = w.last_index() + 1;
+        w.save(None, &[e(next)], true).unwrap();
+        drop(w);
+        let (mut w, again) = Wal::open(&d.0, opts()).unwrap();
+        assert_eq!(again.entries.last().map(|e| e.index), Some(next), "{point}");
+        assert!(again.damage.unwrap().pending, "{point}");
+        w.clear_damage().unwrap();
+        drop(w);
+        assert_eq!(Wal::open(&d.0, opts()).unwrap().1.damage, None, "{point}");
+    }
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_salvage_keeps_the_marker_and_its_decisions() {
+    // Entry 50 damaged: the snapshot kept (60) is named only by a marker
+    // after the damage, and the newest term and vote only by records after
+    // it; both sit in the segments the salvage sets aside.
+    crash_during_salvage(
+        "mid",
+        &[
+            "salvage:after-marker",
+            "salvage:after-rename",
+            "salvage:after-side-file",
+            "salvage:after-zero",
+            "salvage:after-snapshot-marker",
+            "salvage:after-hard-state",
+        ],
+        |dir| flip_entry(dir, 50),
+    );
+}
+
+#[test]
+fn a_crash_while_salvaging_into_a_fresh_segment_keeps_the_marker_and_its_decisions() {
+    // The first segment's header is damaged: a fresh segment takes over.
+    crash_during_salvage(
+        "fresh",
+        &[
+            "salvage:after-marker",
+            "salvage:after-fresh",
+            "salvage:after-rename",
+        ],
+        |dir| {
+            let first = dir.join(&names(dir)[0]);
+            let mut b = fs::read(&first).unwrap();
+            b[3] ^= 1;
+            fs::write(&first, b).unwrap();
+        },
+    );
+}

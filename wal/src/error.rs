@@ -10,7 +10,10 @@
 //! Two families matter to callers:
 //!
 //! - Errors from [`Wal::open`](crate::Wal::open) ([`Error::Corrupt`],
-//!   [`Error::Locked`], [`Error::Io`]) mean the node must not start.
+//!   [`Error::Locked`], [`Error::Io`]) mean the node must not start. With
+//!   [`OnDamage::Salvage`](crate::OnDamage::Salvage), damage is reported in
+//!   [`Recovered::damage`](crate::Recovered::damage) instead of
+//!   [`Error::Corrupt`].
 //! - Errors from the write path ([`Error::Gap`], [`Error::NotContiguous`],
 //!   [`Error::BelowSnapshot`], [`Error::StaleSnapshot`], [`Error::TooLarge`])
 //!   reject one call and change nothing. An [`Error::Io`] from the write path

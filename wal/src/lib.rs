@@ -12,9 +12,13 @@
 //! The promise: after a `kill -9` or a power cut at any instant,
 //! [`Wal::open`] gives back exactly what was fsynced (and possibly some of
 //! what was written but not yet synced), never a record that was not written,
-//! and never silently less. A crash's torn tail is cut and reported; any
+//! and never silently less. A crash's torn tail is cut and reported; it is
+//! recognised by its bytes (sectors that never reached the disk), so that a
+//! flipped bit in a record that was written is never mistaken for one. Any
 //! other damage makes `open` fail with an error that names the file and the
-//! byte offset.
+//! byte offset, or, with [`OnDamage::Salvage`], keeps the good prefix and
+//! says exactly what may be missing ([`Damage`]): a raft node then repairs
+//! itself from its peers before it votes again.
 //!
 //! # How it works
 //!
@@ -38,8 +42,12 @@
 //!   then does recovery use them. Damaged ones are renamed aside and the next
 //!   older one is used.
 //! - **Recovery** (`recovery`) maps each segment read-only, checks every
-//!   frame, tells a torn tail from corruption, picks the snapshot, and
-//!   replays the log.
+//!   frame, tells a torn tail from damage (`tear`), replays the log
+//!   (`replay`) and picks the snapshot.
+//! - **Damage** (`damage`, `salvage`): with [`OnDamage::Salvage`] the log
+//!   before the first damage is kept, the rest set aside (never deleted),
+//!   and a durable `DAMAGE` marker reports it on every open until
+//!   [`Wal::clear_damage`].
 //! - **Releasing** ([`Wal::release_to`]) deletes old segments once a snapshot
 //!   covers them.
 //!
@@ -78,8 +86,10 @@
 //!
 //! # What it deliberately does not do
 //!
-//! - **No repair of corruption.** Damage that is not a torn tail stops the
-//!   node; the remedy is to rebuild the node from its peers.
+//! - **No repair of damage.** Damage that is not a torn tail stops the node
+//!   ([`OnDamage::Refuse`]), or is salvaged around ([`OnDamage::Salvage`]):
+//!   the WAL keeps what it can prove and reports what may be lost; bringing
+//!   the lost part back is the caller's job (from its peers).
 //! - **No reordering tolerance across appends.** Each append is one record,
 //!   so a power cut inside one append is always a torn tail. But if several
 //!   unsynced appends are in flight and a power cut persists a later one
@@ -97,14 +107,18 @@
 
 #![deny(missing_docs)]
 
+mod damage;
 mod error;
 mod failpoint;
 mod format;
 mod fsutil;
 mod recovery;
 mod remover;
+mod replay;
+mod salvage;
 mod segment;
 mod snapshot;
+mod tear;
 mod wal;
 
 #[cfg(test)]
@@ -117,6 +131,7 @@ pub use crate::failpoint::crash::{crash_point, error_point};
 
 use std::path::PathBuf;
 
+pub use crate::damage::{Damage, DamageReason, OnDamage};
 pub use crate::error::Error;
 pub use crate::snapshot::{open_snapshot_file, SnapshotReader, SnapshotWriter};
 pub use crate::wal::Wal;
@@ -140,6 +155,10 @@ pub struct Options {
     /// [`Wal::commit_snapshot`]. Default off; a caller whose thread must not
     /// stall on a busy disk (a Raft Ready loop) turns it on.
     pub remove_in_background: bool,
+    /// What [`Wal::open`] does when the log is damaged (anything but the torn
+    /// tail of a crash): refuse to open (the default), or keep the good
+    /// prefix and report a [`Damage`].
+    pub on_damage: OnDamage,
 }
 
 impl Default for Options {
@@ -149,6 +168,7 @@ impl Default for Options {
             keep_snapshots: 2,
             preallocate_in_background: true,
             remove_in_background: false,
+            on_damage: OnDamage::Refuse,
         }
     }
 }
@@ -220,4 +240,9 @@ pub struct Recovered {
     /// Snapshot files renamed aside (`*.broken`: damaged; `*.orphan`: a save
     /// that never reached the log). Never deleted by the WAL.
     pub set_aside: Vec<PathBuf>,
+    /// Damage that was salvaged around ([`OnDamage::Salvage`]), or that an
+    /// earlier open or [`Wal::mark_damaged`] recorded and
+    /// [`Wal::clear_damage`] has not cleared yet. `None` means the state is
+    /// complete: every record that was fsynced is here.
+    pub damage: Option<Damage>,
 }

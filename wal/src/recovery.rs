@@ -1,68 +1,68 @@
 //! Recovery: turning a directory of segments and snapshots back into a log.
 //!
 //! Recovery runs once, inside [`Wal::open`](crate::Wal::open), in four steps,
-//! and modifies nothing on disk until the last one has decided that the
-//! directory is usable:
+//! and modifies nothing on disk until the last one has decided what to do:
 //!
 //! 1. **Inventory.** Leftover temp files are removed (they never count). The
 //!    segments are listed and must form an unbroken sequence. A last segment
 //!    whose header is missing or partial and whose body is all zeros is an
-//!    interrupted creation and is removed; any other bad header is corruption.
+//!    interrupted creation and is removed.
 //!
 //! 2. **Scan** (pass 1). Each segment is mapped read-only with `memmap2` and
-//!    its frames are checked in place: length word, CRC, payload structure.
-//!    Scanning stops at the first all-zero length word (the preallocated
-//!    tail) or at the first bad frame. What follows that point decides the
-//!    verdict:
-//!    - only zeros: a clean end;
-//!    - in the **last** segment, non-zero bytes of which no 8-byte-aligned
-//!      offset starts a frame with a valid CRC: a **torn tail**, the normal
-//!      result of a crash in the middle of an unsynced write;
-//!    - anything else (a bad frame or stray bytes in an earlier segment, or a
-//!      bad region followed by a valid frame anywhere): **corruption**. A valid
-//!      frame after the damage proves the damage is not the end of what was
-//!      written, so it may hide acknowledged data; the WAL refuses to open.
+//!    its frames are checked in place: header, length word, CRC, payload
+//!    structure. Scanning stops at the first all-zero length word (the
+//!    preallocated tail) or at the first bad frame. The first fault in file
+//!    order decides:
+//!    - only zeros after the last record everywhere: a clean end;
+//!    - a bad last record in the **last** segment whose bytes show an
+//!      unfinished write (`tear`): a **torn tail**, the normal result of a
+//!      crash in the middle of an unsynced write;
+//!    - anything else is **damage**: a bad record (or stray bytes) in an
+//!      earlier segment, a bad last record that does not look unfinished, a
+//!      record with a valid CRC but an impossible payload, a bad header, a
+//!      missing segment.
 //!
-//! 3. **Choose the snapshot.** The last snapshot marker in the log names the
-//!    snapshot in force. Snapshot files newer than it are unfinished saves and
-//!    are renamed `*.orphan`. Files are verified newest first (streaming CRC);
-//!    a damaged one is renamed `*.broken` with a warning, and the next older
+//! 3. **Replay** (pass 2, `replay`) of the log before the first fault,
+//!    applying the raft log rules; a hole in the indexes is damage too.
+//!
+//! 4. **Choose the snapshot.** The last snapshot marker names the snapshot
+//!    in force. Snapshot files newer than it are unfinished saves and are
+//!    renamed `*.orphan`. Files are verified newest first (streaming CRC); a
+//!    damaged one is renamed `*.broken` with a warning, and the next older
 //!    one is tried. Falling back works only while the log still holds the
-//!    entries between the older snapshot and the newer one.
+//!    entries between the older snapshot and the newer one; otherwise that is
+//!    damage as well.
 //!
-//! 4. **Replay** (pass 2). Frames are walked again, without re-checking
-//!    CRCs, applying the raft log rules record by record: entries at index
-//!    `i` discard every entry at `>= i`; a marker flagged *reset* discards
-//!    the whole log after its index (paper §7, a follower whose log did not
-//!    contain the snapshot's last entry); entries at or below the chosen
-//!    snapshot are skipped. Any hole is corruption. The survivors are kept
-//!    as runs (record, skip, take) and only then copied out into `Entry`
-//!    values, split over the available cores: allocating the entries'
-//!    memory is most of the cost of opening a large log. Only when replay
-//!    succeeded is the torn tail cut: its bytes are saved to
-//!    `<segment>.torn-<offset>`, the region is overwritten with zeros and
-//!    the segment fsynced.
+//! Then, without damage, the entries after the snapshot are copied out and
+//! the torn tail (if any) is cut: its bytes are saved to
+//! `<segment>.torn-<offset>`, the region is overwritten with zeros and the
+//! segment fsynced. With damage, [`OnDamage::Refuse`] fails naming the file
+//! and the offset, having modified nothing in the log; [`OnDamage::Salvage`]
+//! hands over to `salvage`, which keeps the good prefix.
 //!
-//! Pass 1 also runs on several segments at once; both passes only read.
+//! Pass 1 runs on several segments at once; it only reads.
 //!
-//! What recovery deliberately does not do: repair corruption, guess, or drop
-//! anything it cannot prove was never acknowledged. A power cut that
-//! persisted a later page of an unsynced write but not an earlier one looks
-//! exactly like a damaged record followed by valid ones, and is reported as
-//! corruption rather than silently truncated; see `FORMAT.md`.
+//! What recovery deliberately does not do without `Salvage`: repair damage,
+//! guess, or drop anything it cannot prove was never acknowledged. A power
+//! cut that persisted a later page of an unsynced write but not an earlier
+//! one looks exactly like a damaged record followed by valid ones, and is
+//! reported as damage rather than silently truncated; see `FORMAT.md`.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use memmap2::{Mmap, MmapOptions};
 
+use crate::damage::{self, Damage, DamageReason, DamageRecord, OnDamage};
 use crate::format::{
-    self, check_frame, parse_marker, parse_save, parse_segment_header, trusted_frame, Marker,
-    REC_SAVE, REC_SNAPSHOT, SEGMENT_HEADER_LEN,
+    check_frame, parse_marker, parse_save, parse_segment_header, Fault, Marker, Version, REC_SAVE,
+    REC_SNAPSHOT, SEGMENT_HEADER_LEN,
 };
+use crate::replay::{self, LogFault, Replay};
 use crate::segment::parse_segment_file_name;
 use crate::snapshot::{self, SnapFile};
-use crate::{fsutil, Entry, Error, HardState, Options, SnapshotMeta, TornTail};
+use crate::tear::{self, all_zero};
+use crate::{fsutil, salvage, Entry, Error, HardState, Options, SnapshotMeta, TornTail};
 
 /// One live segment as the writer tracks it.
 #[derive(Clone, Debug)]
@@ -75,10 +75,11 @@ pub(crate) struct SegmentInfo {
 /// Everything the writer needs after recovery.
 pub(crate) struct Recovery {
     pub segments: Vec<SegmentInfo>,
-    /// Open handle, size and append offset of the last segment.
+    /// Open handle, size, append offset and format of the last segment.
     pub tail_file: File,
     pub tail_len: u64,
     pub tail_end: u64,
+    pub tail_version: Version,
     /// Whether the last segment holds at least one record.
     pub tail_has_records: bool,
     pub hard_state: HardState,
@@ -86,10 +87,14 @@ pub(crate) struct Recovery {
     pub entries: Vec<Entry>,
     pub torn_tail: Option<TornTail>,
     pub set_aside: Vec<PathBuf>,
+    pub damage: Option<Damage>,
+    /// The last writes of a salvage, which `Wal::open` makes through its
+    /// append path (it knows how to roll over when the tail is full).
+    pub finish: Option<salvage::Finish>,
 }
 
 /// The bytes of one segment: mapped, or read into memory when too short to map.
-enum SegBytes {
+pub(crate) enum SegBytes {
     Map(Mmap),
     Small(Vec<u8>),
 }
@@ -132,15 +137,8 @@ fn read_header(path: &Path) -> Result<Vec<u8>, Error> {
     Ok(buf)
 }
 
-/// Whether `bytes` is all zeros (written to vectorise).
-fn all_zero(bytes: &[u8]) -> bool {
-    bytes
-        .chunks(4096)
-        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
-}
-
 /// Offset just past the last non-zero byte in `bytes[from..]`, or `from`.
-fn nonzero_end(bytes: &[u8], from: usize) -> usize {
+pub(crate) fn nonzero_end(bytes: &[u8], from: usize) -> usize {
     let region = &bytes[from..];
     let mut end = region.len();
     while end > 0 {
@@ -155,101 +153,99 @@ fn nonzero_end(bytes: &[u8], from: usize) -> usize {
     from
 }
 
-/// How the records of a segment end.
-#[derive(Debug)]
-enum Tail {
-    /// Zeros (or nothing) after the last record.
-    Clean,
-    /// Non-zero bytes after the last valid record at `at`, up to `to`.
-    Bad {
-        at: usize,
-        to: usize,
-        reason: String,
-        /// Offset of a valid frame after the damage, if any.
-        valid_after: Option<usize>,
-    },
+/// Pass-1 result for the records of one segment.
+pub(crate) struct Scan {
+    /// Offset just past the last valid record.
+    pub end: usize,
+    pub records: usize,
+    /// End of the non-zero bytes after `end`, rounded up to 8 and capped at
+    /// the file size (`end` when only zeros follow).
+    pub to: usize,
+    /// Why scanning stopped before `to`, and whether the record there has a
+    /// valid CRC (then its payload is impossible: never a tear). `None` when
+    /// the data ends cleanly.
+    pub stop: Option<(Fault, bool)>,
 }
 
 /// Pass-1 result for one segment.
-struct Scan {
-    /// Offset just past the last valid record.
-    end: usize,
-    records: usize,
-    markers: Vec<Marker>,
-    tail: Tail,
+pub(crate) struct Checked {
+    pub bytes: SegBytes,
+    /// The header's format version, or why the header is bad.
+    pub header: Result<Version, Fault>,
+    /// The records (empty when the header is bad).
+    pub scan: Scan,
 }
 
-/// Checks every frame of a segment (header already checked). `Err` is a frame
-/// with a valid CRC but an impossible payload: `(offset, reason)`.
-fn scan(bytes: &[u8]) -> Result<Scan, (usize, String)> {
+/// The first fault of the log in file order.
+pub(crate) type Site = LogFault;
+
+/// Checks every frame of a segment of version `v` (header already checked).
+fn scan(bytes: &[u8], v: Version) -> Scan {
     let mut off = SEGMENT_HEADER_LEN;
     let mut records = 0;
-    let mut markers = Vec::new();
-    let bad = loop {
+    let stop = loop {
         if bytes.len() - off < 8 {
-            break Some("the file ends inside a length word".to_string());
+            break Some((
+                Fault::new(
+                    DamageReason::RecordPastEnd,
+                    "the file ends inside a length word",
+                ),
+                false,
+            ));
         }
         if bytes[off..off + 8] == [0u8; 8] {
             break None;
         }
-        let f = match check_frame(bytes, off) {
+        let f = match check_frame(bytes, off, v) {
             Ok(f) => f,
-            Err(reason) => break Some(reason),
+            Err(fault) => break Some((fault, false)),
         };
         let payload = &bytes[f.payload_start..f.payload_start + f.payload_len];
-        match f.kind {
-            REC_SAVE => {
-                parse_save(payload).map_err(|r| (off, r))?;
-            }
-            REC_SNAPSHOT => markers.push(parse_marker(payload).map_err(|r| (off, r))?),
-            other => {
-                return Err((
-                    off,
-                    format!("record type {other} is unknown (written by a newer version?)"),
-                ))
-            }
+        let parsed = match f.kind {
+            REC_SAVE => parse_save(payload).map(|_| ()),
+            REC_SNAPSHOT => parse_marker(payload).map(|_| ()),
+            other => Err(format!(
+                "record type {other} is unknown (written by a newer version?)"
+            )),
+        };
+        if let Err(r) = parsed {
+            break Some((Fault::new(DamageReason::BadPayload, r), true));
         }
         records += 1;
         off += f.total;
     };
-    let to = nonzero_end(bytes, off);
-    let tail = if to == off {
-        Tail::Clean
+    let to = ((nonzero_end(bytes, off) + 7) & !7).min(bytes.len());
+    let stop = if to == off {
+        None
     } else {
-        let reason =
-            bad.unwrap_or_else(|| "non-zero bytes follow the end-of-data marker".to_string());
-        Tail::Bad {
-            at: off,
-            to: ((to + 7) & !7).min(bytes.len()),
-            valid_after: find_valid_frame(bytes, off + 8, to),
-            reason,
-        }
+        Some(stop.unwrap_or_else(|| {
+            (
+                Fault::new(
+                    DamageReason::DataAfterEnd,
+                    "non-zero bytes follow the end-of-data marker",
+                ),
+                false,
+            )
+        }))
     };
-    Ok(Scan {
+    Scan {
         end: off,
         records,
-        markers,
-        tail,
-    })
+        to,
+        stop,
+    }
 }
 
-/// The first 8-aligned offset in `[from, to)` where a frame with a valid CRC
-/// starts.
-fn find_valid_frame(bytes: &[u8], from: usize, to: usize) -> Option<usize> {
-    let mut off = from;
-    while off < to && bytes.len() - off >= 8 {
-        // Cheap filter first: the tag byte of a length word.
-        if bytes[off + 6] == format::FRAME_TAG && check_frame(bytes, off).is_ok() {
-            return Some(off);
-        }
-        off += 8;
-    }
-    None
+/// The segments found, oldest first, and the first hole in their sequence.
+struct Inventory {
+    segs: Vec<SegmentInfo>,
+    /// Position of the first segment after a hole, and the missing sequence.
+    gap: Option<(usize, u64)>,
 }
 
 /// Lists the segments, drops an interrupted last creation, checks the
-/// sequence. Returns them oldest first.
-fn inventory(dir: &Path) -> Result<Vec<SegmentInfo>, Error> {
+/// sequence (a hole fails unless `salvage`).
+fn inventory(dir: &Path, salvage: bool) -> Result<Inventory, Error> {
     let mut segs: Vec<SegmentInfo> = fsutil::list_names(dir)?
         .into_iter()
         .filter_map(|name| {
@@ -279,21 +275,122 @@ fn inventory(dir: &Path) -> Result<Vec<SegmentInfo>, Error> {
             }
         }
     }
-    for pair in segs.windows(2) {
+    let mut gap = None;
+    for (pos, pair) in segs.windows(2).enumerate() {
         if pair[1].seq != pair[0].seq + 1 {
-            return Err(Error::corrupt(
-                &pair[1].path,
-                0,
-                format!(
-                    "segment sequence jumps from {} to {}: segment {} is missing",
-                    pair[0].seq,
-                    pair[1].seq,
-                    pair[0].seq + 1
-                ),
-            ));
+            if !salvage {
+                return Err(Error::corrupt(
+                    &pair[1].path,
+                    0,
+                    format!(
+                        "segment sequence jumps from {} to {}: segment {} is missing",
+                        pair[0].seq,
+                        pair[1].seq,
+                        pair[0].seq + 1
+                    ),
+                ));
+            }
+            gap = Some((pos + 1, pair[0].seq + 1));
+            break;
         }
     }
-    Ok(segs)
+    Ok(Inventory { segs, gap })
+}
+
+/// Reads and checks segment `seg` (pass 1).
+fn check_segment(seg: &SegmentInfo) -> Result<Checked, Error> {
+    let bytes = load(&seg.path)?;
+    let empty = Scan {
+        end: SEGMENT_HEADER_LEN,
+        records: 0,
+        to: SEGMENT_HEADER_LEN,
+        stop: None,
+    };
+    let bad = |detail: String| Fault::new(DamageReason::BadSegmentHeader, detail);
+    let header = match parse_segment_header(&bytes) {
+        Err(detail) => Err(bad(detail)),
+        Ok((seq, first, _)) if (seq, first) != (seg.seq, seg.first_index) => Err(bad(format!(
+            "header says sequence {seq} first index {first}, but the file name says \
+             sequence {} first index {}",
+            seg.seq, seg.first_index
+        ))),
+        Ok((_, _, v)) => Ok(v),
+    };
+    let scan = match header {
+        Ok(v) => scan(&bytes, v),
+        Err(_) => empty,
+    };
+    Ok(Checked {
+        bytes,
+        header,
+        scan,
+    })
+}
+
+/// The first fault in file order, and the torn tail if the log ends in one.
+fn first_fault(
+    segs: &[SegmentInfo],
+    checked: &[Checked],
+    gap: Option<(usize, u64)>,
+) -> (Option<Site>, Option<(usize, usize)>) {
+    let last_pos = segs.len() - 1;
+    for (pos, c) in checked.iter().enumerate() {
+        if let Some((g, missing)) = gap {
+            if g == pos {
+                let fault = Fault::new(
+                    DamageReason::MissingSegment { sequence: missing },
+                    format!(
+                        "segment sequence jumps from {} to {}: segment {missing} is missing",
+                        missing - 1,
+                        segs[pos].seq
+                    ),
+                );
+                return (Some(whole(pos, fault)), None);
+            }
+        }
+        let v = match &c.header {
+            Ok(v) => *v,
+            Err(fault) => return (Some(whole(pos, fault.clone())), None),
+        };
+        let Some((fault, valid_crc)) = &c.scan.stop else {
+            continue;
+        };
+        let detail = if *valid_crc {
+            fault.detail.clone()
+        } else if pos != last_pos {
+            format!(
+                "{}, in a segment that is not the last one (later segments exist, so this one \
+                 was complete and synced)",
+                fault.detail
+            )
+        } else {
+            match tear::classify(&c.bytes, c.scan.end, v) {
+                Ok(()) => return (None, Some((c.scan.end, c.scan.to))),
+                Err(why) => format!(
+                    "{}, and the bytes do not show an unfinished write: {why}; so this is not \
+                     the torn tail of a crash",
+                    fault.detail
+                ),
+            }
+        };
+        let site = LogFault {
+            pos,
+            offset: c.scan.end,
+            whole: false,
+            fault: Fault::new(fault.reason, detail),
+        };
+        return (Some(site), None);
+    }
+    (None, None)
+}
+
+fn whole(pos: usize, fault: Fault) -> Site {
+    LogFault {
+        pos,
+        offset: 0,
+        whole: true,
+        fault,
+    }
 }
 
 /// Runs recovery on `dir`. Returns `None` if there is no segment at all (a
@@ -305,7 +402,13 @@ pub(crate) fn recover(
 ) -> Result<Option<Recovery>, Error> {
     fsutil::remove_temp_files(dir)?;
     fsutil::remove_temp_files(snap_dir)?;
-    let segs = inventory(dir)?;
+    let marker = damage::read(dir)?;
+    // A salvage that a crash interrupted is always finished, whatever the
+    // options say: its marker is written and parts of the log may be set
+    // aside already.
+    let salvage =
+        opts.on_damage == OnDamage::Salvage || marker.as_ref().is_some_and(|m| m.in_progress);
+    let Inventory { segs, gap } = inventory(dir, salvage)?;
     if segs.is_empty() {
         let mut set_aside = Vec::new();
         for f in snapshot::list(snap_dir)? {
@@ -322,162 +425,226 @@ pub(crate) fn recover(
     }
 
     // Pass 1: map and check every segment, several at a time.
-    let checked = parallel(segs.len(), |pos| -> Result<(SegBytes, Scan), Error> {
-        let seg = &segs[pos];
-        let bytes = load(&seg.path)?;
-        let (seq, first) =
-            parse_segment_header(&bytes).map_err(|reason| Error::corrupt(&seg.path, 0, reason))?;
-        if (seq, first) != (seg.seq, seg.first_index) {
-            return Err(Error::corrupt(
-                &seg.path,
-                0,
-                format!(
-                    "header says sequence {seq} first index {first}, but the file name says \
-                     sequence {} first index {}",
-                    seg.seq, seg.first_index
-                ),
-            ));
-        }
-        let s = scan(&bytes).map_err(|(off, r)| Error::corrupt(&seg.path, off as u64, r))?;
-        Ok((bytes, s))
-    });
-    let mut maps = Vec::with_capacity(segs.len());
-    let mut scans = Vec::with_capacity(segs.len());
-    let last_pos = segs.len() - 1;
-    let mut torn: Option<(usize, usize)> = None;
-    for (pos, (seg, result)) in segs.iter().zip(checked).enumerate() {
-        let (bytes, s) = result?;
-        if let Tail::Bad {
-            at,
-            to,
-            reason,
-            valid_after,
-        } = &s.tail
-        {
-            if let Some(v) = valid_after {
-                return Err(Error::corrupt(
-                    &seg.path,
-                    *at as u64,
-                    format!(
-                        "{reason}, but a valid record follows at offset {v}, so this is not \
-                         the torn tail of a crash"
-                    ),
-                ));
-            }
-            if pos != last_pos {
-                return Err(Error::corrupt(
-                    &seg.path,
-                    *at as u64,
-                    format!(
-                        "{reason}, in a segment that is not the last one (later segments \
-                         exist, so this one was complete and synced)"
-                    ),
-                ));
-            }
-            torn = Some((*at, *to));
-        }
-        maps.push(bytes);
-        scans.push(s);
+    let checked = parallel(segs.len(), |pos| check_segment(&segs[pos]))
+        .into_iter()
+        .collect::<Result<Vec<Checked>, Error>>()?;
+    let (mut site, mut torn) = first_fault(&segs, &checked, gap);
+    if let (Some(s), false) = (&site, salvage) {
+        return Err(Error::corrupt(
+            &segs[s.pos].path,
+            s.offset as u64,
+            s.fault.detail.clone(),
+        ));
     }
 
-    // Step 3: choose the snapshot.
-    let newest = scans.iter().flat_map(|s| s.markers.last()).last().copied();
-    let (snapshot, set_aside, fallback_note) = choose_snapshot(snap_dir, newest)?;
-    let base = snapshot.as_ref().map_or(0, |(m, _)| m.index);
-
-    // Pass 2: replay the log rules record by record, tracking which entries
-    // survive as runs; then copy the surviving entries out, several runs at
-    // a time (allocating the entries' memory is most of the cost).
-    let mut st = Replay {
-        base,
-        runs: Vec::new(),
-        hard_state: HardState::default(),
-        log_last: segs[0].first_index.saturating_sub(1),
-        note: fallback_note,
-    };
-    for (pos, seg) in segs.iter().enumerate() {
-        if pos > 0 && seg.first_index != st.log_last + 1 {
-            return Err(Error::corrupt(
-                &seg.path,
-                0,
-                format!(
-                    "segment starts at index {} but the segments before it end at index {}",
-                    seg.first_index, st.log_last
-                ),
-            ));
+    // Pass 2: replay the log before the first fault.
+    let mut replay = Replay::new(segs[0].first_index, 0);
+    let limit = site
+        .as_ref()
+        .map_or(segs.len(), |s| if s.whole { s.pos } else { s.pos + 1 });
+    for pos in 0..limit {
+        let end = match &site {
+            Some(s) if s.pos == pos => s.offset,
+            _ => checked[pos].scan.end,
+        };
+        let first = segs[pos].first_index;
+        if let Err(f) = replay.segment(pos, &checked[pos].bytes, end, first, pos > 0) {
+            if !salvage {
+                return Err(Error::corrupt(
+                    &segs[f.pos].path,
+                    f.offset as u64,
+                    f.fault.detail,
+                ));
+            }
+            torn = None;
+            site = Some(f);
+            break;
         }
-        st.segment(pos, &maps[pos], scans[pos].end, &seg.path)?;
     }
-    let hard_state = st.hard_state;
-    let entries = materialise(&st.runs, &maps);
 
-    // Step 4: cut the torn tail, now that the directory is known to be usable.
-    let tail = &segs[last_pos];
-    let tail_file = fsutil::open_rw(&tail.path)?;
-    let mut tail_len = maps[last_pos].len() as u64;
-    let tail_end = scans[last_pos].end as u64;
-    let mut torn_tail = None;
-    if let Some((at, to)) = torn {
-        let mut side = tail.path.clone().into_os_string();
-        side.push(format!(".torn-{at}"));
-        let side = PathBuf::from(side);
-        let cut = &maps[last_pos][at..to];
-        log::warn!(
-            "{}: torn tail of {} bytes at offset {at} (an unfinished write from a crash); \
-             truncating to the last valid record and keeping the cut bytes in {}",
-            tail.path.display(),
-            cut.len(),
-            side.display()
-        );
-        let f = fsutil::create_rw(&side)?;
-        fsutil::write_at(&f, &side, cut, 0)?;
-        f.sync_all().map_err(Error::io("fsync", &side))?;
-        fsutil::fsync_dir(dir)?;
-        fsutil::write_zeros(&tail_file, &tail.path, at as u64, to as u64)?;
-        torn_tail = Some(TornTail {
-            segment: tail.path.clone(),
-            offset: at as u64,
-            bytes_cut: (to - at) as u64,
-            side_file: side,
+    // Choose the snapshot: the one the last marker names, or an older one.
+    // After damage, markers are read from every readable record, before or
+    // after it.
+    let survey = site.as_ref().map(|s| salvage::survey(&checked, Some(s)));
+    let mut markers: Vec<Marker> = replay.markers.clone();
+    if let Some(sv) = &survey {
+        markers.extend(sv.after.markers.iter().copied());
+    }
+    if let Some(m) = marker
+        .as_ref()
+        .filter(|m| m.in_progress && m.snapshot.0 > 0)
+    {
+        // The snapshot an interrupted salvage chose; its marker may have been
+        // set aside with the damaged region.
+        markers.push(Marker {
+            index: m.snapshot.0,
+            term: m.snapshot.1,
+            reset: false,
         });
     }
-    drop(maps);
-    if tail_len < opts.segment_size {
-        // A tail shortened by truncation: restore the preallocation so that
-        // later appends do not have to grow the file.
-        fsutil::write_zeros(&tail_file, &tail.path, tail_len, opts.segment_size)?;
-        tail_len = opts.segment_size;
-        tail_file
-            .sync_all()
-            .map_err(Error::io("fsync", &tail.path))?;
-    } else if torn_tail.is_some() {
-        fsutil::sync_data(&tail_file, &tail.path)?;
-    }
+    let newest = markers.last().copied();
+    let choice = choose_snapshot(snap_dir, newest)?;
+    let base = choice.chosen.as_ref().map_or(0, |(m, _)| m.index);
+    let covered = replay.covers(base);
 
+    let in_progress = marker.as_ref().is_some_and(|m| m.in_progress);
+    if salvage && (site.is_some() || covered.is_err() || in_progress) {
+        let survey = survey.unwrap_or_else(|| salvage::survey(&checked, None));
+        return salvage::run(salvage::Context {
+            dir,
+            snap_dir,
+            opts,
+            segs,
+            checked,
+            site,
+            torn,
+            survey,
+            replay,
+            choice,
+            newest,
+            marker,
+        })
+        .map(Some);
+    }
+    let set_aside = apply_set_aside(&choice.set_aside)?;
+    if let Err(u) = covered {
+        let (pos, offset) = replay::uncovered_site(&u);
+        let context = choice
+            .note
+            .as_ref()
+            .map_or(String::new(), |n| format!(" ({n})"));
+        return Err(Error::corrupt(
+            &segs[pos].path,
+            offset as u64,
+            Replay::uncovered_message(&u, base, &context),
+        ));
+    }
+    let maps: Vec<&[u8]> = checked.iter().map(|c| &c.bytes[..]).collect();
+    let entries = replay::materialise(&replay.live(base), &maps);
+    let last_pos = segs.len() - 1;
+    let tail_end = checked[last_pos].scan.end as u64;
+    let tail_version = checked[last_pos].header.clone().unwrap_or(Version::CURRENT);
+    let tail_has_records = checked[last_pos].scan.records > 0;
+    let tail_path = segs[last_pos].path.clone();
+    let tail_len = checked[last_pos].bytes.len() as u64;
+    let torn_region = torn.map(|(at, to)| (at, checked[last_pos].bytes[at..to].to_vec()));
+    drop(maps);
+    drop(checked);
+    let (tail_file, tail_len, torn_tail) =
+        finish_tail(dir, &tail_path, tail_len, torn_region, opts)?;
+    let last_index = entries.last().map_or(base, |e| e.index);
+    let damage = marker.map(|m| pending_report(dir, &m, last_index));
     Ok(Some(Recovery {
-        tail_has_records: scans[last_pos].records > 0,
+        tail_has_records,
         segments: segs,
         tail_file,
         tail_len,
         tail_end,
-        hard_state,
-        snapshot,
+        tail_version,
+        hard_state: replay.hard_state,
+        snapshot: choice.chosen,
         entries,
         torn_tail,
         set_aside,
+        damage,
+        finish: None,
     }))
 }
 
-type Chosen = (
-    Option<(SnapshotMeta, PathBuf)>,
-    Vec<PathBuf>,
-    Option<String>,
-);
+/// The report for a `DAMAGE` marker found at open, on a log that needed no
+/// salvage now.
+pub(crate) fn pending_report(dir: &Path, m: &DamageRecord, last_index: u64) -> Damage {
+    log::warn!(
+        "{}: damage found earlier ({:?} in {} at offset {}) is not repaired yet; the DAMAGE \
+         marker stays until the node has caught up from its peers (Wal::clear_damage)",
+        dir.display(),
+        m.reason,
+        m.file.display(),
+        m.offset
+    );
+    Damage {
+        file: dir.join(&m.file),
+        offset: m.offset,
+        reason: m.reason,
+        kept_last_index: last_index,
+        hard_state_intact: m.hard_state_intact,
+        max_term_seen: m.max_term_seen,
+        snapshot_lost: false,
+        set_aside: Vec::new(),
+        pending: true,
+    }
+}
 
-/// Picks the snapshot to recover from, given the last marker in the log.
-/// Sets aside orphans and damaged files. The third value explains a fallback
-/// (for error messages if the log then turns out not to cover it).
-fn choose_snapshot(snap_dir: &Path, newest: Option<Marker>) -> Result<Chosen, Error> {
+/// Opens the tail segment for appending: cuts the torn tail `torn` (its
+/// offset and bytes) if there is one, and restores the preallocation of a
+/// tail that was shortened.
+pub(crate) fn finish_tail(
+    dir: &Path,
+    tail: &Path,
+    mut tail_len: u64,
+    torn: Option<(usize, Vec<u8>)>,
+    opts: &Options,
+) -> Result<(File, u64, Option<TornTail>), Error> {
+    let tail_file = fsutil::open_rw(tail)?;
+    let mut torn_tail = None;
+    if let Some((at, cut)) = torn {
+        let mut side = tail.to_path_buf().into_os_string();
+        side.push(format!(".torn-{at}"));
+        let side = PathBuf::from(side);
+        log::warn!(
+            "{}: torn tail of {} bytes at offset {at} (an unfinished write from a crash); \
+             truncating to the last valid record and keeping the cut bytes in {}",
+            tail.display(),
+            cut.len(),
+            side.display()
+        );
+        let f = fsutil::create_rw(&side)?;
+        fsutil::write_at(&f, &side, &cut, 0)?;
+        f.sync_all().map_err(Error::io("fsync", &side))?;
+        fsutil::fsync_dir(dir)?;
+        let to = at as u64 + cut.len() as u64;
+        fsutil::write_zeros(&tail_file, tail, at as u64, to)?;
+        torn_tail = Some(TornTail {
+            segment: tail.to_path_buf(),
+            offset: at as u64,
+            bytes_cut: cut.len() as u64,
+            side_file: side,
+        });
+    }
+    if tail_len < opts.segment_size {
+        // A tail shortened by truncation: restore the preallocation so that
+        // later appends do not have to grow the file.
+        fsutil::write_zeros(&tail_file, tail, tail_len, opts.segment_size)?;
+        tail_len = opts.segment_size;
+        tail_file.sync_all().map_err(Error::io("fsync", tail))?;
+    } else if torn_tail.is_some() {
+        fsutil::sync_data(&tail_file, tail)?;
+    }
+    Ok((tail_file, tail_len, torn_tail))
+}
+
+/// What [`choose_snapshot`] decided, before anything is renamed.
+pub(crate) struct Choice {
+    /// The snapshot recovery starts from.
+    pub chosen: Option<(SnapshotMeta, PathBuf)>,
+    /// Files to set aside, with the suffix (`orphan` or `broken`).
+    pub set_aside: Vec<(PathBuf, &'static str)>,
+    /// Why recovery fell back to an older snapshot, for error messages.
+    pub note: Option<String>,
+}
+
+/// Renames the files `choose_snapshot` set aside; returns their new paths.
+pub(crate) fn apply_set_aside(files: &[(PathBuf, &'static str)]) -> Result<Vec<PathBuf>, Error> {
+    files
+        .iter()
+        .map(|(path, suffix)| snapshot::set_aside(path, suffix))
+        .collect()
+}
+
+/// Picks the snapshot to recover from, given the newest marker. Reads and
+/// verifies, but renames nothing: the files to set aside (orphans newer than
+/// the marker, damaged files) are listed in the result.
+fn choose_snapshot(snap_dir: &Path, newest: Option<Marker>) -> Result<Choice, Error> {
     let mut set_aside = Vec::new();
     let mut candidates: Vec<SnapFile> = Vec::new();
     for f in snapshot::list(snap_dir)? {
@@ -491,7 +658,7 @@ fn choose_snapshot(snap_dir: &Path, newest: Option<Marker>) -> Result<Chosen, Er
                  setting it aside",
                 f.path.display()
             );
-            set_aside.push(snapshot::set_aside(&f.path, "orphan")?);
+            set_aside.push((f.path, "orphan"));
         } else {
             candidates.push(f);
         }
@@ -513,15 +680,13 @@ fn choose_snapshot(snap_dir: &Path, newest: Option<Marker>) -> Result<Chosen, Er
                 break;
             }
             Err(reason) => {
-                let to = snapshot::set_aside(&f.path, "broken")?;
                 log::warn!(
-                    "snapshot {} is damaged ({reason}); renamed it to {} and trying the next \
-                     older snapshot",
+                    "snapshot {} is damaged ({reason}); setting it aside as .broken and trying \
+                     the next older snapshot",
                     f.path.display(),
-                    to.display()
                 );
                 problems.push(format!("{} is damaged ({reason})", f.path.display()));
-                set_aside.push(to);
+                set_aside.push((f.path, "broken"));
             }
         }
     }
@@ -545,230 +710,20 @@ fn choose_snapshot(snap_dir: &Path, newest: Option<Marker>) -> Result<Chosen, Er
         }
         _ => None,
     };
-    Ok((chosen, set_aside, note))
-}
-
-/// The surviving entries of one save record: `take` entries starting
-/// `skip` entries into the record, the first of them at index `first`.
-#[derive(Clone, Copy, Debug)]
-struct Run {
-    seg: usize,
-    payload_start: usize,
-    payload_len: usize,
-    first: u64,
-    skip: u32,
-    take: u32,
-}
-
-/// Pass-2 state.
-struct Replay {
-    /// Index of the chosen snapshot; entries at or below it are skipped.
-    base: u64,
-    /// Live entries above `base`, contiguous, as runs of records.
-    runs: Vec<Run>,
-    hard_state: HardState,
-    /// Last index of the raw log (including skipped entries).
-    log_last: u64,
-    /// Why recovery fell back to an older snapshot, for error messages.
-    note: Option<String>,
-}
-
-impl Replay {
-    fn context(&self) -> String {
-        match &self.note {
-            Some(n) => format!(" ({n})"),
-            None => String::new(),
-        }
-    }
-
-    /// Replays the frames of segment `seg` in `[header, end)`, which pass 1 checked.
-    fn segment(&mut self, seg: usize, bytes: &[u8], end: usize, path: &Path) -> Result<(), Error> {
-        let mut off = SEGMENT_HEADER_LEN;
-        while off < end {
-            let f = trusted_frame(bytes, off);
-            let payload = &bytes[f.payload_start..f.payload_start + f.payload_len];
-            match f.kind {
-                REC_SAVE => {
-                    let v = format::trusted_save(payload);
-                    if v.count > 0 {
-                        self.entries_record(seg, &f, v, path, off)?;
-                    }
-                    if let Some(hs) = v.hard_state {
-                        self.hard_state = hs;
-                    }
-                }
-                REC_SNAPSHOT => {
-                    let m =
-                        parse_marker(payload).map_err(|r| Error::corrupt(path, off as u64, r))?;
-                    self.marker(m, path, off)?;
-                }
-                other => {
-                    return Err(Error::corrupt(
-                        path,
-                        off as u64,
-                        format!("record type {other} is unknown"),
-                    ))
-                }
-            }
-            off += f.total;
-        }
-        Ok(())
-    }
-
-    /// Raft's overwrite rule: an entry at `index` discards all at >= index.
-    fn truncate_from(&mut self, index: u64) {
-        while let Some(last) = self.runs.last_mut() {
-            if last.first >= index {
-                self.runs.pop();
-                continue;
-            }
-            let end = last.first + u64::from(last.take);
-            if end > index {
-                last.take = (index - last.first) as u32;
-            }
-            break;
-        }
-    }
-
-    fn entries_record(
-        &mut self,
-        seg: usize,
-        f: &format::Frame,
-        v: format::SaveView,
-        path: &Path,
-        off: usize,
-    ) -> Result<(), Error> {
-        // Pass 1 checked the whole payload; walking every entry header again
-        // would touch every cache line of the log.
-        let (first, count) = (v.first, v.count);
-        if first > self.log_last + 1 {
-            return Err(Error::corrupt(
-                path,
-                off as u64,
-                format!(
-                    "entries start at index {first} but the log before them ends at index {}: \
-                     the entries in between are missing",
-                    self.log_last
-                ),
-            ));
-        }
-        let last = first + u64::from(count) - 1;
-        self.log_last = last;
-        self.truncate_from(first);
-        if last <= self.base {
-            return Ok(());
-        }
-        // Entries at or below the snapshot are skipped.
-        let live_first = first.max(self.base + 1);
-        if self.runs.is_empty() && live_first != self.base + 1 {
-            return Err(Error::corrupt(
-                path,
-                off as u64,
-                format!(
-                    "the log does not reach back to the snapshot: the first entry after \
-                     snapshot index {} is {live_first}, entries {}..{} are missing{}",
-                    self.base,
-                    self.base + 1,
-                    live_first - 1,
-                    self.context()
-                ),
-            ));
-        }
-        self.runs.push(Run {
-            seg,
-            payload_start: f.payload_start,
-            payload_len: f.payload_len,
-            first: live_first,
-            skip: (live_first - first) as u32,
-            take: (last - live_first + 1) as u32,
-        });
-        Ok(())
-    }
-
-    fn marker(&mut self, m: Marker, path: &Path, off: usize) -> Result<(), Error> {
-        if m.reset {
-            if m.index > self.base {
-                return Err(Error::corrupt(
-                    path,
-                    off as u64,
-                    format!(
-                        "the log was reset to the snapshot at index {} (installed from the \
-                         leader), so no older snapshot can stand in for it{}",
-                        m.index,
-                        self.context()
-                    ),
-                ));
-            }
-            self.runs.clear();
-            self.log_last = m.index;
-        } else if m.index > self.log_last {
-            return Err(Error::corrupt(
-                path,
-                off as u64,
-                format!(
-                    "snapshot marker at index {} lies beyond the end of the log (index {}) \
-                     without resetting it",
-                    m.index, self.log_last
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Copies the entries of `runs` out of the mapped segments, splitting the
-/// work over the available cores.
-fn materialise(runs: &[Run], maps: &[SegBytes]) -> Vec<Entry> {
-    let total: u64 = runs.iter().map(|r| u64::from(r.take)).sum();
-    // Contiguous groups of runs with roughly equal numbers of entries.
-    let parts = threads().min(runs.len()).max(1);
-    let mut bounds = vec![0];
-    let mut acc = 0u64;
-    for (i, r) in runs.iter().enumerate() {
-        acc += u64::from(r.take);
-        if acc * parts as u64 >= total * bounds.len() as u64 && bounds.len() < parts {
-            bounds.push(i + 1);
-        }
-    }
-    if *bounds.last().unwrap_or(&0) != runs.len() {
-        bounds.push(runs.len());
-    }
-    let chunks = parallel(bounds.len() - 1, |p| {
-        let group = &runs[bounds[p]..bounds[p + 1]];
-        let n: usize = group.iter().map(|r| r.take as usize).sum();
-        let mut out = Vec::with_capacity(n);
-        for r in group {
-            let payload = &maps[r.seg][r.payload_start..r.payload_start + r.payload_len];
-            out.extend(
-                format::entries_iter(payload)
-                    .skip(r.skip as usize)
-                    .take(r.take as usize)
-                    .map(|e| Entry {
-                        index: e.index,
-                        term: e.term,
-                        kind: e.kind,
-                        data: e.data.to_vec(),
-                    }),
-            );
-        }
-        out
-    });
-    let mut chunks = chunks.into_iter();
-    let mut entries = chunks.next().unwrap_or_default();
-    entries.reserve(total as usize - entries.len());
-    for mut c in chunks {
-        entries.append(&mut c);
-    }
-    entries
+    Ok(Choice {
+        chosen,
+        set_aside,
+        note,
+    })
 }
 
 /// How many threads recovery uses.
-fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 /// `(0..n).map(f).collect()`, spread over [`threads`] scoped threads.
-fn parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+pub(crate) fn parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let k = threads().min(n);
     if k <= 1 {
         return (0..n).map(f).collect();

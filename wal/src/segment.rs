@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::format::{segment_header, SEGMENT_HEADER_LEN};
+use crate::format::{seal_frames, segment_header, Version, SEGMENT_HEADER_LEN};
 use crate::fsutil;
 use crate::{failpoint, Error};
 
@@ -108,7 +108,9 @@ pub(crate) struct Installed {
 
 /// Turns a prepared temp file into segment `seq` starting at `first_index`:
 /// grows it to `min_size` if needed, writes the header followed by `head`
-/// (already framed records), fsyncs, renames, fsyncs the directory.
+/// (records framed in the current version; their `TEAR_AMBIGUOUS` flags are
+/// set here, where their offsets are known), fsyncs, renames, fsyncs the
+/// directory.
 pub(crate) fn install(
     prepared: Prepared,
     dir: &Path,
@@ -130,6 +132,11 @@ pub(crate) fn install(
     let mut first = Vec::with_capacity(SEGMENT_HEADER_LEN + head.len());
     first.extend_from_slice(&segment_header(seq, first_index));
     first.extend_from_slice(head);
+    seal_frames(
+        &mut first[SEGMENT_HEADER_LEN..],
+        SEGMENT_HEADER_LEN as u64,
+        Version::CURRENT,
+    );
     fsutil::write_at(&file, &tmp, &first, 0)?;
     if grown {
         file.sync_all().map_err(Error::io("fsync", &tmp))?;

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 
-use crate::format::FORMAT_VERSION;
+use crate::format::SNAPSHOT_VERSION;
 use crate::fsutil;
 use crate::remover::{Removal, Remover};
 use crate::{failpoint, Error, SnapshotMeta};
@@ -169,7 +169,7 @@ fn read_layout(file: &mut File, path: &Path) -> Result<Result<Layout, String>, E
         ));
     }
     let version = LE::read_u32(&fixed[8..12]);
-    if version != FORMAT_VERSION {
+    if version != SNAPSHOT_VERSION {
         return Ok(Err(format!(
             "snapshot format version {version} is not supported"
         )));
@@ -361,7 +361,7 @@ impl SnapshotWriter {
                 + 8 * (meta.voters.len() + meta.learners.len()),
         );
         header.extend_from_slice(&SNAP_MAGIC);
-        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
         header.extend_from_slice(&[0u8; 4]);
         header.extend_from_slice(&meta.index.to_le_bytes());
         header.extend_from_slice(&meta.term.to_le_bytes());

@@ -26,7 +26,8 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::format::{self, Marker, SEGMENT_HEADER_LEN};
+use crate::damage::{self, DamageReason, DamageRecord};
+use crate::format::{self, Marker, Version, SEGMENT_HEADER_LEN};
 use crate::recovery::{self, SegmentInfo};
 use crate::remover::{Removal, Remover};
 use crate::segment::{self, Preallocator};
@@ -94,6 +95,9 @@ pub struct Wal {
     segments: Vec<SegmentInfo>,
     file: File,
     file_len: u64,
+    /// Format of the current segment: version-1 segments found at open are
+    /// appended to in version 1; every new segment is the current version.
+    tail_version: Version,
     /// Append offset in the current segment.
     cursor: u64,
     /// Whether the current segment has writes not yet covered by fdatasync.
@@ -124,12 +128,17 @@ impl Wal {
     /// Opens the WAL in `dir`, creating the directory and an empty log if
     /// needed, and recovers its content.
     ///
-    /// Recovery gives back every record that was fsynced, cuts a torn tail
-    /// left by a crash (reported in [`Recovered::torn_tail`]) and refuses to
-    /// open with [`Error::Corrupt`] when data is damaged anywhere else. A
-    /// directory left behind by a crash at any point of its initialisation
-    /// opens as an empty log. Fails with [`Error::Locked`] while another
-    /// `Wal` has the same directory open.
+    /// Recovery gives back every record that was fsynced and cuts a torn
+    /// tail left by a crash (reported in [`Recovered::torn_tail`]). Damage
+    /// anywhere else makes `open` fail with [`Error::Corrupt`], naming the
+    /// file and the offset and modifying no segment, unless
+    /// [`Options::on_damage`] is [`OnDamage::Salvage`](crate::OnDamage): then
+    /// the good prefix is kept and the damage reported in
+    /// [`Recovered::damage`] (see `FORMAT.md`, "Salvage"). While a `DAMAGE`
+    /// marker exists, every open reports it. A directory left behind by a
+    /// crash at any point of its initialisation opens as an empty log. Fails
+    /// with [`Error::Locked`] while another `Wal` has the same directory
+    /// open.
     pub fn open(dir: &Path, opts: Options) -> Result<(Wal, Recovered), Error> {
         if opts.segment_size < MIN_SEGMENT_SIZE || !opts.segment_size.is_multiple_of(8) {
             return Err(Error::InvalidOptions {
@@ -182,6 +191,7 @@ impl Wal {
                     entries: r.entries,
                     torn_tail: r.torn_tail,
                     set_aside: r.set_aside,
+                    damage: r.damage,
                 };
                 let mut wal = Wal {
                     dir: dir.to_path_buf(),
@@ -192,6 +202,7 @@ impl Wal {
                     segments: r.segments,
                     file: r.tail_file,
                     file_len: r.tail_len,
+                    tail_version: r.tail_version,
                     cursor: r.tail_end,
                     unsynced: false,
                     buf: Vec::new(),
@@ -202,13 +213,16 @@ impl Wal {
                     prealloc,
                     broken: None,
                 };
-                if !r.tail_has_records {
+                if let Some(finish) = r.finish {
+                    wal.finish_salvage(finish)?;
+                } else if !r.tail_has_records {
                     // The head records are what lets older segments be
                     // released; a tail segment without them gets them now,
                     // one synced write per record (see `save`).
                     let hs = wal.hard_state;
+                    let v = wal.tail_version;
                     wal.buf.clear();
-                    format::push_save(&mut wal.buf, Some(&hs), &[])?;
+                    format::push_save(&mut wal.buf, v, Some(&hs), &[])?;
                     wal.append_buf(true)?;
                     if let Some((m, _)) = &wal.snapshot {
                         let marker = Marker {
@@ -217,7 +231,7 @@ impl Wal {
                             reset: false,
                         };
                         wal.buf.clear();
-                        format::push_marker(&mut wal.buf, &marker)?;
+                        format::push_marker(&mut wal.buf, v, &marker)?;
                         wal.append_buf(true)?;
                     }
                 }
@@ -227,7 +241,12 @@ impl Wal {
                 let size = opts.segment_size;
                 let prepared = prealloc.take(dir, 0, size)?;
                 let mut head = Vec::new();
-                format::push_save(&mut head, Some(&HardState::default()), &[])?;
+                format::push_save(
+                    &mut head,
+                    Version::CURRENT,
+                    Some(&HardState::default()),
+                    &[],
+                )?;
                 let inst = segment::install(prepared, dir, 0, 1, &head, size)?;
                 log::info!("created a new WAL in {}", dir.display());
                 let wal = Wal {
@@ -243,6 +262,7 @@ impl Wal {
                     }],
                     file: inst.file,
                     file_len: inst.size,
+                    tail_version: Version::CURRENT,
                     cursor: (SEGMENT_HEADER_LEN + head.len()) as u64,
                     unsynced: false,
                     buf: Vec::new(),
@@ -253,7 +273,16 @@ impl Wal {
                     prealloc,
                     broken: None,
                 };
-                (wal, Recovered::default())
+                // A marker without segments: the caller recorded damage (a
+                // wiped log) and the segments are gone again.
+                let damage = damage::read(dir)?.map(|m| recovery::pending_report(dir, &m, 0));
+                (
+                    wal,
+                    Recovered {
+                        damage,
+                        ..Recovered::default()
+                    },
+                )
             }
         };
         wal.maybe_prepare_next();
@@ -309,7 +338,7 @@ impl Wal {
         // crash can then tear a write only into a bad record with nothing
         // valid after it, which recovery recognises as a torn tail.
         self.buf.clear();
-        format::push_save(&mut self.buf, hard_state, entries)?;
+        format::push_save(&mut self.buf, self.tail_version, hard_state, entries)?;
         self.append_buf(sync)?;
         if let Some(first) = entries.first() {
             self.terms.truncate_from(first.index);
@@ -374,6 +403,7 @@ impl Wal {
         self.buf.clear();
         format::push_marker(
             &mut self.buf,
+            self.tail_version,
             &Marker {
                 index: meta.index,
                 term: meta.term,
@@ -483,6 +513,77 @@ impl Wal {
         Ok(())
     }
 
+    /// Records that this node's state is damaged in a way the WAL cannot see
+    /// (for example, its data directory was wiped and the log created anew):
+    /// writes the durable `DAMAGE` marker, merged with one already there, so
+    /// that every later open reports it until [`clear_damage`] is called.
+    /// `hard_state_intact` says whether the current term and vote are known
+    /// to be the newest the node ever persisted; `max_term_seen` is the
+    /// highest term it knows it saw.
+    ///
+    /// [`clear_damage`]: Wal::clear_damage
+    pub fn mark_damaged(
+        &mut self,
+        hard_state_intact: bool,
+        max_term_seen: u64,
+    ) -> Result<(), Error> {
+        self.usable()?;
+        let mut rec = DamageRecord {
+            in_progress: false,
+            hard_state_intact,
+            max_term_seen: max_term_seen.max(self.hard_state.term),
+            term: self.hard_state.term,
+            vote: self.hard_state.vote,
+            snapshot: (0, 0),
+            file: PathBuf::new(),
+            offset: 0,
+            reason: DamageReason::ReportedByCaller,
+        };
+        if let Some(old) = damage::read(&self.dir)? {
+            rec.merge_older(&old);
+        }
+        log::warn!(
+            "{}: damage recorded by the caller (hard state {}, highest term seen {})",
+            self.dir.display(),
+            if rec.hard_state_intact {
+                "intact"
+            } else {
+                "may be lost"
+            },
+            rec.max_term_seen
+        );
+        damage::write(&self.dir, &rec)
+    }
+
+    /// Removes the `DAMAGE` marker durably: the caller has repaired its state
+    /// (caught up from its peers) and later opens report no damage. Nothing
+    /// happens if there is no marker.
+    pub fn clear_damage(&mut self) -> Result<(), Error> {
+        self.usable()?;
+        damage::remove(&self.dir)?;
+        log::info!("{}: damage cleared", self.dir.display());
+        Ok(())
+    }
+
+    /// Completes a salvage: appends the snapshot marker and the hard state it
+    /// decided on (each synced), then marks the salvage finished.
+    fn finish_salvage(&mut self, finish: crate::salvage::Finish) -> Result<(), Error> {
+        let v = self.tail_version;
+        if let Some(m) = finish.marker {
+            self.buf.clear();
+            format::push_marker(&mut self.buf, v, &m)?;
+            self.append_buf(true)?;
+            failpoint::hit("salvage:after-snapshot-marker")?;
+        }
+        if let Some(hs) = finish.hard_state {
+            self.buf.clear();
+            format::push_save(&mut self.buf, v, Some(&hs), &[])?;
+            self.append_buf(true)?;
+            failpoint::hit("salvage:after-hard-state")?;
+        }
+        damage::write(&self.dir, &finish.record)
+    }
+
     /// The last hard state saved.
     pub fn hard_state(&self) -> HardState {
         self.hard_state
@@ -560,13 +661,16 @@ impl Wal {
         Ok(())
     }
 
-    /// Appends the records restating the current state: hard state, then the
-    /// snapshot marker (never flagged reset: restating changes nothing).
+    /// Appends the records restating the current state, for the head of a new
+    /// segment: hard state, then the snapshot marker (never flagged reset:
+    /// restating changes nothing).
     fn push_head(&mut self) -> Result<(), Error> {
-        format::push_save(&mut self.buf, Some(&self.hard_state), &[])?;
+        let v = Version::CURRENT;
+        format::push_save(&mut self.buf, v, Some(&self.hard_state), &[])?;
         if let Some((m, _)) = &self.snapshot {
             format::push_marker(
                 &mut self.buf,
+                v,
                 &Marker {
                     index: m.index,
                     term: m.term,
@@ -582,10 +686,15 @@ impl Wal {
     fn append_buf(&mut self, sync: bool) -> Result<(), Error> {
         let need = self.buf.len() as u64;
         if self.cursor + need > self.file_len {
+            let built_for = self.tail_version;
             if let Err(e) = self.roll(need) {
                 return Err(self.fail(e));
             }
+            // Built for a version-1 tail, written into a new segment.
+            format::reframe(&mut self.buf, built_for, self.tail_version);
         }
+        // The position is decided: the flags that depend on it can be set.
+        format::seal_frames(&mut self.buf, self.cursor, self.tail_version);
         let path = self.tail_path().to_path_buf();
         if let Err(e) = fsutil::write_at(&self.file, &path, &self.buf, self.cursor) {
             return Err(self.fail(e));
@@ -640,6 +749,7 @@ impl Wal {
         log::debug!("rolled over to {}", inst.path.display());
         self.file = inst.file;
         self.file_len = inst.size;
+        self.tail_version = Version::CURRENT;
         self.cursor = (SEGMENT_HEADER_LEN + head.len()) as u64;
         self.segments.push(SegmentInfo {
             seq,

@@ -14,7 +14,7 @@
 mod common;
 
 use common::{entry, Rng, TempDir};
-use wal::{Entry, Error, HardState, Options, SnapshotMeta, Wal};
+use wal::{Entry, Error, HardState, OnDamage, Options, SnapshotMeta, Wal};
 
 /// What the log should hold, maintained with raft's rules.
 #[derive(Default)]
@@ -63,7 +63,8 @@ impl Model {
 }
 
 /// Half the seeds delete released files on the background thread, so that
-/// reopening right after a release is checked with deletions in flight.
+/// reopening right after a release is checked with deletions in flight; half
+/// open with `Salvage`, which on an undamaged log must change nothing.
 fn options(seed: u64) -> Options {
     Options {
         segment_size: 4096,
@@ -71,10 +72,16 @@ fn options(seed: u64) -> Options {
         // Reopened often: skip preparing a spare segment on every open.
         preallocate_in_background: false,
         remove_in_background: seed % 4 >= 2,
+        on_damage: if seed % 8 >= 4 {
+            OnDamage::Salvage
+        } else {
+            OnDamage::Refuse
+        },
     }
 }
 
 fn check(w: &Wal, rec: &wal::Recovered, m: &Model, step: usize) {
+    assert_eq!(rec.damage, None, "step {step}: damage");
     assert_eq!(rec.hard_state, m.hs, "step {step}: hard state");
     assert_eq!(
         rec.snapshot.as_ref(),
