@@ -15,7 +15,13 @@
 //!   (`Recovered::entries`: contiguous, first at snapshot index + 1), and
 //!   the snapshot, if any, streams to its end without a panic;
 //! - the undamaged directory (the empty input) recovers exactly what was
-//!   written.
+//!   written;
+//! - on the same damaged files, `open` with `OnDamage::Salvage` always
+//!   returns `Ok`, with the same shape, and a [`Damage`](wal::Damage) whose
+//!   `kept_last_index` is the recovered log's end whenever the default
+//!   `OnDamage::Refuse` failed; a reopen (with `Refuse`) recovers the same
+//!   state and still reports the damage, as pending, until
+//!   `Wal::clear_damage`, after which it reports none.
 //!
 //! Damage can legitimately pass the CRCs (the fuzzer sees the comparison
 //! and can write the expected CRC), so a recovered entry is not compared
@@ -26,7 +32,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use wal::{Entry, HardState, Options, Recovered, SnapshotMeta, Wal};
+use wal::{Entry, HardState, OnDamage, Options, Recovered, SnapshotMeta, Wal};
 
 /// Segment recovery maps files and reads snapshots through a 256 KiB
 /// buffer; preallocating a segment writes zeros from a 1 MiB buffer.
@@ -71,6 +77,14 @@ fn opts() -> Options {
         keep_snapshots: 2,
         preallocate_in_background: false,
         remove_in_background: false,
+        on_damage: OnDamage::Refuse,
+    }
+}
+
+fn salvage_opts() -> Options {
+    Options {
+        on_damage: OnDamage::Salvage,
+        ..opts()
     }
 }
 
@@ -281,17 +295,65 @@ fn restore(work: &Path, files: &[(PathBuf, Option<Vec<u8>>)]) {
 pub fn check(input: &[u8]) {
     let scratch = scratch().lock().unwrap_or_else(|e| e.into_inner());
     let work = &scratch.work;
-    restore(work, &mutate(&scratch.template.files, input));
-    let (w, rec) = match Wal::open(work, opts()) {
-        Ok(opened) => opened,
+    let files = mutate(&scratch.template.files, input);
+    restore(work, &files);
+    let refused = match Wal::open(work, opts()) {
+        Ok((w, rec)) => {
+            if input.is_empty() {
+                assert_eq!(rec, scratch.template.expected, "the undamaged WAL");
+            }
+            check_shape(&w, &rec);
+            false
+        }
         Err(e) => {
             assert!(!e.to_string().is_empty());
-            return;
+            true
         }
     };
-    if input.is_empty() {
-        assert_eq!(rec, scratch.template.expected, "the undamaged WAL");
+
+    // The same damage, salvaged.
+    restore(work, &files);
+    let (w, rec) = match Wal::open(work, salvage_opts()) {
+        Ok(opened) => opened,
+        Err(e) => panic!("salvage failed: {e}"),
+    };
+    check_shape(&w, &rec);
+    let last = w.last_index();
+    match &rec.damage {
+        Some(d) => {
+            assert!(!d.pending, "damage found now is not pending");
+            assert_eq!(d.kept_last_index, last, "{d:?}");
+            assert!(d.max_term_seen >= rec.hard_state.term, "{d:?}");
+            if d.snapshot_lost {
+                assert!(rec.snapshot.is_none() && rec.entries.is_empty(), "{d:?}");
+            }
+        }
+        None => assert!(!refused, "Refuse failed where Salvage saw no damage"),
     }
+    drop(w);
+
+    // The salvaged directory opens as it was left, damage still reported.
+    let (mut w, again) = match Wal::open(work, opts()) {
+        Ok(opened) => opened,
+        Err(e) => panic!("reopen after salvage failed: {e}"),
+    };
+    assert_eq!(again.entries, rec.entries, "reopen after salvage");
+    assert_eq!(again.snapshot, rec.snapshot, "reopen after salvage");
+    assert_eq!(again.hard_state, rec.hard_state, "reopen after salvage");
+    assert_eq!(again.damage.is_some(), rec.damage.is_some());
+    if let Some(d) = &again.damage {
+        assert!(d.pending, "{d:?}");
+        w.clear_damage().expect("clear the damage marker");
+        drop(w);
+        match Wal::open(work, opts()) {
+            Ok((_, cleared)) => assert!(cleared.damage.is_none(), "{:?}", cleared.damage),
+            Err(e) => panic!("reopen after clear_damage failed: {e}"),
+        }
+    }
+}
+
+/// The log shape `Recovered` promises, and a snapshot that streams.
+fn check_shape(w: &Wal, rec: &Recovered) {
     let start = rec.snapshot.as_ref().map_or(1, |s| s.index + 1);
     for (k, e) in rec.entries.iter().enumerate() {
         assert_eq!(e.index, start + k as u64, "recovered log is not contiguous");
