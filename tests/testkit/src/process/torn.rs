@@ -77,6 +77,10 @@ pub fn frames(bytes: &[u8]) -> (Vec<u64>, u64) {
 pub struct Tear {
     pub segment: PathBuf,
     pub how: String,
+    /// Some of the record's sectors survived and some did not: the WAL
+    /// must find a torn tail there and cut it. (A write lost whole reads
+    /// as a clean end instead.)
+    pub partial: bool,
 }
 
 /// The pieces of `[start, end)` that fall in distinct sectors, in order.
@@ -149,7 +153,11 @@ pub fn tear_next_record(data_dir: &Path, rng: &mut Rng) -> Option<Tear> {
         format!("first sector at {end} unwritten, {n} bytes of a later one at {first_sector_end}")
     };
     f.sync_all().ok()?;
-    Some(Tear { segment: seg, how })
+    Some(Tear {
+        segment: seg,
+        how,
+        partial: true,
+    })
 }
 
 /// The unsynced write a `before_wal_fsync` failpoint reported in `log`
@@ -210,6 +218,7 @@ pub fn tear_unsynced(segment: &Path, offset: u64, len: u64, rng: &mut Rng) -> Op
     f.sync_all().ok()?;
     Some(Tear {
         segment: segment.to_path_buf(),
+        partial: !lost.is_empty() && lost.len() < chunks.len(),
         how: format!(
             "zeroed {} of the {} sectors of the write at {offset}+{len}",
             lost.len(),
@@ -236,6 +245,7 @@ pub fn power_cut(data_dir: &Path, after_frames: usize, keep_percent: u64) -> Opt
     f.sync_all().ok()?;
     Some(Tear {
         segment: seg,
+        partial: false,
         how: format!(
             "power cut: kept {keep} of {} frames, zeroed {at}..{end}",
             fr.len()
