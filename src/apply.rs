@@ -36,7 +36,7 @@ use crate::error::Fatal;
 use crate::kv::{decode_command, decode_conf_context, Command, KvStore};
 use crate::protocol::{ErrorCode, Reply};
 use crate::raft::{
-    ConfChange, ConfChangeKind, ConfState, Entry, EntryKind, MemStorage, NodeId, Ready,
+    ConfChange, ConfChangeKind, ConfState, Entry, EntryKind, MemStorage, NodeId, Ready, Storage,
 };
 use crate::reads::{ReadNotice, ReadQueue};
 use crate::reply::ReplyTx;
@@ -111,7 +111,14 @@ impl Applier {
         };
         a.connect_members();
         a.publish_membership();
+        a.publish_persisted();
         a
+    }
+
+    /// Tells probing peers (`discovery.rs`) what this node holds.
+    fn publish_persisted(&self) {
+        self.shared
+            .publish_persisted(self.storage.hard_state().term, self.storage.last_index());
     }
 
     /// Tells the transport who may connect.
@@ -195,6 +202,7 @@ impl Applier {
             self.conf_state = snap.meta.conf_state.clone();
             self.connect_members();
             self.publish_membership();
+            self.publish_persisted();
         }
         if !rd.entries.is_empty() || rd.hard_state.is_some() {
             let hs = rd.hard_state.as_ref().map(to_wal_hard_state);
@@ -217,6 +225,16 @@ impl Applier {
             if let Some(h) = rd.hard_state {
                 self.storage.set_hard_state(h);
             }
+            self.publish_persisted();
+        }
+        if rd.recovery_done {
+            // The hard state that ends the recovery is durable (the Ready
+            // that carries it must sync): only now may a restart forget
+            // that this node lost state.
+            self.wal
+                .clear_damage()
+                .map_err(|e| Fatal::new("clearing the WAL's damage marker", e))?;
+            info!("recovery done: the damage marker is cleared");
         }
         let persisted = start.elapsed();
         // 3. What promises durability goes out only now.

@@ -11,20 +11,35 @@
 //! Recovery loads the newest snapshot into the KV store, the log after it
 //! into [`MemStorage`], and the hard state. A first start without `--join`
 //! bootstraps: every member started with the same `--peers` writes the same
-//! conf-change entries at term 1, committed, so they all form one cluster.
+//! conf-change entries at term 1, committed, so they all form one cluster;
+//! but first it asks its peers whether a cluster already runs there that
+//! lists it (`discovery.rs`), in which case it lost its disk and recovers.
+//!
+//! Lost state never passes silently (`raft/recovery.rs` has the safety
+//! argument). The WAL is opened with `OnDamage::Salvage`: damage that is
+//! not a crash's torn tail keeps the good prefix, sets the rest aside and
+//! is recorded in a durable `DAMAGE` marker. The node then starts its core
+//! *recovering*: it votes and counts again only once a leader has repaired
+//! it, and the marker is cleared only after that (`apply.rs`). If the term
+//! and vote may be among what was lost, the node starts at the highest term
+//! any readable record shows and votes in no term it reaches before every
+//! voter has told it its term. A wiped data dir whose cluster lists the
+//! node is the same case with everything lost. A lone voter has nobody to
+//! repair it from, and refuses to start.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use log::{info, warn};
 
+use crate::discovery::Decision;
 use crate::error::StartError;
 use crate::kv::{encode_conf_context, KvStore, RequestId};
 use crate::raft::{
     ConfChange, ConfChangeKind, ConfState, Entry, EntryKind, HardState, MemStorage, NodeId,
-    Snapshot, SnapshotMeta, Storage,
+    RecoveryStart, Snapshot, SnapshotMeta, Storage,
 };
 
 /// Subdirectory of the data dir for snapshots being received.
@@ -77,6 +92,8 @@ pub struct Recovered {
     pub conf_state: ConfState,
     pub snapshot_index: u64,
     pub snapshot_path: Option<PathBuf>,
+    /// Set when the node lost durable state: start the core recovering.
+    pub recovery: Option<RecoveryStart>,
 }
 
 fn data_dir_error(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StartError {
@@ -116,13 +133,16 @@ fn claim(dir: &Path, id: NodeId) -> Result<(), StartError> {
 }
 
 /// Opens (or creates) the data dir of node `id`, recovering snapshot, hard
-/// state and log; on a fresh start without `join`, bootstraps the cluster
-/// from `peers` by writing one AddNode entry per member, committed at term 1.
+/// state and log. On a fresh start without `join`, `discover` decides
+/// between bootstrapping the cluster from `peers` (one AddNode entry per
+/// member, committed at term 1) and recovering as a member whose disk was
+/// replaced.
 pub fn open(
     dir: &Path,
     id: NodeId,
     peers: &BTreeMap<NodeId, String>,
     join: bool,
+    discover: impl FnOnce() -> Result<Decision, StartError>,
 ) -> Result<Recovered, StartError> {
     fs::create_dir_all(dir).map_err(data_dir_error("create data dir", dir))?;
     claim(dir, id)?;
@@ -177,13 +197,69 @@ pub fn open(
         })
         .collect::<Result<_, StartError>>()?;
     storage.append(&entries).map_err(StartError::Log)?;
-    let hs = rec.hard_state;
-    let fresh = rec.snapshot.is_none() && entries.is_empty() && hs == wal::HardState::default();
-    if fresh && !join {
-        bootstrap(&mut wal, &storage, peers)?;
-        conf_state = ConfState::with_voters(peers.keys().copied().collect());
-    } else {
-        let commit = hs.commit.max(snapshot_index);
+    let mut hs = HardState {
+        term: rec.hard_state.term,
+        vote: rec.hard_state.vote,
+        commit: rec.hard_state.commit,
+    };
+    let fresh = rec.snapshot.is_none()
+        && entries.is_empty()
+        && hs == HardState::default()
+        && rec.damage.is_none();
+    let mut recovery = None;
+    if let Some(d) = &rec.damage {
+        let what = describe_damage(d);
+        let voters = voters_known(&conf_state, &entries, peers);
+        if voters.iter().all(|&v| v == id) {
+            return Err(StartError::DamagedSoleVoter {
+                dir: dir.to_path_buf(),
+                damage: what,
+            });
+        }
+        warn!(
+            "{what}; node {id} starts recovering: it will not vote or count toward a quorum \
+             until the leader has repaired it from the other members (see STATUS recovering=1)"
+        );
+        if !d.hard_state_intact {
+            let last_term = entries.last().map_or(0, |e| e.term);
+            hs.term = hs.term.max(d.max_term_seen).max(last_term);
+        }
+        recovery = Some(RecoveryStart {
+            id: crate::policy::random_id(),
+            hard_state_lost: !d.hard_state_intact,
+        });
+    } else if fresh && join {
+        // A new member. Should its disk have been replaced instead, starting
+        // it recovering keeps it from counting toward any commit before it
+        // holds the leader's log (and gets the leader to reset its
+        // progress); it costs a new member nothing.
+        recovery = Some(RecoveryStart {
+            id: crate::policy::random_id(),
+            hard_state_lost: false,
+        });
+    } else if fresh {
+        match discover()? {
+            Decision::Bootstrap => {
+                bootstrap(&mut wal, &storage, peers)?;
+                conf_state = ConfState::with_voters(peers.keys().copied().collect());
+            }
+            Decision::Recover { term } => {
+                // Durable before anything else: a crash from here on
+                // restarts recovering, never as a fresh dir.
+                wal.mark_damaged(false, term)?;
+                hs.term = term;
+                recovery = Some(RecoveryStart {
+                    id: crate::policy::random_id(),
+                    hard_state_lost: true,
+                });
+            }
+        }
+    }
+    if !fresh || recovery.is_some() {
+        let commit = hs
+            .commit
+            .max(snapshot_index)
+            .min(storage.last_index().max(snapshot_index));
         storage.set_hard_state(HardState {
             term: hs.term,
             vote: hs.vote,
@@ -210,7 +286,74 @@ pub fn open(
         conf_state,
         snapshot_index,
         snapshot_path,
+        recovery,
     })
+}
+
+/// One line on what the WAL found and kept.
+fn describe_damage(d: &wal::Damage) -> String {
+    let mut s = if d.pending {
+        format!(
+            "the data dir is still being repaired from earlier damage ({} at offset {}: {:?})",
+            d.file.display(),
+            d.offset,
+            d.reason
+        )
+    } else {
+        format!(
+            "damaged data in {} at offset {} ({:?}): kept the log up to index {}",
+            d.file.display(),
+            d.offset,
+            d.reason,
+            d.kept_last_index
+        )
+    };
+    if !d.hard_state_intact {
+        s.push_str(", the term and vote may be lost");
+    }
+    if d.snapshot_lost {
+        s.push_str(", the snapshot was lost");
+    }
+    if !d.set_aside.is_empty() {
+        let files: Vec<String> = d
+            .set_aside
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        s.push_str(&format!(", set aside {}", files.join(" ")));
+    }
+    s
+}
+
+/// The voters this node knows of: the snapshot's, changed by every conf
+/// change in the log; `--peers` if it knows nothing at all.
+fn voters_known(
+    conf: &ConfState,
+    entries: &[Entry],
+    peers: &BTreeMap<NodeId, String>,
+) -> BTreeSet<NodeId> {
+    let mut voters: BTreeSet<NodeId> = conf.voters.iter().copied().collect();
+    let mut known = !voters.is_empty();
+    for e in entries.iter().filter(|e| e.kind == EntryKind::ConfChange) {
+        let Ok(cc) = ConfChange::decode(&e.data) else {
+            continue;
+        };
+        known = true;
+        match cc.kind {
+            ConfChangeKind::AddNode => {
+                voters.insert(cc.node_id);
+            }
+            ConfChangeKind::RemoveNode => {
+                voters.remove(&cc.node_id);
+            }
+            ConfChangeKind::AddLearner => {}
+        }
+    }
+    if known {
+        voters
+    } else {
+        peers.keys().copied().collect()
+    }
 }
 
 /// Loads the WAL's newest snapshot into `kv`; returns its metadata and file.
@@ -287,6 +430,7 @@ fn bootstrap(
 fn wal_options() -> Result<wal::Options, StartError> {
     let mut opts = wal::Options {
         remove_in_background: true,
+        on_damage: wal::OnDamage::Salvage,
         ..wal::Options::default()
     };
     const NAME: &str = "RAFTNODE_WAL_SEGMENT_BYTES";

@@ -62,6 +62,11 @@ pub enum StartError {
     },
     /// The auth token file holds no usable token.
     BadTokenFile(PathBuf),
+    /// An empty data dir, and the peers' answers forbid both bootstrapping
+    /// and recovering (`discovery.rs`); the text says why and what to do.
+    Discovery(String),
+    /// The data dir lost state and no other voter can repair it.
+    DamagedSoleVoter { dir: PathBuf, damage: String },
 }
 
 impl fmt::Display for StartError {
@@ -113,6 +118,15 @@ impl fmt::Display for StartError {
                 f,
                 "{}: the auth token is the first line, not empty, without spaces",
                 p.display()
+            ),
+            StartError::Discovery(why) => f.write_str(why),
+            StartError::DamagedSoleVoter { dir, damage } => write!(
+                f,
+                "{}: {damage}; this node is the only voter, so no peer can repair it. Restore \
+                 the data dir from a backup; or, to accept losing what may be missing, remove \
+                 {} and start again",
+                dir.display(),
+                dir.join("wal").join("DAMAGE").display()
             ),
         }
     }

@@ -24,6 +24,7 @@
 pub mod apply;
 pub mod datadir;
 pub mod debug;
+pub mod discovery;
 pub mod error;
 pub mod kv;
 pub mod node;
@@ -216,8 +217,6 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
     // fails on the address (or on the WAL lock) without side effects.
     let client_listener = bind("clients", &cfg.client_addr)?;
     let peer_listener = bind("peers", &own)?;
-    let rec = datadir::open(&cfg.data_dir, cfg.id, &cfg.peers, cfg.join)?;
-
     let shared = Arc::new(Shared::default());
     // Request ids never repeat across restarts (etcd's idutil does the
     // same): milliseconds since the epoch in the high bits; a previous run
@@ -234,7 +233,7 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
     let transport = transport::Transport::start(
         transport::Config {
             id: cfg.id,
-            tls: peer_tls,
+            tls: peer_tls.clone(),
             listed: cfg.peers.keys().copied().collect(),
         },
         peer_listener,
@@ -247,12 +246,18 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
         name: "peer listener",
         source,
     })?;
+    // The listener runs first: peers with an empty data dir may be asking
+    // this node, as it may ask them, whether a cluster already runs.
+    let rec = datadir::open(&cfg.data_dir, cfg.id, &cfg.peers, cfg.join, || {
+        discovery::discover(cfg.id, &cfg.peers, peer_tls.as_deref())
+    })?;
 
     let mut rc = Config::new(cfg.id);
     rc.election_ticks = cfg.election_ticks;
     rc.heartbeat_ticks = cfg.heartbeat_ticks;
     rc.applied = rec.applied;
     rc.seed = cfg.id ^ std::process::id() as u64 ^ (rec.storage.hard_state().term << 32);
+    rc.recovery = rec.recovery;
     let raw = RawNode::new(&rc, rec.storage.clone())?;
 
     let (req_tx, req_rx) = unbounded();

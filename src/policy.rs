@@ -105,8 +105,9 @@ pub struct Policy {
     cluster_id_proposed: Option<Instant>,
 }
 
-/// A random cluster ID, never 0. Not a secret: it tells clusters apart.
-fn random_cluster_id() -> u64 {
+/// A random id, never 0 (a cluster ID, a recovery id). Not a secret: it
+/// tells clusters, and process starts, apart.
+pub(crate) fn random_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     let now = std::time::SystemTime::now()
@@ -358,9 +359,7 @@ impl Policy {
         if recently || self.shared.membership().cluster_id != 0 {
             return;
         }
-        let cmd = Command::SetClusterId {
-            id: random_cluster_id(),
-        };
+        let cmd = Command::SetClusterId { id: random_id() };
         let data = encode_command(
             RequestId {
                 node: raw.id(),

@@ -8,6 +8,7 @@
 //! | stopping | node thread | client threads (refuse new requests) |
 //! | membership, cluster ID | ready thread | transport (who may connect) |
 //! | removed | ready thread, transport | client server (`ERR REMOVED`) |
+//! | persisted term and last index | ready thread | transport (answers probes) |
 //!
 //! Everything else belongs to one thread: the core and the request policy
 //! to the node thread, the WAL, the KV store and reads to the ready thread.
@@ -41,6 +42,10 @@ pub struct Shared {
     /// Bumped whenever `membership` changes, so readers re-check cheaply.
     membership_generation: AtomicU64,
     removed: AtomicBool,
+    /// Set once the data dir is open: this node runs a cluster.
+    running: AtomicBool,
+    persisted_term: AtomicU64,
+    persisted_last: AtomicU64,
 }
 
 impl Shared {
@@ -118,5 +123,22 @@ impl Shared {
 
     pub fn set_removed(&self) {
         self.removed.store(true, Ordering::Relaxed);
+    }
+
+    /// The term and last index this node has persisted (for probes).
+    pub fn publish_persisted(&self, term: u64, last_index: u64) {
+        self.persisted_term.store(term, Ordering::Relaxed);
+        self.persisted_last.store(last_index, Ordering::Relaxed);
+        self.running.store(true, Ordering::Release);
+    }
+
+    /// `(term, last index)` once the data dir is open, `None` before.
+    pub fn persisted(&self) -> Option<(u64, u64)> {
+        self.running.load(Ordering::Acquire).then(|| {
+            (
+                self.persisted_term.load(Ordering::Relaxed),
+                self.persisted_last.load(Ordering::Relaxed),
+            )
+        })
     }
 }

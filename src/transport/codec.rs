@@ -12,13 +12,19 @@
 //!           status u8 (0 welcome, 1 wrong cluster, 2 removed, 3 stranger,
 //!           4 wrong node, 5 busy, 6 certificate names another node)
 //!           | the listener's cluster id u64
+//! kind 7    probe (instead of a handshake, from a node with an empty data
+//!           dir deciding whether to bootstrap): magic u32 | version u16 | from u64 | to u64
+//! kind 8    probe reply (listener to prober, once, then closed): state u8
+//!           (0 refused, 1 deciding too, 2 running) | verdict u8 (when refused)
+//!           | cluster id u64 | term u64 | last index u64 | lists the prober u8
 //! entries   := count u32, then per entry: index u64 | term u64 | kind u8 | len u32 | data
 //! bytes     := len u32 | data
 //! ```
 //!
 //! A connection opens with one handshake frame from the dialer (over TLS
 //! when peer TLS is on), answered by one verdict frame; after a welcome it
-//! carries frames one way (dialer to listener), otherwise it is closed.
+//! carries frames one way (dialer to listener), otherwise it is closed. A
+//! probe connection carries one probe and its reply, then closes.
 //! Limits: a handshake is at most [`MAX_HANDSHAKE`] bytes, a message
 //! [`MAX_FRAME`], a snapshot header [`MAX_SNAPSHOT_HEADER`], a chunk
 //! [`CHUNK`] + 1; the reader allocates as bytes arrive, never by a length
@@ -52,6 +58,8 @@ pub const KIND_SNAPSHOT_HEADER: u8 = 3;
 pub const KIND_SNAPSHOT_CHUNK: u8 = 4;
 pub const KIND_SNAPSHOT_END: u8 = 5;
 pub const KIND_VERDICT: u8 = 6;
+pub const KIND_PROBE: u8 = 7;
+pub const KIND_PROBE_REPLY: u8 = 8;
 
 /// The largest frame of each kind, kind byte included; `None` for a kind
 /// that does not exist.
@@ -63,6 +71,8 @@ pub fn max_frame(kind: u8) -> Option<usize> {
         KIND_SNAPSHOT_CHUNK => Some(CHUNK + 1),
         KIND_SNAPSHOT_END => Some(5),
         KIND_VERDICT => Some(10),
+        KIND_PROBE => Some(MAX_HANDSHAKE),
+        KIND_PROBE_REPLY => Some(PROBE_REPLY_LEN),
         _ => None,
     }
 }
@@ -326,6 +336,101 @@ pub fn decode_verdict(body: &[u8]) -> Result<(Verdict, u64), DecodeError> {
     let cluster_id = r.u64()?;
     r.finish()?;
     Ok((verdict, cluster_id))
+}
+
+/// A probe reply frame's size, kind byte included.
+const PROBE_REPLY_LEN: usize = 28;
+
+/// What a node says about itself to a prober (`discovery.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeReply {
+    /// The prober is turned away, for this reason.
+    Refused(Verdict),
+    /// This node has an empty data dir too and is deciding.
+    Deciding,
+    /// This node runs a cluster.
+    Running {
+        /// 0 until the cluster's first leader has set it.
+        cluster_id: u64,
+        term: u64,
+        last_index: u64,
+        /// Whether the prober is a member of this node's configuration.
+        lists_prober: bool,
+    },
+}
+
+pub fn encode_probe(out: &mut Vec<u8>, from: NodeId, to: NodeId) {
+    let start = begin_frame(out, KIND_PROBE);
+    put_u32(out, MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    put_u64(out, from);
+    put_u64(out, to);
+    end_frame(out, start);
+}
+
+/// Checks a probe body meant for node `me`; returns the prober's id.
+pub fn decode_probe(body: &[u8], me: NodeId) -> Result<NodeId, DecodeError> {
+    let mut r = Reader::new(body);
+    if r.u32()? != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let version = r.u16()?;
+    if version != VERSION {
+        return Err(DecodeError::Version(version));
+    }
+    let from = r.u64()?;
+    let to = r.u64()?;
+    r.finish()?;
+    if to != me {
+        return Err(DecodeError::WrongTarget { from, to, me });
+    }
+    if from == 0 || from == u64::MAX {
+        return Err(DecodeError::ZeroId);
+    }
+    Ok(from)
+}
+
+pub fn encode_probe_reply(out: &mut Vec<u8>, reply: ProbeReply) {
+    let start = begin_frame(out, KIND_PROBE_REPLY);
+    let (state, verdict, cluster_id, term, last_index, lists) = match reply {
+        ProbeReply::Refused(v) => (0, v.code(), 0, 0, 0, false),
+        ProbeReply::Deciding => (1, 0, 0, 0, 0, false),
+        ProbeReply::Running {
+            cluster_id,
+            term,
+            last_index,
+            lists_prober,
+        } => (2, 0, cluster_id, term, last_index, lists_prober),
+    };
+    out.push(state);
+    out.push(verdict);
+    put_u64(out, cluster_id);
+    put_u64(out, term);
+    put_u64(out, last_index);
+    out.push(u8::from(lists));
+    end_frame(out, start);
+}
+
+pub fn decode_probe_reply(body: &[u8]) -> Result<ProbeReply, DecodeError> {
+    let mut r = Reader::new(body);
+    let state = r.u8()?;
+    let verdict = r.u8()?;
+    let cluster_id = r.u64()?;
+    let term = r.u64()?;
+    let last_index = r.u64()?;
+    let lists_prober = r.bool()?;
+    r.finish()?;
+    Ok(match state {
+        0 => ProbeReply::Refused(Verdict::from_code(verdict)?),
+        1 => ProbeReply::Deciding,
+        2 => ProbeReply::Running {
+            cluster_id,
+            term,
+            last_index,
+            lists_prober,
+        },
+        s => return Err(DecodeError::UnknownTag(s)),
+    })
 }
 
 const TAG_APPEND: u8 = 1;
@@ -860,5 +965,40 @@ mod tests {
         let mut wrong = buf[5..].to_vec();
         wrong[4] = 9; // version
         assert!(decode_handshake(&wrong, 1).is_err());
+    }
+
+    #[test]
+    fn probes_and_their_replies_round_trip() {
+        let mut buf = Vec::new();
+        encode_probe(&mut buf, 3, 1);
+        assert_eq!(buf[4], KIND_PROBE);
+        assert!(buf.len() - 4 <= max_frame(KIND_PROBE).unwrap());
+        assert_eq!(decode_probe(&buf[5..], 1), Ok(3));
+        assert!(decode_probe(&buf[5..], 2).is_err());
+        assert!(decode_probe(&buf[5..buf.len() - 1], 1).is_err());
+        for reply in [
+            ProbeReply::Refused(Verdict::Removed),
+            ProbeReply::Deciding,
+            ProbeReply::Running {
+                cluster_id: 9,
+                term: u64::MAX,
+                last_index: 12,
+                lists_prober: true,
+            },
+        ] {
+            let mut buf = Vec::new();
+            encode_probe_reply(&mut buf, reply);
+            assert_eq!(buf[4], KIND_PROBE_REPLY);
+            assert_eq!(buf.len() - 4, max_frame(KIND_PROBE_REPLY).unwrap());
+            assert_eq!(decode_probe_reply(&buf[5..]), Ok(reply));
+        }
+        let mut bad = Vec::new();
+        encode_probe_reply(&mut bad, ProbeReply::Deciding);
+        bad[5] = 3; // no such state
+        assert!(decode_probe_reply(&bad[5..]).is_err());
+        bad[5] = 2;
+        let last = bad.len() - 1;
+        bad[last] = 2; // not a boolean
+        assert!(decode_probe_reply(&bad[5..]).is_err());
     }
 }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use log::{debug, info};
 
-use super::codec::{self, DecodeError, SnapshotHeader, Verdict};
+use super::codec::{self, DecodeError, ProbeReply, SnapshotHeader, Verdict};
 use super::{read_frame, FrameError, HANDSHAKE_TIMEOUT};
 use crate::raft::{Message, NodeId};
 use crate::shared::{Membership, Shared};
@@ -184,6 +184,10 @@ fn serve(stream: TcpStream, peer: &str, ctx: &Context) {
     };
     let (stream, from, _slot) = match authed {
         Ok(a) => a,
+        Err(Refusal::Probed(from)) => {
+            debug!("answered a probe from node {from} ({peer})");
+            return;
+        }
         Err(e) => {
             crate::warn_every!(
                 format!("peer-refused-{peer}-{}", e.key()),
@@ -238,6 +242,8 @@ pub enum Refusal {
     },
     /// The dialer was removed from the cluster while connected.
     RemovedMeanwhile(NodeId),
+    /// Not a refusal: a probe was answered, and its connection ends.
+    Probed(NodeId),
     /// A snapshot from a node this node does not follow as leader.
     SnapshotNotFromLeader {
         from: NodeId,
@@ -290,6 +296,7 @@ impl fmt::Display for Refusal {
                 "bad data: message {from}->{to} on the connection from {peer}"
             ),
             Refusal::RemovedMeanwhile(id) => write!(f, "node {id} was removed"),
+            Refusal::Probed(id) => write!(f, "answered the probe of node {id}"),
             Refusal::SnapshotNotFromLeader { from, leader } => write!(
                 f,
                 "a snapshot from {from}, but this node follows leader {leader}"
@@ -374,12 +381,16 @@ fn authenticate(
         deadline,
     };
     let kind = read_frame(&mut before, &mut buf, |k| {
-        (k == codec::KIND_HANDSHAKE).then_some(codec::MAX_HANDSHAKE)
+        (k == codec::KIND_HANDSHAKE || k == codec::KIND_PROBE).then_some(codec::MAX_HANDSHAKE)
     })?;
-    if kind.is_none() {
-        return Err(
-            io::Error::new(io::ErrorKind::UnexpectedEof, "closed before its handshake").into(),
-        );
+    match kind {
+        None => {
+            return Err(
+                io::Error::new(io::ErrorKind::UnexpectedEof, "closed before its handshake").into(),
+            )
+        }
+        Some(codec::KIND_PROBE) => return Err(answer_probe(&mut stream, &buf[1..], ctx)),
+        Some(_) => {}
     }
     let membership = ctx.shared.membership();
     // Only a welcomed dialer learns our cluster ID.
@@ -427,6 +438,47 @@ fn authenticate(
     stream.tcp().set_read_timeout(None)?;
     stream.tcp().set_write_timeout(None)?;
     Ok((stream, from, slot))
+}
+
+/// Answers a node with an empty data dir that asks whether a cluster
+/// already runs (`discovery.rs`). Members and `--peers` ids learn this
+/// node's term, last index and whether it lists them; anyone else only
+/// that it is turned away. Always returns why the connection ends.
+fn answer_probe(stream: &mut PeerStream, body: &[u8], ctx: &Context) -> Refusal {
+    let from = match codec::decode_probe(body, ctx.me) {
+        Ok(from) => from,
+        Err(e) => return e.into(),
+    };
+    if let Some(conn) = stream.accepted_tls() {
+        if let Err(why) = crate::tls::verify_node_id(conn, from) {
+            let _ = send_probe_reply(stream, ProbeReply::Refused(Verdict::WrongCertificate));
+            return Refusal::Certificate { from, why };
+        }
+    }
+    let membership = ctx.shared.membership();
+    let reply = match judge(&membership, &ctx.listed, from, 0) {
+        Verdict::Welcome => match ctx.shared.persisted() {
+            None => ProbeReply::Deciding,
+            Some((term, last_index)) => ProbeReply::Running {
+                cluster_id: membership.cluster_id,
+                term,
+                last_index,
+                lists_prober: membership.members.contains(&from),
+            },
+        },
+        refused => ProbeReply::Refused(refused),
+    };
+    match send_probe_reply(stream, reply) {
+        Ok(()) => Refusal::Probed(from),
+        Err(e) => e.into(),
+    }
+}
+
+fn send_probe_reply(stream: &mut PeerStream, reply: ProbeReply) -> io::Result<()> {
+    let mut out = Vec::new();
+    codec::encode_probe_reply(&mut out, reply);
+    stream.write_all(&out)?;
+    stream.flush()
 }
 
 /// Reads a connection that must be done by `deadline`: the handshake

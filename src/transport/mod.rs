@@ -27,6 +27,9 @@
 
 pub mod codec;
 mod listener;
+mod probe;
+
+pub use probe::probe;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read, Write};
