@@ -428,7 +428,7 @@ fn broken_node_ack_before_fsync_is_caught() {
 /// `FaultCluster::disk_fault_lagging_majority`) that elects a leader
 /// without the writes the old majority committed, and they are lost.
 #[test]
-#[ignore = "slow (about 40 s); demonstrates the checker on a deliberately broken node"]
+#[ignore = "slow (about 30 s); demonstrates the checker on a deliberately broken node"]
 fn broken_node_no_recovery_is_caught() {
     let _g = serial();
     let seed = seed();

@@ -51,7 +51,8 @@ pub struct FaultCounts {
     pub snapshot_flips: usize,
     /// A data dir deleted.
     pub wipes: usize,
-    /// Disk faults after which the node was seen recovering (`recovering=1`).
+    /// Disk faults after which the node recovered from its peers (STATUS
+    /// said `recovering=1`, or its log said it started or ended a recovery).
     pub recoveries_seen: usize,
     /// The longest time from the restart after a disk fault to serving
     /// voter, in seconds.
@@ -134,6 +135,14 @@ pub struct FaultCluster {
     start: Instant,
 }
 
+/// What a node logs when it starts recovering (`src/datadir.rs`,
+/// `src/discovery.rs`) and when it is done (`src/apply.rs`).
+const RECOVERY_STARTS: [&str; 2] = [
+    "starts recovering: it will not vote",
+    "recovering from its peers instead of bootstrapping",
+];
+const RECOVERY_DONE: &str = "recovery done: the damage marker is cleared";
+
 /// One disk fault and what came of it.
 #[derive(Clone, Debug)]
 pub struct DiskFaultRecord {
@@ -151,6 +160,18 @@ pub struct DiskFaultRecord {
     /// The node reported cutting a torn WAL tail on restart (a flip in the
     /// zeros after the last record of its newest segment reads as one).
     pub torn_tail_cut: bool,
+    /// The node's log says it started recovering (damage found, or a
+    /// running cluster lists it while its data dir is empty).
+    pub recovery_started: bool,
+    /// The node's log says its recovery finished (the marker is cleared).
+    pub recovery_done: bool,
+}
+
+impl DiskFaultRecord {
+    /// The node recovered from its peers, as STATUS or its log showed.
+    pub fn recovered(&self) -> bool {
+        self.serving.recovering_seen || self.recovery_started || self.recovery_done
+    }
 }
 
 impl fmt::Display for DiskFaultRecord {
@@ -170,7 +191,13 @@ impl fmt::Display for DiskFaultRecord {
             )?,
         }
         if self.serving.recovering_seen {
-            write!(f, ", was recovering")?;
+            write!(f, ", STATUS said recovering=1")?;
+        }
+        if self.recovery_started {
+            write!(f, ", logged the start of a recovery")?;
+        }
+        if self.recovery_done {
+            write!(f, ", logged its end")?;
         }
         if self.torn_tail_cut {
             write!(f, ", cut a torn tail")?;
@@ -275,6 +302,8 @@ struct Damaged {
     log: PathBuf,
     /// Torn-tail repairs in its log before the fault.
     repairs_before: usize,
+    /// Length of its log before the fault.
+    log_len: usize,
 }
 
 impl FaultCluster {
@@ -569,6 +598,7 @@ impl FaultCluster {
         let dir = self.cluster.node(id).data_dir.clone();
         let log = self.cluster.node(id).log.clone();
         let repairs_before = repairs_in(&log);
+        let log_len = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
         let Some(done) = damage::inflict(&dir, kind, &mut self.rng) else {
             self.note(format!("{kind} on node {id}: nothing to damage"));
             return None;
@@ -590,6 +620,7 @@ impl FaultCluster {
             how: done.how,
             log,
             repairs_before,
+            log_len,
         })
     }
 
@@ -628,16 +659,20 @@ impl FaultCluster {
             last_status: "the watch thread panicked".into(),
             ..Serving::default()
         });
+        let text = std::fs::read_to_string(&w.d.log).unwrap_or_default();
+        let since_fault = text.get(w.d.log_len..).unwrap_or("");
         let rec = DiskFaultRecord {
             node: w.d.node,
             kind: w.d.kind,
             torn_tail_cut: repairs_in(&w.d.log) > w.d.repairs_before,
+            recovery_started: RECOVERY_STARTS.iter().any(|l| since_fault.contains(l)),
+            recovery_done: since_fault.contains(RECOVERY_DONE),
             how: w.d.how,
             at: w.at,
             target: w.target,
             serving,
         };
-        if rec.serving.recovering_seen {
+        if rec.recovered() {
             self.counts.recoveries_seen += 1;
         }
         let ok = rec.serving.after.is_some();
