@@ -303,6 +303,10 @@ fn disk_fault_smoke_run() {
         "disk fault run: seed {seed} (replay the schedule with RAFTNODE_FAULT_SEED={seed})"
     );
     let mut fc = FaultCluster::new(3, &disk_fault_args(), seed);
+    // 1 MiB segments roll over and are released every few seconds, so that
+    // flips land in older segments too, and a node whose newest snapshot
+    // is damaged may find that its log no longer covers the older one.
+    fc.set_env("RAFTNODE_WAL_SEGMENT_BYTES", "1048576");
     fc.start_all();
     let wcfg = WorkloadConfig {
         seed,
@@ -330,12 +334,24 @@ fn disk_fault_smoke_run() {
         "not every kind of disk fault was done: {}",
         out.summary
     );
-    let recovered = out
+    let serving = out
         .fc
         .disk_faults
         .iter()
         .filter(|d| d.serving.after.is_some());
-    assert_eq!(recovered.count(), c.disk_faults(), "{}", out.summary);
+    assert_eq!(serving.count(), c.disk_faults(), "{}", out.summary);
+    // Every flipped byte in a record and every wipe loses state that the
+    // node must get back from its peers; it must not simply carry on. A
+    // flip in the newest snapshot must be noticed: the node sets the file
+    // aside and falls back to an older one, or recovers.
+    for d in &out.fc.disk_faults {
+        let noticed = match d.kind {
+            DiskFault::SegmentFlip | DiskFault::Wipe => d.recovered(),
+            DiskFault::SnapshotFlip => d.snapshot_set_aside || d.recovered(),
+            DiskFault::ZeroFlip => true,
+        };
+        assert!(noticed, "the damage went unnoticed: {d}\n{}", out.explain());
+    }
 }
 
 /// A node that serves GET from local state (no read index) must be caught

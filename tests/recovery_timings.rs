@@ -206,7 +206,7 @@ fn disk_fault_recovery_timings() {
         let dir = cluster.node(f).data_dir.clone();
         let done = match kind {
             DiskFault::SegmentFlip => damage::flip_mid_log(&dir, &mut rng),
-            DiskFault::SnapshotFlip => damage::flip_snapshot(&dir, &mut rng, true),
+            DiskFault::SnapshotFlip => damage::flip_snapshot(&dir, &mut rng),
             _ => damage::wipe(&dir).ok(),
         };
         let how = done

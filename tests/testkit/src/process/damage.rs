@@ -16,8 +16,9 @@
 //!   an earlier one it is damage (data after the end of the data).
 //! - [`flip_mid_log`]: the same, in the middle of the written part of the
 //!   middle segment, for measurements that want the same damage each time.
-//! - [`flip_snapshot`]: one byte of a snapshot file `wal/snap/*.snap`, the
-//!   newest (the one recovery starts from) three times out of four.
+//! - [`flip_snapshot`]: one byte of the newest snapshot file
+//!   `wal/snap/*.snap` (the one a restart reads; the node must notice and
+//!   fall back to an older one that its log still covers, or recover).
 //! - [`wipe`]: the whole data dir removed, as on a replaced disk.
 //!
 //! Each returns a [`Inflicted`] saying which kind of damage it did and where,
@@ -202,22 +203,18 @@ pub fn flip_mid_log(data_dir: &Path, rng: &mut Rng) -> Option<Inflicted> {
     flip_at(DiskFault::SegmentFlip, seg, off, rng, &what)
 }
 
-/// Flips one byte of a snapshot file: the newest three times out of four
-/// (the one a restart reads), else any. With `newest`, always the newest.
-/// `None` if the node has no snapshot file.
-pub fn flip_snapshot(data_dir: &Path, rng: &mut Rng, newest: bool) -> Option<Inflicted> {
+/// Flips one byte of the newest snapshot file, the one a restart reads
+/// first (an older one is read only if the newest is bad). `None` if the
+/// node has no snapshot file.
+pub fn flip_snapshot(data_dir: &Path, rng: &mut Rng) -> Option<Inflicted> {
     let snaps = snapshots(data_dir);
-    let snap = if newest || rng.chance(75) {
-        snaps.last()?
-    } else {
-        snaps.get(rng.below(snaps.len() as u64) as usize)?
-    };
+    let snap = snaps.last()?;
     let len = fs::metadata(snap).ok()?.len();
     if len == 0 {
         return None;
     }
     let off = rng.below(len);
-    let what = format!("{len} bytes");
+    let what = format!("the newest snapshot, {len} bytes");
     flip_at(DiskFault::SnapshotFlip, snap, off, rng, &what)
 }
 
@@ -259,7 +256,7 @@ pub fn inflict(data_dir: &Path, kind: DiskFault, rng: &mut Rng) -> Option<Inflic
             flip_segment(data_dir, rng, true).or_else(|| flip_segment(data_dir, rng, false))
         }
         DiskFault::SnapshotFlip => {
-            flip_snapshot(data_dir, rng, false).or_else(|| flip_segment(data_dir, rng, false))
+            flip_snapshot(data_dir, rng).or_else(|| flip_segment(data_dir, rng, false))
         }
         DiskFault::Wipe => wipe(data_dir).ok(),
     }
@@ -332,7 +329,7 @@ mod tests {
         assert_eq!(d.kind, DiskFault::SegmentFlip, "no snapshot yet: {}", d.how);
         let snap = dir.join("wal/snap/0000000000000010-0000000000000002.snap");
         fs::write(&snap, [5u8; 100]).unwrap();
-        let d = flip_snapshot(&dir, &mut rng, true).unwrap();
+        let d = flip_snapshot(&dir, &mut rng).unwrap();
         assert_eq!(d.kind, DiskFault::SnapshotFlip);
         assert_eq!(diff(&[5u8; 100], &fs::read(&snap).unwrap()).len(), 1);
         let d = inflict(&dir, DiskFault::Wipe, &mut rng).unwrap();

@@ -165,6 +165,9 @@ pub struct DiskFaultRecord {
     pub recovery_started: bool,
     /// The node's log says its recovery finished (the marker is cleared).
     pub recovery_done: bool,
+    /// The node's log says it set a damaged snapshot file aside
+    /// (`*.snap.broken`).
+    pub snapshot_set_aside: bool,
 }
 
 impl DiskFaultRecord {
@@ -201,6 +204,9 @@ impl fmt::Display for DiskFaultRecord {
         }
         if self.torn_tail_cut {
             write!(f, ", cut a torn tail")?;
+        }
+        if self.snapshot_set_aside {
+            write!(f, ", set a damaged snapshot aside")?;
         }
         Ok(())
     }
@@ -667,6 +673,7 @@ impl FaultCluster {
             torn_tail_cut: repairs_in(&w.d.log) > w.d.repairs_before,
             recovery_started: RECOVERY_STARTS.iter().any(|l| since_fault.contains(l)),
             recovery_done: since_fault.contains(RECOVERY_DONE),
+            snapshot_set_aside: since_fault.contains(".snap.broken"),
             how: w.d.how,
             at: w.at,
             target: w.target,
