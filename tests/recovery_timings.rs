@@ -108,27 +108,41 @@ fn what_it_did(log: &std::path::Path, from: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let new = text.get(from..).unwrap_or("");
     let mut out = Vec::new();
-    let count = |s: &str| new.matches(s).count();
-    if count("a corrupt snapshot was set aside") > 0 {
-        out.push("snapshot set aside".to_string());
+    if let Some(i) = new.find("kept the log up to index ") {
+        let n: String = new[i + 25..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        out.push(format!("salvage kept the log to {n}"));
     }
-    if count("repaired a torn WAL tail") > 0 {
-        out.push("torn tail cut".to_string());
+    if new.contains("a corrupt snapshot was set aside") {
+        out.push("snapshot set aside, older one used".to_string());
     }
-    let installs = count("installed snapshot at");
+    if new.contains("recovering from its peers instead of bootstrapping") {
+        out.push("empty dir: peers list it".to_string());
+    }
+    let installs = new.matches("installed snapshot at").count();
     if installs > 0 {
-        out.push(format!("installed {installs} snapshot(s)"));
+        out.push(format!("installed {installs} snapshot(s) from the leader"));
+    }
+    if new.contains("recovery done: the damage marker is cleared") {
+        out.push(if installs == 0 {
+            "repaired with log entries".to_string()
+        } else {
+            "repaired".to_string()
+        });
     }
     if out.is_empty() {
         out.push("-".into());
     }
-    out.join(", ")
+    out.join("; ")
 }
 
 struct Row {
     fault: &'static str,
     how: String,
     secs: Option<f64>,
+    answering: Option<f64>,
     recovering: bool,
     did: String,
 }
@@ -249,6 +263,7 @@ fn disk_fault_recovery_timings() {
             fault: name,
             how,
             secs,
+            answering: serving.answering_after.map(|d| d.as_secs_f64()),
             recovering: serving.recovering_seen,
             did: what_it_did(&cluster.node(f).log, log_from),
         });
@@ -256,15 +271,21 @@ fn disk_fault_recovery_timings() {
 
     println!();
     println!("state {mb} MiB ({keys} keys x {VALUE_LEN} B), 3 nodes, default --tick-ms/--election-ticks:");
-    println!("| fault | restart -> serving voter | recovering=1 seen | the node's log |");
-    println!("| --- | --- | --- | --- |");
+    println!(
+        "| fault | restart -> serving voter | of which opening (to first STATUS) | recovering=1 seen | the node's log |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
     for r in &rows {
         let secs = r
             .secs
             .map(|s| format!("{s:.2} s"))
             .unwrap_or_else(|| format!("not within {} s", limit.as_secs()));
+        let answering = r
+            .answering
+            .map(|s| format!("{s:.2} s"))
+            .unwrap_or_else(|| "-".into());
         println!(
-            "| {} | {secs} | {} | {} |",
+            "| {} | {secs} | {answering} | {} | {} |",
             r.fault,
             if r.recovering { "yes" } else { "no" },
             r.did

@@ -220,6 +220,9 @@ pub struct Serving {
     /// applied at least the target, and a `GET` through it answered.
     /// `None` if that did not happen within the limit.
     pub after: Option<Duration>,
+    /// Time from the restart to the first STATUS answer: the node has
+    /// opened its data dir (and, if it was empty, heard from its peers).
+    pub answering_after: Option<Duration>,
     /// Some STATUS said `recovering=1`.
     pub recovering_seen: bool,
     /// The last STATUS line (or why there was none).
@@ -250,6 +253,9 @@ pub fn wait_serving_voter(
             Ok(line) => {
                 let st = Status::parse(&line);
                 out.last_status = line;
+                if out.answering_after.is_none() {
+                    out.answering_after = Some(since.elapsed());
+                }
                 if let Some(st) = st {
                     if st.fields.get("recovering").is_some_and(|v| v == "1") {
                         out.recovering_seen = true;
