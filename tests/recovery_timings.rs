@@ -12,10 +12,10 @@
 //! of 4,000 bytes, written to the leader over 8 pipelining connections,
 //! with `--snapshot-entries` at a quarter of the keys so that snapshot
 //! files exist and the log has a tail after them. Then, one after the
-//! other, a follower is killed and restarted with exactly the same command
-//! line after: a flipped byte in the middle of its log (the middle of the
-//! written part of its middle segment), a flipped byte in its newest
-//! snapshot file, and a wiped data dir. Each row is the time from the
+//! other, a follower (the two take turns) is killed and restarted with
+//! exactly the same command line after: a flipped byte in the middle of
+//! its log (the middle of the written part of its middle segment), a
+//! flipped byte in its newest snapshot file, and a wiped data dir. Each row is the time from the
 //! restart to serving voter (as the fault suite defines it: STATUS without
 //! `recovering=1`, role follower, listed in `members=`, applied at least
 //! the leader's commit at the restart, and a GET through it answered;
@@ -206,16 +206,20 @@ fn disk_fault_recovery_timings() {
         ("wipe of the data dir", DiskFault::Wipe),
     ];
     let mut rows = Vec::new();
-    for (name, kind) in faults {
+    for (i, (name, kind)) in faults.into_iter().enumerate() {
         let leader = cluster
             .wait_leader(Duration::from_secs(30))
             .expect("a leader");
-        let f = cluster
+        // The followers take turns: a node repaired from a mid-log flip
+        // lost its log before the newest snapshot, so a flip in that
+        // snapshot would find no older one its log covers.
+        let followers: Vec<u64> = cluster
             .nodes
             .keys()
             .copied()
-            .find(|&i| i != leader)
-            .unwrap();
+            .filter(|&id| id != leader)
+            .collect();
+        let f = followers[i % followers.len()];
         cluster.node_mut(f).kill();
         let dir = cluster.node(f).data_dir.clone();
         let done = match kind {
