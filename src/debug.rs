@@ -26,6 +26,10 @@
 //! - `RAFTNODE_DEBUG_ACK_BEFORE_FSYNC=1` (TEST ONLY, breaks durability): WAL
 //!   writes skip their fdatasync, so entries are acknowledged (and votes
 //!   granted) before they are durable; a power cut then loses them.
+//! - `RAFTNODE_DEBUG_TRUST_EVERY_PEER=1` (TEST ONLY, breaks security): the
+//!   raft port lets in any dialer that speaks the protocol, and the core
+//!   steps every message, from members or not, at any term. The security
+//!   tests run their attacks against it to show that they would notice.
 
 use std::sync::OnceLock;
 
@@ -68,6 +72,20 @@ pub fn ack_before_fsync() -> bool {
         let on = flag("RAFTNODE_DEBUG_ACK_BEFORE_FSYNC");
         if on {
             log::warn!("RAFTNODE_DEBUG_ACK_BEFORE_FSYNC=1: writes are NOT durable (test only)");
+        }
+        on
+    })
+}
+
+/// TEST ONLY: trust every peer (see the module docs).
+pub fn trust_every_peer() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = flag("RAFTNODE_DEBUG_TRUST_EVERY_PEER");
+        if on {
+            log::warn!(
+                "RAFTNODE_DEBUG_TRUST_EVERY_PEER=1: any peer is let in and believed (test only)"
+            );
         }
         on
     })

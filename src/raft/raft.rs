@@ -69,6 +69,10 @@ pub struct Config {
     /// Set when the node lost durable state and must be repaired before
     /// it votes or counts again (`recovery.rs`).
     pub recovery: Option<RecoveryStart>,
+    /// TEST ONLY, breaks safety: step every message, from members or not,
+    /// at any term (the membership filter of `hears` is off). Lets the
+    /// security tests show that their checks catch a node without it.
+    pub trust_every_peer: bool,
 }
 
 impl Config {
@@ -86,6 +90,7 @@ impl Config {
             pre_vote: true,
             seed: id,
             recovery: None,
+            trust_every_peer: false,
         }
     }
 
@@ -231,6 +236,8 @@ pub struct Raft<S: Storage> {
     ticks: u64,
     /// When each repeatable warning was last logged, in ticks.
     warned: std::collections::HashMap<&'static str, u64>,
+    /// See [`Config::trust_every_peer`].
+    trust_every_peer: bool,
 }
 
 impl<S: Storage> Raft<S> {
@@ -273,6 +280,7 @@ impl<S: Storage> Raft<S> {
             recovered: false,
             ticks: 0,
             warned: std::collections::HashMap::new(),
+            trust_every_peer: config.trust_every_peer,
         };
         if hs != HardState::default() {
             if hs.commit < r.log.committed || hs.commit > r.log.last_index() {
@@ -779,6 +787,9 @@ impl<S: Storage> Raft<S> {
     /// - everything else from a stranger (forwarded proposals, reads and
     ///   transfers, `TimeoutNow`, responses) is dropped.
     fn hears(&self, m: &Message) -> bool {
+        if self.trust_every_peer {
+            return true;
+        }
         if m.term >= MAX_TERM {
             return false;
         }

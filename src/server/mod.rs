@@ -103,7 +103,20 @@ impl Server {
 
 /// Starts serving clients on an already bound listener.
 pub fn serve(listener: StdListener, cfg: Config) -> io::Result<Server> {
-    info!("serving clients on {}", listener.local_addr()?);
+    info!(
+        "serving clients on {} ({}{})",
+        listener.local_addr()?,
+        if cfg.tls.is_some() {
+            "TLS"
+        } else {
+            "plain TCP"
+        },
+        if cfg.auth_token.is_some() {
+            ", AUTH required"
+        } else {
+            ""
+        }
+    );
     listener.set_nonblocking(true)?;
     let mut listener = TcpListener::from_std(listener);
     let poll = Poll::new()?;

@@ -107,7 +107,15 @@ impl Transport {
         shared: Arc<Shared>,
         inbox: Arc<Inbox>,
     ) -> io::Result<Arc<Transport>> {
-        info!("listening for peers on {}", listener.local_addr()?);
+        info!(
+            "listening for peers on {} ({})",
+            listener.local_addr()?,
+            if cfg.tls.is_some() {
+                "mutual TLS"
+            } else {
+                "plain TCP, no peer authentication"
+            }
+        );
         let t = Arc::new(Transport {
             id: cfg.id,
             tls: cfg.tls.clone(),
