@@ -448,6 +448,7 @@ const TAG_TERM_QUERY: u8 = 12;
 const TAG_TERM_REPORT: u8 = 13;
 const TAG_RECOVERING: u8 = 14;
 const TAG_RECOVERY_ACK: u8 = 15;
+const TAG_RECOVERY_DONE: u8 = 16;
 
 fn put_entries(out: &mut Vec<u8>, entries: &[Entry]) {
     put_u32(out, entries.len() as u32);
@@ -625,6 +626,10 @@ pub fn encode_message(out: &mut Vec<u8>, m: &Message) {
             put_u64(out, *id);
             put_u64(out, *target);
         }
+        MessageBody::RecoveryDone { id } => {
+            out.push(TAG_RECOVERY_DONE);
+            put_u64(out, *id);
+        }
         MessageBody::Snapshot { .. } => {}
     }
     end_frame(out, start);
@@ -699,6 +704,7 @@ pub fn decode_message(body: &[u8]) -> Result<Message, DecodeError> {
             id: r.u64()?,
             target: r.u64()?,
         },
+        TAG_RECOVERY_DONE => MessageBody::RecoveryDone { id: r.u64()? },
         t => return Err(DecodeError::UnknownTag(t)),
     };
     r.finish()?;
@@ -855,6 +861,7 @@ mod tests {
                 last_term: 2,
             },
             MessageBody::RecoveryAck { id: 11, target: 9 },
+            MessageBody::RecoveryDone { id: 11 },
         ];
         bodies
             .into_iter()

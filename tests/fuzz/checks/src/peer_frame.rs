@@ -223,6 +223,7 @@ fn messages() -> Vec<(&'static str, MessageBody)> {
             "recovery_ack",
             MessageBody::RecoveryAck { id: 11, target: 9 },
         ),
+        ("recovery_done", MessageBody::RecoveryDone { id: 11 }),
     ]
 }
 
