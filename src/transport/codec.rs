@@ -229,18 +229,23 @@ pub struct Handshake {
     pub cluster_id: u64,
 }
 
-pub fn encode_handshake(out: &mut Vec<u8>, from: NodeId, to: NodeId, cluster_id: u64) {
-    let start = begin_frame(out, KIND_HANDSHAKE);
+/// The opening of a handshake and of a probe: magic, version, both ids.
+fn put_opening(out: &mut Vec<u8>, from: NodeId, to: NodeId) {
     put_u32(out, MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     put_u64(out, from);
     put_u64(out, to);
-    put_u64(out, cluster_id);
-    end_frame(out, start);
 }
 
-/// Checks a handshake body meant for node `me`.
-pub fn decode_handshake(body: &[u8], me: NodeId) -> Result<Handshake, DecodeError> {
+/// Reads the opening of a body meant for node `me` (the rest of the body
+/// is `then`'s to read, all of it) and returns the sender's id. The ids are
+/// checked after the whole body, so that a malformed body is reported as
+/// such first.
+fn read_opening<T>(
+    body: &[u8],
+    me: NodeId,
+    then: impl FnOnce(&mut Reader) -> Result<T, DecodeError>,
+) -> Result<(NodeId, T), DecodeError> {
     let mut r = Reader::new(body);
     if r.u32()? != MAGIC {
         return Err(DecodeError::BadMagic);
@@ -251,7 +256,7 @@ pub fn decode_handshake(body: &[u8], me: NodeId) -> Result<Handshake, DecodeErro
     }
     let from = r.u64()?;
     let to = r.u64()?;
-    let cluster_id = r.u64()?;
+    let rest = then(&mut r)?;
     r.finish()?;
     if to != me {
         return Err(DecodeError::WrongTarget { from, to, me });
@@ -259,6 +264,19 @@ pub fn decode_handshake(body: &[u8], me: NodeId) -> Result<Handshake, DecodeErro
     if from == 0 || from == u64::MAX {
         return Err(DecodeError::ZeroId);
     }
+    Ok((from, rest))
+}
+
+pub fn encode_handshake(out: &mut Vec<u8>, from: NodeId, to: NodeId, cluster_id: u64) {
+    let start = begin_frame(out, KIND_HANDSHAKE);
+    put_opening(out, from, to);
+    put_u64(out, cluster_id);
+    end_frame(out, start);
+}
+
+/// Checks a handshake body meant for node `me`.
+pub fn decode_handshake(body: &[u8], me: NodeId) -> Result<Handshake, DecodeError> {
+    let (from, cluster_id) = read_opening(body, me, |r| r.u64())?;
     Ok(Handshake { from, cluster_id })
 }
 
@@ -361,33 +379,13 @@ pub enum ProbeReply {
 
 pub fn encode_probe(out: &mut Vec<u8>, from: NodeId, to: NodeId) {
     let start = begin_frame(out, KIND_PROBE);
-    put_u32(out, MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    put_u64(out, from);
-    put_u64(out, to);
+    put_opening(out, from, to);
     end_frame(out, start);
 }
 
 /// Checks a probe body meant for node `me`; returns the prober's id.
 pub fn decode_probe(body: &[u8], me: NodeId) -> Result<NodeId, DecodeError> {
-    let mut r = Reader::new(body);
-    if r.u32()? != MAGIC {
-        return Err(DecodeError::BadMagic);
-    }
-    let version = r.u16()?;
-    if version != VERSION {
-        return Err(DecodeError::Version(version));
-    }
-    let from = r.u64()?;
-    let to = r.u64()?;
-    r.finish()?;
-    if to != me {
-        return Err(DecodeError::WrongTarget { from, to, me });
-    }
-    if from == 0 || from == u64::MAX {
-        return Err(DecodeError::ZeroId);
-    }
-    Ok(from)
+    read_opening(body, me, |_| Ok(())).map(|(from, ())| from)
 }
 
 pub fn encode_probe_reply(out: &mut Vec<u8>, reply: ProbeReply) {
