@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use log::{debug, info};
 
-use super::codec::{self, DecodeError, SnapshotHeader, Verdict};
-use super::{read_frame, FrameError, HANDSHAKE_TIMEOUT};
+use super::codec::{self, read_frame, DecodeError, FrameError, SnapshotHeader, Verdict};
+use super::HANDSHAKE_TIMEOUT;
 use crate::raft::{Message, NodeId};
 use crate::shared::{Membership, Shared};
 use crate::snapshots::{Inbox, ReceivedSnapshot};
@@ -373,14 +373,11 @@ fn authenticate(
         stream: &mut stream,
         deadline,
     };
-    let kind = read_frame(&mut before, &mut buf, |k| {
-        (k == codec::KIND_HANDSHAKE).then_some(codec::MAX_HANDSHAKE)
-    })?;
-    if kind.is_none() {
+    let Some(frame) = read_frame(&mut before, &mut buf, &[codec::KIND_HANDSHAKE])? else {
         return Err(
             io::Error::new(io::ErrorKind::UnexpectedEof, "closed before its handshake").into(),
         );
-    }
+    };
     let membership = ctx.shared.membership();
     // Only a welcomed dialer learns our cluster ID.
     let verdict_for = |stream: &mut PeerStream, v: Verdict| -> Result<(), Refusal> {
@@ -395,7 +392,7 @@ fn authenticate(
         stream.flush()?;
         Ok(())
     };
-    let hello = match codec::decode_handshake(&buf[1..], ctx.me) {
+    let hello = match codec::decode_handshake(frame.body, ctx.me) {
         Ok(h) => h,
         Err(e @ DecodeError::WrongTarget { from, .. }) => {
             let _ = verdict_for(&mut stream, Verdict::WrongNode);
@@ -517,17 +514,11 @@ fn read_loop(stream: PeerStream, from: NodeId, ctx: &Context) -> Result<(), Refu
     let mut receiving: Option<Receiving> = None;
     let mut generation = ctx.shared.membership_generation();
     loop {
-        let expecting_chunks = receiving.is_some();
-        let kind = read_frame(&mut r, &mut buf, |k| match k {
-            codec::KIND_MESSAGE | codec::KIND_SNAPSHOT_HEADER if !expecting_chunks => {
-                codec::max_frame(k)
-            }
-            codec::KIND_SNAPSHOT_CHUNK | codec::KIND_SNAPSHOT_END if expecting_chunks => {
-                codec::max_frame(k)
-            }
-            _ => None,
-        })?;
-        let Some(kind) = kind else {
+        let allowed: &[u8] = match receiving {
+            None => &[codec::KIND_MESSAGE, codec::KIND_SNAPSHOT_HEADER],
+            Some(_) => &[codec::KIND_SNAPSHOT_CHUNK, codec::KIND_SNAPSHOT_END],
+        };
+        let Some(codec::Frame { kind, body }) = read_frame(&mut r, &mut buf, allowed)? else {
             return Ok(());
         };
         let g = ctx.shared.membership_generation();
@@ -537,7 +528,6 @@ fn read_loop(stream: PeerStream, from: NodeId, ctx: &Context) -> Result<(), Refu
                 return Err(Refusal::RemovedMeanwhile(from));
             }
         }
-        let body = &buf[1..];
         let msg = match kind {
             codec::KIND_MESSAGE => Some(codec::decode_message(body)?),
             codec::KIND_SNAPSHOT_HEADER => {
