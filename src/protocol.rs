@@ -6,6 +6,10 @@
 //! spaces or be empty. Parsing never fails the connection: every bad line
 //! becomes a [`ParseError`] that the server answers with `ERR BAD_REQUEST`.
 //! Every request gets exactly one [`Reply`], written by [`Reply::write_line`].
+//!
+//! [`LineFramer`] cuts a connection's byte stream into those lines: the
+//! server pushes what it reads and takes lines out, and the `client_frames`
+//! fuzz target drives the same type with bytes cut at random.
 
 use std::fmt;
 use std::io::Write;
@@ -128,6 +132,84 @@ impl Reply {
             }
         }
         out.push(b'\n');
+    }
+}
+
+/// What [`LineFramer::next_line`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Framed {
+    /// A complete request line, without its `\n`.
+    Line(Vec<u8>),
+    /// The next line is longer than [`MAX_LINE`]: answer it and close the
+    /// connection. The framer says so again on every later call.
+    TooLong,
+}
+
+/// Cuts a byte stream into request lines, as they arrive.
+///
+/// - A line ends at `\n` only (a `\r` before it stays in the line, for
+///   [`parse`] to ignore), and is handed out only once its `\n` is here.
+/// - A line longer than [`MAX_LINE`] bytes is [`Framed::TooLong`], as soon
+///   as `MAX_LINE + 1` bytes of it are held, whether its `\n` came or not.
+/// - What is left unterminated when the stream ends is never a line: the
+///   caller drops the framer (or [`clear`](LineFramer::clear)s it).
+///
+/// The caller pushes more bytes only when [`next_line`](LineFramer::next_line)
+/// returns `None`; then the framer holds at most `MAX_LINE` bytes, plus the
+/// chunk pushed next. Each byte is searched for `\n` once, however small
+/// the chunks (a line trickled a byte at a time costs linear time).
+#[derive(Debug, Default)]
+pub struct LineFramer {
+    /// Bytes received and not yet handed out as lines.
+    buf: Vec<u8>,
+    /// `buf[..scanned]` holds no `\n`: where the search resumes.
+    scanned: usize,
+}
+
+impl LineFramer {
+    pub fn new() -> LineFramer {
+        LineFramer::default()
+    }
+
+    /// Appends bytes received from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete line, if one is here; `None` when more bytes are
+    /// needed.
+    pub fn next_line(&mut self) -> Option<Framed> {
+        let limit = self.buf.len().min(MAX_LINE + 1);
+        match self.buf[self.scanned..limit]
+            .iter()
+            .position(|&b| b == b'\n')
+        {
+            Some(p) => {
+                let end = self.scanned + p;
+                let line = self.buf[..end].to_vec();
+                self.buf.drain(..=end);
+                self.scanned = 0;
+                Some(Framed::Line(line))
+            }
+            None if self.buf.len() > MAX_LINE => Some(Framed::TooLong),
+            None => {
+                self.scanned = limit;
+                None
+            }
+        }
+    }
+
+    /// The bytes held: the start of a line not complete yet (or, between
+    /// [`push`](LineFramer::push) and `next_line`, lines not taken yet).
+    pub fn held(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Drops what is held: the stream ended, and an unterminated last line
+    /// is never executed.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.scanned = 0;
     }
 }
 
@@ -402,6 +484,49 @@ mod tests {
         }
         let long_key = format!("GET {}", "k".repeat(MAX_KEY + 1));
         assert!(parse(long_key.as_bytes()).is_err());
+    }
+
+    fn lines(f: &mut LineFramer) -> Vec<Framed> {
+        std::iter::from_fn(|| f.next_line()).take(10).collect()
+    }
+
+    #[test]
+    fn framer_hands_out_lines_only_once_their_newline_is_here() {
+        let mut f = LineFramer::new();
+        f.push(b"PING\nGET k\r\nPUT k");
+        assert_eq!(
+            lines(&mut f),
+            [
+                Framed::Line(b"PING".to_vec()),
+                Framed::Line(b"GET k\r".to_vec())
+            ]
+        );
+        f.push(b" v");
+        assert_eq!(f.next_line(), None);
+        f.push(b"\n\n");
+        assert_eq!(
+            lines(&mut f),
+            [Framed::Line(b"PUT k v".to_vec()), Framed::Line(vec![])]
+        );
+        f.push(b"unterminated");
+        assert_eq!(f.next_line(), None);
+        f.clear();
+        assert_eq!(f.held(), 0);
+    }
+
+    #[test]
+    fn framer_takes_a_line_of_max_line_and_refuses_one_byte_more_before_its_newline() {
+        let mut f = LineFramer::new();
+        f.push(&vec![b'x'; MAX_LINE]);
+        assert_eq!(f.next_line(), None);
+        f.push(b"\n");
+        assert_eq!(f.next_line(), Some(Framed::Line(vec![b'x'; MAX_LINE])));
+        f.push(&vec![b'x'; MAX_LINE]);
+        assert_eq!(f.next_line(), None);
+        f.push(b"x");
+        assert_eq!(f.next_line(), Some(Framed::TooLong));
+        f.push(b"\nPING\n");
+        assert_eq!(f.next_line(), Some(Framed::TooLong), "it stays too long");
     }
 
     #[test]
