@@ -315,6 +315,8 @@ fn value(v: &str) -> Result<Vec<u8>, ParseError> {
 }
 
 /// A node id: strict decimal, digits only (no sign, no spaces), >= 1.
+/// Leading zeros are allowed (`007` is node 7). 2^64 - 1 is refused too:
+/// the transport does not take it as a node id either.
 fn node_id(tok: &str) -> Result<NodeId, ParseError> {
     let digits = !tok.is_empty() && tok.bytes().all(|b| b.is_ascii_digit());
     match tok.parse::<NodeId>() {
