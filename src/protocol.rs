@@ -140,8 +140,9 @@ impl Reply {
 pub enum Framed {
     /// A complete request line, without its `\n`.
     Line(Vec<u8>),
-    /// The next line is longer than [`MAX_LINE`]: answer it and close the
-    /// connection. The framer says so again on every later call.
+    /// The next line is longer than the limit ([`MAX_LINE`] for the
+    /// server): answer it and close the connection. The framer says so
+    /// again on every later call.
     TooLong,
 }
 
@@ -149,26 +150,48 @@ pub enum Framed {
 ///
 /// - A line ends at `\n` only (a `\r` before it stays in the line, for
 ///   [`parse`] to ignore), and is handed out only once its `\n` is here.
-/// - A line longer than [`MAX_LINE`] bytes is [`Framed::TooLong`], as soon
-///   as `MAX_LINE + 1` bytes of it are held, whether its `\n` came or not.
+/// - A line longer than the limit ([`MAX_LINE`] bytes, unless made
+///   [`with_limit`](LineFramer::with_limit)) is [`Framed::TooLong`], as
+///   soon as one byte more than the limit is held, whether its `\n` came
+///   or not.
 /// - What is left unterminated when the stream ends is never a line: the
 ///   caller drops the framer (or [`clear`](LineFramer::clear)s it).
 ///
 /// The caller pushes more bytes only when [`next_line`](LineFramer::next_line)
-/// returns `None`; then the framer holds at most `MAX_LINE` bytes, plus the
-/// chunk pushed next. Each byte is searched for `\n` once, however small
-/// the chunks (a line trickled a byte at a time costs linear time).
-#[derive(Debug, Default)]
+/// returns `None`; then the framer holds at most the limit, plus the chunk
+/// pushed next. Each byte is searched for `\n` once, however small the
+/// chunks (a line trickled a byte at a time costs linear time).
+#[derive(Debug)]
 pub struct LineFramer {
+    /// The longest line, without its `\n`.
+    max_line: usize,
     /// Bytes received and not yet handed out as lines.
     buf: Vec<u8>,
     /// `buf[..scanned]` holds no `\n`: where the search resumes.
     scanned: usize,
 }
 
+impl Default for LineFramer {
+    fn default() -> LineFramer {
+        LineFramer::new()
+    }
+}
+
 impl LineFramer {
+    /// The client protocol's framer: lines of at most [`MAX_LINE`] bytes.
     pub fn new() -> LineFramer {
-        LineFramer::default()
+        LineFramer::with_limit(MAX_LINE)
+    }
+
+    /// A framer for lines of at most `max_line` bytes. The server uses
+    /// [`new`](LineFramer::new); the `client_frames` fuzz target uses small
+    /// limits too, so that short inputs reach them.
+    pub fn with_limit(max_line: usize) -> LineFramer {
+        LineFramer {
+            max_line,
+            buf: Vec::new(),
+            scanned: 0,
+        }
     }
 
     /// Appends bytes received from the stream.
@@ -179,8 +202,8 @@ impl LineFramer {
     /// The next complete line, if one is here; `None` when more bytes are
     /// needed.
     pub fn next_line(&mut self) -> Option<Framed> {
-        let limit = self.buf.len().min(MAX_LINE + 1);
-        match self.buf[self.scanned..limit]
+        let window = self.buf.len().min(self.max_line.saturating_add(1));
+        match self.buf[self.scanned..window]
             .iter()
             .position(|&b| b == b'\n')
         {
@@ -191,9 +214,9 @@ impl LineFramer {
                 self.scanned = 0;
                 Some(Framed::Line(line))
             }
-            None if self.buf.len() > MAX_LINE => Some(Framed::TooLong),
+            None if self.buf.len() > self.max_line => Some(Framed::TooLong),
             None => {
-                self.scanned = limit;
+                self.scanned = window;
                 None
             }
         }
@@ -529,6 +552,15 @@ mod tests {
         assert_eq!(f.next_line(), Some(Framed::TooLong));
         f.push(b"\nPING\n");
         assert_eq!(f.next_line(), Some(Framed::TooLong), "it stays too long");
+    }
+
+    #[test]
+    fn framer_with_a_limit_of_3_takes_3_bytes_and_refuses_4() {
+        let mut f = LineFramer::with_limit(3);
+        f.push(b"abc\n\nabcd");
+        assert_eq!(f.next_line(), Some(Framed::Line(b"abc".to_vec())));
+        assert_eq!(f.next_line(), Some(Framed::Line(vec![])));
+        assert_eq!(f.next_line(), Some(Framed::TooLong));
     }
 
     #[test]
