@@ -31,6 +31,10 @@
 //!   as usual, but the core starts without a recovery (so the node votes
 //!   and counts toward quorums with a log that lost what it acknowledged),
 //!   and a wiped data dir bootstraps anew instead of asking its peers.
+//! - `RAFTNODE_DEBUG_TRUST_EVERY_PEER=1` (TEST ONLY, breaks security): the
+//!   raft port lets in any dialer that speaks the protocol, and the core
+//!   steps every message, from members or not, at any term. The security
+//!   tests run their attacks against it to show that they would notice.
 
 use std::sync::OnceLock;
 
@@ -86,6 +90,20 @@ pub fn no_recovery() -> bool {
         if on {
             log::warn!(
                 "RAFTNODE_DEBUG_NO_RECOVERY=1: lost state is NOT recovered from the peers (test only)"
+            );
+        }
+        on
+    })
+}
+
+/// TEST ONLY: trust every peer (see the module docs).
+pub fn trust_every_peer() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = flag("RAFTNODE_DEBUG_TRUST_EVERY_PEER");
+        if on {
+            log::warn!(
+                "RAFTNODE_DEBUG_TRUST_EVERY_PEER=1: any peer is let in and believed (test only)"
             );
         }
         on

@@ -258,6 +258,7 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
     rc.applied = rec.applied;
     rc.seed = cfg.id ^ std::process::id() as u64 ^ (rec.storage.hard_state().term << 32);
     rc.recovery = rec.recovery;
+    rc.trust_every_peer = debug::trust_every_peer();
     let raw = RawNode::new(&rc, rec.storage.clone())?;
 
     let (req_tx, req_rx) = unbounded();

@@ -122,6 +122,11 @@ fn client_line_corpus() {
 }
 
 #[test]
+fn client_frames_corpus() {
+    replay("client_frames");
+}
+
+#[test]
 fn wal_recovery_corpus() {
     replay("wal_recovery");
     wal_recovery::cleanup();
@@ -130,5 +135,8 @@ fn wal_recovery_corpus() {
 #[test]
 fn every_target_has_a_test_here() {
     let names: Vec<_> = TARGETS.iter().map(|t| t.name).collect();
-    assert_eq!(names, ["peer_frame", "client_line", "wal_recovery"]);
+    assert_eq!(
+        names,
+        ["peer_frame", "client_line", "client_frames", "wal_recovery"]
+    );
 }

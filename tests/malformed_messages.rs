@@ -524,7 +524,7 @@ fn random_messages_never_break_a_node() {
                             )
                         })
                         .collect();
-                    let body = match rng.below(16) {
+                    let body = match rng.below(17) {
                         0 | 1 => append(idx, t2, entries, pick(&mut rng, last)),
                         2 => resp(
                             pick(&mut rng, last),
@@ -571,10 +571,11 @@ fn random_messages_never_break_a_node() {
                             last_index: idx,
                             last_term: t2,
                         },
-                        _ => MessageBody::RecoveryAck {
+                        15 => MessageBody::RecoveryAck {
                             id: rng.below(3),
                             target: pick(&mut rng, last),
                         },
+                        _ => MessageBody::RecoveryDone { id: rng.below(3) },
                     };
                     node.step(msg(from, to, mterm, body));
                 }

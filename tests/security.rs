@@ -525,6 +525,30 @@ fn plain_cluster_peer_attacks_change_nothing() {
     println!("plain attacks took {:?}", t0.elapsed());
 }
 
+/// The checks above would notice a node without its defences: with the
+/// test-only switch that lets in and believes every peer, a stranger's
+/// injected write gets through, and the first check fails.
+#[test]
+#[ignore = "demonstrates the checks on a deliberately broken node (about 10 s)"]
+fn broken_node_trusting_every_peer_is_caught() {
+    let _g = serial();
+    let (c, _) = baseline::start_with_env(ARGS, None, &[("RAFTNODE_DEBUG_TRUST_EVERY_PEER", "1")]);
+    let mut b = Baseline::take(&c);
+    let stranger = Attacker {
+        name: "stranger to a trusting node",
+        wire: Wire::Plain,
+        from: ATTACKER,
+        cluster_id: 0,
+        expect: Verdict::Welcome,
+    };
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        message_attacks(&c, &mut b, &stranger)
+    }));
+    let why = caught.expect_err("attacks on a node that trusts every peer went unnoticed");
+    let why = why.downcast_ref::<String>().cloned().unwrap_or_default();
+    println!("caught: {}", why.lines().next().unwrap_or(""));
+}
+
 #[test]
 fn tls_cluster_peer_attacks_change_nothing() {
     let _g = serial();

@@ -65,6 +65,19 @@ fn wait_serving_voter(c: &Cluster, id: u64, at_least: u64) -> Duration {
     );
 }
 
+/// Starts `n` and waits for it to exit (it must refuse to start); returns
+/// what it logged.
+fn refused_start(n: &mut Node, what: &str) -> String {
+    let from = log_len(n);
+    n.spawn();
+    let deadline = Instant::now() + LONG;
+    while !n.exited() {
+        assert!(Instant::now() < deadline, "{what} started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    log_since(n, from)
+}
+
 /// The log text of node `id` since byte `from`.
 fn log_since(n: &Node, from: u64) -> String {
     let text = std::fs::read(&n.log).unwrap_or_default();
@@ -198,14 +211,7 @@ fn a_damaged_lone_voter_refuses_to_start_until_told_to_accept_the_loss() {
     c.node_mut(1).kill();
     flip_mid_log(&c.node(1).data_dir);
     for attempt in 0..2 {
-        let from = log_len(c.node(1));
-        c.node_mut(1).spawn();
-        let deadline = Instant::now() + LONG;
-        while !c.node_mut(1).exited() {
-            assert!(Instant::now() < deadline, "a damaged lone voter started");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let log = log_since(c.node(1), from);
+        let log = refused_start(c.node_mut(1), "a damaged lone voter");
         assert!(log.contains("only voter"), "attempt {attempt}: {log}");
         assert!(log.contains("DAMAGE"), "attempt {attempt}: {log}");
     }
@@ -249,14 +255,7 @@ fn an_empty_node_the_cluster_does_not_list_or_removed_refuses_to_start() {
     let mut cl: Client = c.node(leader).client().unwrap();
     assert_eq!(cl.request(&format!("REMOVE_NODE {gone}")).unwrap(), "OK");
     std::fs::remove_dir_all(&c.node(gone).data_dir).unwrap();
-    let from = log_len(c.node(gone));
-    c.node_mut(gone).spawn();
-    let deadline = Instant::now() + LONG;
-    while !c.node_mut(gone).exited() {
-        assert!(Instant::now() < deadline, "a removed node started anew");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let log = log_since(c.node(gone), from);
+    let log = refused_start(c.node_mut(gone), "a removed node");
     assert!(log.contains("was removed from the cluster"), "{log}");
     assert!(!log.contains("bootstrapped"), "{log}");
 
@@ -284,13 +283,7 @@ fn an_empty_node_the_cluster_does_not_list_or_removed_refuses_to_start() {
         child: None,
         paused: false,
     };
-    stranger.spawn();
-    let deadline = Instant::now() + LONG;
-    while !stranger.exited() {
-        assert!(Instant::now() < deadline, "an unlisted node started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let log = log_since(&stranger, 0);
+    let log = refused_start(&mut stranger, "an unlisted node");
     assert!(log.contains("refuses node 4"), "{log}");
     assert!(!log.contains("bootstrapped"), "{log}");
 }

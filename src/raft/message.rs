@@ -116,6 +116,10 @@ pub enum MessageBody {
     /// Leader → recovering node: progress reset for recovery `id`; the node
     /// is repaired once it holds the leader's log up to `target`.
     RecoveryAck { id: u64, target: u64 },
+    /// Repaired node → the leader that acknowledged it (after persisting):
+    /// recovery `id` is over; count me again. Also the answer to a repeated
+    /// `RecoveryAck` once over, in case the first copy was lost.
+    RecoveryDone { id: u64 },
 }
 
 impl MessageBody {
@@ -140,6 +144,7 @@ impl MessageBody {
             MessageBody::TermReport { .. } => "term_report",
             MessageBody::Recovering { .. } => "recovering",
             MessageBody::RecoveryAck { .. } => "recovery_ack",
+            MessageBody::RecoveryDone { .. } => "recovery_done",
         }
     }
 

@@ -16,7 +16,7 @@
 //! A follower that lost durable state and announced it (`recovery.rs`) is
 //! *recovering*: its progress was reset, it counts in no commit quorum, and
 //! only its answers tagged with the recovery id the leader acknowledged are
-//! taken, until it holds the recovery's target.
+//! taken, until it says its recovery is over (`RecoveryDone`).
 //!
 //! Invariant: `matched < next`.
 //!
@@ -141,20 +141,16 @@ impl Progress {
         self.recovery = Some(RecoveringPeer { id, target });
     }
 
-    /// Ends the repair once the follower holds its target; returns whether
-    /// it ended now.
-    pub fn maybe_finish_recovery(&mut self) -> bool {
-        match self.recovery {
-            Some(r) if self.matched >= r.target => {
-                self.recovery = None;
-                self.retired_recoveries.push(r.id);
-                if self.retired_recoveries.len() > RETIRED_RECOVERIES {
-                    self.retired_recoveries.remove(0);
-                }
-                true
-            }
-            _ => false,
+    /// Ends the repair of recovery `id`, which the follower says is over;
+    /// returns its target, or `None` if `id` is not the one in progress.
+    pub fn finish_recovery(&mut self, id: u64) -> Option<u64> {
+        let r = self.recovery.filter(|r| r.id == id)?;
+        self.recovery = None;
+        self.retired_recoveries.push(r.id);
+        if self.retired_recoveries.len() > RETIRED_RECOVERIES {
+            self.retired_recoveries.remove(0);
         }
+        Some(r.target)
     }
 
     /// Whether an answer tagged `tag` may be taken: while repairing, only

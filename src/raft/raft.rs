@@ -69,6 +69,10 @@ pub struct Config {
     /// Set when the node lost durable state and must be repaired before
     /// it votes or counts again (`recovery.rs`).
     pub recovery: Option<RecoveryStart>,
+    /// TEST ONLY, breaks safety: step every message, from members or not,
+    /// at any term (the membership filter of `hears` is off). Lets the
+    /// security tests show that their checks catch a node without it.
+    pub trust_every_peer: bool,
 }
 
 impl Config {
@@ -86,6 +90,7 @@ impl Config {
             pre_vote: true,
             seed: id,
             recovery: None,
+            trust_every_peer: false,
         }
     }
 
@@ -231,6 +236,8 @@ pub struct Raft<S: Storage> {
     ticks: u64,
     /// When each repeatable warning was last logged, in ticks.
     warned: std::collections::HashMap<&'static str, u64>,
+    /// See [`Config::trust_every_peer`].
+    trust_every_peer: bool,
 }
 
 impl<S: Storage> Raft<S> {
@@ -273,6 +280,7 @@ impl<S: Storage> Raft<S> {
             recovered: false,
             ticks: 0,
             warned: std::collections::HashMap::new(),
+            trust_every_peer: config.trust_every_peer,
         };
         if hs != HardState::default() {
             if hs.commit < r.log.committed || hs.commit > r.log.last_index() {
@@ -779,6 +787,9 @@ impl<S: Storage> Raft<S> {
     /// - everything else from a stranger (forwarded proposals, reads and
     ///   transfers, `TimeoutNow`, responses) is dropped.
     fn hears(&self, m: &Message) -> bool {
+        if self.trust_every_peer {
+            return true;
+        }
         if m.term >= MAX_TERM {
             return false;
         }
@@ -955,7 +966,25 @@ impl<S: Storage> Raft<S> {
                 last_index,
                 last_term,
             } => self.handle_recovering(from, id, last_index, last_term),
+            MessageBody::RecoveryDone { id } => self.handle_recovery_done(from, id),
             _ => {}
+        }
+    }
+
+    /// A repaired follower says its recovery is over: it durably holds our
+    /// log up to the target and knows every voter's term. Its answers count
+    /// again from now on (what it acknowledged meanwhile, tagged, already
+    /// moved its progress).
+    fn handle_recovery_done(&mut self, from: NodeId, id: u64) {
+        let Some(pr) = self.prs.progress.get_mut(&from) else {
+            return;
+        };
+        let Some(target) = pr.finish_recovery(id) else {
+            return;
+        };
+        log::info!("{} repaired {from}: it holds index {target} again", self.id);
+        if self.maybe_commit() {
+            self.on_leader_commit();
         }
     }
 
@@ -1036,9 +1065,6 @@ impl<S: Storage> Raft<S> {
         if !pr.maybe_update(index) {
             return;
         }
-        if pr.maybe_finish_recovery() {
-            log::info!("{} repaired {from}: it holds index {index} again", self.id);
-        }
         match pr.state {
             ProgressState::Probe => pr.become_replicate(),
             ProgressState::Snapshot if pr.matched >= pr.pending_snapshot => {
@@ -1077,8 +1103,20 @@ impl<S: Storage> Raft<S> {
         if pr.state == ProgressState::Replicate && pr.inflights.full() {
             pr.inflights.free_first_one();
         }
+        let repaired = pr.recovery.filter(|r| pr.matched >= r.target);
         if pr.matched < last_index {
             self.send_append(from);
+        }
+        // A node that holds its target and still has not said it is done:
+        // maybe its RecoveryDone was lost (or it still waits for terms).
+        if let Some(r) = repaired {
+            self.send_to(
+                from,
+                MessageBody::RecoveryAck {
+                    id: r.id,
+                    target: r.target,
+                },
+            );
         }
         // A recovering node may have voted for a newer leader and forgotten
         // it: its ack cannot confirm our leadership for a read.
@@ -1286,9 +1324,20 @@ impl<S: Storage> Raft<S> {
             MessageBody::ReadIndexResponse { index, context } if from == self.leader => {
                 self.read_states.push(ReadState { index, context });
             }
+            MessageBody::RecoveryAck { id, .. }
+                if from == self.leader && self.recovery.is_none() && id == self.recovery_tag =>
+            {
+                // Our RecoveryDone was lost: say it again.
+                self.send_to(from, MessageBody::RecoveryDone { id });
+            }
             MessageBody::RecoveryAck { id, target } if from == self.leader => {
                 let term = self.term;
                 if let Some(r) = self.recovery.as_mut().filter(|r| r.id == id) {
+                    if !r.acked_by(from, term) {
+                        // What matched an earlier leader's log says nothing
+                        // of this one's.
+                        r.matched = 0;
+                    }
                     r.acked = Some(Acked {
                         leader: from,
                         term,
@@ -1715,8 +1764,12 @@ impl<S: Storage> Raft<S> {
                 "{} is repaired: it holds the leader's log and votes and counts again",
                 self.id
             );
+            let id = r.id;
             self.recovery = None;
             self.recovered = true;
+            // Only now may the leader count us: it waits for this, not for
+            // our acks, since only we know whether the terms are known.
+            self.send_to(leader, MessageBody::RecoveryDone { id });
         }
     }
 

@@ -33,9 +33,12 @@
 //!    From then on the node takes appends and snapshots as usual.
 //! 4. **Exit**, when (a) the terms are known (or were never lost), (b) the
 //!    leader of the current term acknowledged this recovery, and (c) the
-//!    node holds, durably, the leader's log up to `target`. The leader
-//!    clears the node's recovery once an answer tagged with `id` shows it
-//!    holds `target`, and counts it again.
+//!    node holds, durably, the leader's log up to `target`. Once that end
+//!    is persisted, the node tells the leader (`RecoveryDone{id}`), and only
+//!    then does the leader count it again. Holding `target` is not enough
+//!    for the leader to decide alone: it cannot know (a). The leader repeats
+//!    its `RecoveryAck` on heartbeat answers while it waits, so that a lost
+//!    `RecoveryDone` is sent again.
 //!
 //! # Why the node cannot vote twice in a term
 //!
@@ -78,6 +81,17 @@
 //! predecessor) and still lie above the current leader's commit index. It
 //! is in the current leader's log (Lemma), and the node must hold it before
 //! it counts or votes again.
+//!
+//! *A stale leader repairs the node* (the simulation found this case). The
+//! node's lost vote made a newer leader, in term `t`, that a partition
+//! hides from it; the stale leader of term `t - 1` still reaches it and
+//! repairs it. Were the node's acknowledgements counted as soon as it held
+//! the stale leader's log, the stale leader could commit entries of term
+//! `t - 1` that the newer leader's log contradicts. The node holds no
+//! report from the newer leader, so (a) keeps it recovering: it never says
+//! `RecoveryDone`, and the stale leader never counts it. Once the report
+//! arrives, the node is in term `t` and must be acknowledged again by that
+//! term's leader.
 //!
 //! *Another member crashes during the repair*: nothing depends on timing.
 //! A crashed voter only delays the term reports. A crashed leader: the

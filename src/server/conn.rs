@@ -3,8 +3,10 @@
 //!
 //! Every resource a client can make the node hold is bounded:
 //! - **input**: a line is executed only once its `\n` has arrived; the
-//!   partial line held is at most [`MAX_LINE`] bytes, and a longer one is
-//!   answered `ERR BAD_REQUEST` and closes the connection;
+//!   partial line held is at most
+//!   [`MAX_LINE`](crate::protocol::MAX_LINE) bytes, and a longer one is
+//!   answered `ERR BAD_REQUEST` and closes the connection (the
+//!   [`LineFramer`] cuts the lines);
 //! - **requests in flight**: at most [`MAX_IN_FLIGHT`] unanswered;
 //! - **output**: replies are serialised only while fewer than
 //!   [`OUTPUT_LIMIT`] bytes wait to be sent. Values are shared with the
@@ -22,7 +24,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use rustls::ServerConnection;
 
-use crate::protocol::{Reply, MAX_LINE};
+use crate::protocol::{Framed, LineFramer, Reply};
 
 /// Unanswered requests of one connection, at most.
 pub const MAX_IN_FLIGHT: usize = 1024;
@@ -54,9 +56,8 @@ pub struct Conn {
     pub peer: String,
     /// Whether `AUTH` succeeded (or no token is configured).
     pub authed: bool,
-    inbuf: Vec<u8>,
-    /// Where in `inbuf` the search for `\n` resumes.
-    scanned: usize,
+    /// Bytes read and not yet cut into request lines.
+    lines: LineFramer,
     outbuf: Vec<u8>,
     out_pos: usize,
     /// Replies owed, in request order: `slots[0]` is request `first_seq`.
@@ -81,16 +82,6 @@ enum ReadOutcome {
     End,
 }
 
-/// What reading found.
-pub enum Input {
-    /// A complete request line, without `\n`.
-    Line(Vec<u8>),
-    /// A line longer than the limit: answer it and close.
-    TooLong,
-    /// Nothing more for now.
-    Idle,
-}
-
 impl Conn {
     pub fn new(
         sock: TcpStream,
@@ -103,8 +94,7 @@ impl Conn {
             tls,
             peer,
             authed,
-            inbuf: Vec::new(),
-            scanned: 0,
+            lines: LineFramer::new(),
             outbuf: Vec::new(),
             out_pos: 0,
             slots: VecDeque::new(),
@@ -126,49 +116,28 @@ impl Conn {
             && self.outbuf.len() - self.out_pos < OUTPUT_LIMIT
     }
 
-    /// The next complete line, reading from the socket as needed.
-    pub fn next_input(&mut self) -> io::Result<Input> {
+    /// The next complete line (or the news that it is too long), reading
+    /// from the socket as needed; `None` when there is nothing more for now.
+    pub fn next_input(&mut self) -> io::Result<Option<Framed>> {
         loop {
-            if let Some(line) = self.take_line() {
-                return Ok(line);
+            if let Some(line) = self.lines.next_line() {
+                return Ok(Some(line));
             }
             if self.read_closed || !self.maybe_readable {
-                return Ok(Input::Idle);
+                return Ok(None);
             }
             match self.read_some()? {
                 ReadOutcome::Data => {}
                 ReadOutcome::Drained => {
                     self.maybe_readable = false;
-                    return Ok(Input::Idle);
+                    return Ok(None);
                 }
                 ReadOutcome::End => {
                     // An unterminated last line is never executed.
                     self.read_closed = true;
-                    self.inbuf.clear();
-                    self.scanned = 0;
-                    return Ok(Input::Idle);
+                    self.lines.clear();
+                    return Ok(None);
                 }
-            }
-        }
-    }
-
-    fn take_line(&mut self) -> Option<Input> {
-        let limit = self.inbuf.len().min(MAX_LINE + 1);
-        match self.inbuf[self.scanned..limit]
-            .iter()
-            .position(|&b| b == b'\n')
-        {
-            Some(p) => {
-                let end = self.scanned + p;
-                let line = self.inbuf[..end].to_vec();
-                self.inbuf.drain(..=end);
-                self.scanned = 0;
-                Some(Input::Line(line))
-            }
-            None if self.inbuf.len() > MAX_LINE => Some(Input::TooLong),
-            None => {
-                self.scanned = limit;
-                None
             }
         }
     }
@@ -197,7 +166,7 @@ impl Conn {
                     ReadOutcome::End
                 });
             }
-            self.inbuf.extend_from_slice(&chunk[..n]);
+            self.lines.push(&chunk[..n]);
             total += n;
         }
         Ok(if total > 0 {

@@ -49,12 +49,12 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::kv::{encode_command, encode_conf_context, RequestId};
 use crate::policy::NodeRequest;
-use crate::protocol::{self, ErrorCode, Reply, Request, MAX_LINE};
+use crate::protocol::{self, ErrorCode, Framed, Reply, Request, MAX_LINE};
 use crate::raft::{ConfChange, ConfChangeKind, NodeId};
 use crate::reply::{Addressee, Outbox, ReplyTx};
 use crate::shared::Shared;
 use crate::tls::ClientTls;
-use conn::{Conn, Deferred, Input, Slot};
+use conn::{Conn, Deferred, Slot};
 
 pub use conn::{MAX_IN_FLIGHT, OUTPUT_LIMIT};
 
@@ -103,7 +103,20 @@ impl Server {
 
 /// Starts serving clients on an already bound listener.
 pub fn serve(listener: StdListener, cfg: Config) -> io::Result<Server> {
-    info!("serving clients on {}", listener.local_addr()?);
+    info!(
+        "serving clients on {} ({}{})",
+        listener.local_addr()?,
+        if cfg.tls.is_some() {
+            "TLS"
+        } else {
+            "plain TCP"
+        },
+        if cfg.auth_token.is_some() {
+            ", AUTH required"
+        } else {
+            ""
+        }
+    );
     listener.set_nonblocking(true)?;
     let mut listener = TcpListener::from_std(listener);
     let poll = Poll::new()?;
@@ -331,14 +344,14 @@ impl IoThread {
                     break;
                 }
                 match c.next_input() {
-                    Ok(Input::Line(line)) => self.start(&mut c, token, &line, now),
-                    Ok(Input::TooLong) => {
+                    Ok(Some(Framed::Line(line))) => self.start(&mut c, token, &line, now),
+                    Ok(Some(Framed::TooLong)) => {
                         let msg =
                             format!("line longer than {MAX_LINE} bytes; closing the connection");
                         c.open_slot(answered(Reply::error(ErrorCode::BadRequest, msg)));
                         c.close_when_flushed = true;
                     }
-                    Ok(Input::Idle) => break,
+                    Ok(None) => break,
                     Err(e) => {
                         debug!("client {}: {e}", c.peer);
                         broken = true;

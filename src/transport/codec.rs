@@ -27,13 +27,20 @@
 //! probe connection carries one probe and its reply, then closes.
 //! Limits: a handshake is at most [`MAX_HANDSHAKE`] bytes, a message
 //! [`MAX_FRAME`], a snapshot header [`MAX_SNAPSHOT_HEADER`], a chunk
-//! [`CHUNK`] + 1; the reader allocates as bytes arrive, never by a length
-//! it was told. A snapshot is a header frame,
+//! [`CHUNK`] + 1, a probe as a handshake, a probe reply 28 ([`max_frame`]
+//! has them all). [`read_frame`] cuts frames
+//! out of a byte stream and applies these limits: it is the only frame
+//! reader, for the dialer, the listener and the `peer_frame` fuzz target
+//! alike, and it allocates as bytes arrive, never by a length it was told.
+//!
+//! A snapshot is a header frame,
 //! chunk frames until `data len` bytes have arrived, and an end frame with the
 //! CRC of the data; no other frame may come in between. The sender streams the
 //! chunks from its snapshot file and the receiver writes them to a file, so
 //! neither side holds the snapshot in memory. Every decode error is reported,
 //! never a panic: the reader closes the connection and the node keeps running.
+
+use std::io::{self, Read};
 
 use byteorder::{ByteOrder, LittleEndian};
 
@@ -75,6 +82,89 @@ pub fn max_frame(kind: u8) -> Option<usize> {
         KIND_PROBE_REPLY => Some(PROBE_REPLY_LEN),
         _ => None,
     }
+}
+
+/// Why the next frame could not be cut out of a stream. Each ends the
+/// connection: after any of them the stream is no longer at a frame
+/// boundary.
+#[derive(Debug)]
+pub enum FrameError {
+    /// The stream failed, or ended inside a frame (`UnexpectedEof`).
+    Io(io::Error),
+    /// A length of 0, or over the limit of its kind (`max`).
+    Length { kind: u8, len: usize, max: usize },
+    /// A kind that does not exist, or is not expected here.
+    Kind(u8),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Io(e) => write!(f, "{e}"),
+            FrameError::Length { kind, len, max } => {
+                write!(f, "frame of kind {kind} is {len} bytes, the limit is {max}")
+            }
+            FrameError::Kind(k) => write!(f, "unexpected frame kind {k}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrameError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// One frame read by [`read_frame`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame<'a> {
+    pub kind: u8,
+    /// The bytes after the kind; at most [`max_frame`]`(kind) - 1` of them.
+    pub body: &'a [u8],
+}
+
+/// Reads the next frame of `r`, its body into `buf`. Returns `Ok(None)` at
+/// a clean end: the stream ends before the first byte of a frame.
+///
+/// Only the kinds in `allowed` are accepted, each up to its
+/// [`max_frame`] (a kind with no limit is refused even if allowed). The
+/// header is checked before any of the body is read, and `buf` grows with
+/// the bytes that actually arrive, never with the length announced: a
+/// peer that announces 16 MiB and sends nothing costs nothing.
+pub fn read_frame<'b>(
+    r: &mut impl Read,
+    buf: &'b mut Vec<u8>,
+    allowed: &[u8],
+) -> Result<Option<Frame<'b>>, FrameError> {
+    let mut head = [0u8; 5];
+    match r.read_exact(&mut head[..1]) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(FrameError::Io(e)),
+    }
+    r.read_exact(&mut head[1..]).map_err(FrameError::Io)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let kind = head[4];
+    let max = match max_frame(kind) {
+        Some(max) if allowed.contains(&kind) => max,
+        _ => return Err(FrameError::Kind(kind)),
+    };
+    if len == 0 || len > max {
+        return Err(FrameError::Length { kind, len, max });
+    }
+    buf.clear();
+    let want = (len - 1) as u64;
+    let got = r.take(want).read_to_end(buf).map_err(FrameError::Io)?;
+    if got as u64 != want {
+        return Err(FrameError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed inside a frame",
+        )));
+    }
+    Ok(Some(Frame { kind, body: buf }))
 }
 
 /// Why a frame body could not be decoded.
@@ -229,18 +319,23 @@ pub struct Handshake {
     pub cluster_id: u64,
 }
 
-pub fn encode_handshake(out: &mut Vec<u8>, from: NodeId, to: NodeId, cluster_id: u64) {
-    let start = begin_frame(out, KIND_HANDSHAKE);
+/// The opening of a handshake and of a probe: magic, version, both ids.
+fn put_opening(out: &mut Vec<u8>, from: NodeId, to: NodeId) {
     put_u32(out, MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     put_u64(out, from);
     put_u64(out, to);
-    put_u64(out, cluster_id);
-    end_frame(out, start);
 }
 
-/// Checks a handshake body meant for node `me`.
-pub fn decode_handshake(body: &[u8], me: NodeId) -> Result<Handshake, DecodeError> {
+/// Reads the opening of a body meant for node `me` (the rest of the body
+/// is `then`'s to read, all of it) and returns the sender's id. The ids are
+/// checked after the whole body, so that a malformed body is reported as
+/// such first.
+fn read_opening<T>(
+    body: &[u8],
+    me: NodeId,
+    then: impl FnOnce(&mut Reader) -> Result<T, DecodeError>,
+) -> Result<(NodeId, T), DecodeError> {
     let mut r = Reader::new(body);
     if r.u32()? != MAGIC {
         return Err(DecodeError::BadMagic);
@@ -251,7 +346,7 @@ pub fn decode_handshake(body: &[u8], me: NodeId) -> Result<Handshake, DecodeErro
     }
     let from = r.u64()?;
     let to = r.u64()?;
-    let cluster_id = r.u64()?;
+    let rest = then(&mut r)?;
     r.finish()?;
     if to != me {
         return Err(DecodeError::WrongTarget { from, to, me });
@@ -259,6 +354,19 @@ pub fn decode_handshake(body: &[u8], me: NodeId) -> Result<Handshake, DecodeErro
     if from == 0 || from == u64::MAX {
         return Err(DecodeError::ZeroId);
     }
+    Ok((from, rest))
+}
+
+pub fn encode_handshake(out: &mut Vec<u8>, from: NodeId, to: NodeId, cluster_id: u64) {
+    let start = begin_frame(out, KIND_HANDSHAKE);
+    put_opening(out, from, to);
+    put_u64(out, cluster_id);
+    end_frame(out, start);
+}
+
+/// Checks a handshake body meant for node `me`.
+pub fn decode_handshake(body: &[u8], me: NodeId) -> Result<Handshake, DecodeError> {
+    let (from, cluster_id) = read_opening(body, me, |r| r.u64())?;
     Ok(Handshake { from, cluster_id })
 }
 
@@ -361,33 +469,13 @@ pub enum ProbeReply {
 
 pub fn encode_probe(out: &mut Vec<u8>, from: NodeId, to: NodeId) {
     let start = begin_frame(out, KIND_PROBE);
-    put_u32(out, MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    put_u64(out, from);
-    put_u64(out, to);
+    put_opening(out, from, to);
     end_frame(out, start);
 }
 
 /// Checks a probe body meant for node `me`; returns the prober's id.
 pub fn decode_probe(body: &[u8], me: NodeId) -> Result<NodeId, DecodeError> {
-    let mut r = Reader::new(body);
-    if r.u32()? != MAGIC {
-        return Err(DecodeError::BadMagic);
-    }
-    let version = r.u16()?;
-    if version != VERSION {
-        return Err(DecodeError::Version(version));
-    }
-    let from = r.u64()?;
-    let to = r.u64()?;
-    r.finish()?;
-    if to != me {
-        return Err(DecodeError::WrongTarget { from, to, me });
-    }
-    if from == 0 || from == u64::MAX {
-        return Err(DecodeError::ZeroId);
-    }
-    Ok(from)
+    read_opening(body, me, |_| Ok(())).map(|(from, ())| from)
 }
 
 pub fn encode_probe_reply(out: &mut Vec<u8>, reply: ProbeReply) {
@@ -448,6 +536,7 @@ const TAG_TERM_QUERY: u8 = 12;
 const TAG_TERM_REPORT: u8 = 13;
 const TAG_RECOVERING: u8 = 14;
 const TAG_RECOVERY_ACK: u8 = 15;
+const TAG_RECOVERY_DONE: u8 = 16;
 
 fn put_entries(out: &mut Vec<u8>, entries: &[Entry]) {
     put_u32(out, entries.len() as u32);
@@ -625,6 +714,10 @@ pub fn encode_message(out: &mut Vec<u8>, m: &Message) {
             put_u64(out, *id);
             put_u64(out, *target);
         }
+        MessageBody::RecoveryDone { id } => {
+            out.push(TAG_RECOVERY_DONE);
+            put_u64(out, *id);
+        }
         MessageBody::Snapshot { .. } => {}
     }
     end_frame(out, start);
@@ -699,6 +792,7 @@ pub fn decode_message(body: &[u8]) -> Result<Message, DecodeError> {
             id: r.u64()?,
             target: r.u64()?,
         },
+        TAG_RECOVERY_DONE => MessageBody::RecoveryDone { id: r.u64()? },
         t => return Err(DecodeError::UnknownTag(t)),
     };
     r.finish()?;
@@ -855,6 +949,7 @@ mod tests {
                 last_term: 2,
             },
             MessageBody::RecoveryAck { id: 11, target: 9 },
+            MessageBody::RecoveryDone { id: 11 },
         ];
         bodies
             .into_iter()
@@ -927,6 +1022,71 @@ mod tests {
             }
         }
         assert!(decode_handshake(b"garbage", 1).is_err());
+    }
+
+    /// Gives one byte per read, as a slow network might.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.0.len()).min(1);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn read_frame_cuts_a_stream_into_its_frames_however_the_bytes_arrive() {
+        let mut stream = Vec::new();
+        encode_handshake(&mut stream, 3, 1, 77);
+        for m in sample_messages() {
+            encode_message(&mut stream, &m);
+        }
+        encode_snapshot_end(&mut stream, 5);
+        let all: Vec<u8> = (0..=u8::MAX).collect();
+        let expected = frames(&stream);
+        let mut buf = Vec::new();
+        let mut r = &stream[..];
+        let mut slow = Trickle(&stream);
+        for (kind, body) in expected {
+            let f = read_frame(&mut r, &mut buf, &all).unwrap();
+            assert_eq!(f, Some(Frame { kind, body }));
+            let f = read_frame(&mut slow, &mut buf, &all).unwrap();
+            assert_eq!(f, Some(Frame { kind, body }));
+        }
+        assert_eq!(read_frame(&mut r, &mut buf, &all).unwrap(), None);
+        assert_eq!(read_frame(&mut slow, &mut buf, &all).unwrap(), None);
+    }
+
+    #[test]
+    fn read_frame_refuses_a_kind_or_a_length_before_reading_the_body() {
+        let mut buf = Vec::new();
+        let mut hello = Vec::new();
+        encode_handshake(&mut hello, 3, 1, 77);
+        let err = read_frame(&mut &hello[..], &mut buf, &[KIND_MESSAGE]).unwrap_err();
+        assert!(matches!(err, FrameError::Kind(KIND_HANDSHAKE)), "{err}");
+        let err = read_frame(&mut &[0u8, 0, 0, 0, 9][..], &mut buf, &[9]).unwrap_err();
+        assert!(matches!(err, FrameError::Kind(9)), "a kind without a limit");
+        for len in [0, MAX_HANDSHAKE + 1] {
+            let mut s = (len as u32).to_le_bytes().to_vec();
+            s.push(KIND_HANDSHAKE);
+            match read_frame(&mut &s[..], &mut buf, &[KIND_HANDSHAKE]) {
+                Err(FrameError::Length { kind, len: l, max }) => {
+                    assert_eq!((kind, l, max), (KIND_HANDSHAKE, len, MAX_HANDSHAKE))
+                }
+                other => panic!("a handshake of {len} bytes: {other:?}"),
+            }
+        }
+        // 16 MiB announced, 3 bytes sent: an error, and no 16 MiB buffer.
+        let mut s = (MAX_FRAME as u32).to_le_bytes().to_vec();
+        s.extend_from_slice(&[KIND_MESSAGE, 1, 2, 3]);
+        let err = read_frame(&mut &s[..], &mut buf, &[KIND_MESSAGE]).unwrap_err();
+        assert!(matches!(&err, FrameError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof));
+        assert!(buf.capacity() < 1 << 10, "{}", buf.capacity());
+        // A stream that ends inside the header is cut, not cleanly ended.
+        let err = read_frame(&mut &[5u8, 0][..], &mut buf, &[KIND_MESSAGE]).unwrap_err();
+        assert!(matches!(&err, FrameError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof));
     }
 
     #[test]

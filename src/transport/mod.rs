@@ -46,7 +46,7 @@ use crate::raft::{Message, MessageBody, NodeId};
 use crate::shared::Shared;
 use crate::snapshots::Inbox;
 use crate::tls::{PeerStream, PeerTls};
-use codec::Verdict;
+use codec::{FrameError, Verdict};
 
 /// Messages waiting for one peer; beyond this they are dropped.
 const QUEUE: usize = 4096;
@@ -107,7 +107,15 @@ impl Transport {
         shared: Arc<Shared>,
         inbox: Arc<Inbox>,
     ) -> io::Result<Arc<Transport>> {
-        info!("listening for peers on {}", listener.local_addr()?);
+        info!(
+            "listening for peers on {} ({})",
+            listener.local_addr()?,
+            if cfg.tls.is_some() {
+                "mutual TLS"
+            } else {
+                "plain TCP, no peer authentication"
+            }
+        );
         let t = Arc::new(Transport {
             id: cfg.id,
             tls: cfg.tls.clone(),
@@ -252,19 +260,18 @@ impl PeerSender {
         stream.write_all(&hello)?;
         stream.flush()?;
         let mut buf = Vec::new();
-        let kind = read_frame(&mut stream, &mut buf, |k| {
-            (k == codec::KIND_VERDICT).then_some(codec::max_frame(k).unwrap_or(0))
-        })
-        .map_err(|e| match e {
-            FrameError::Io(e) => e,
-            other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
-        })?;
-        if kind.is_none() {
+        let frame = codec::read_frame(&mut stream, &mut buf, &[codec::KIND_VERDICT]).map_err(
+            |e| match e {
+                FrameError::Io(e) => e,
+                other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+            },
+        )?;
+        let Some(frame) = frame else {
             return Err(
                 io::Error::new(io::ErrorKind::UnexpectedEof, "closed before its verdict").into(),
             );
-        }
-        let (verdict, _) = codec::decode_verdict(&buf[1..])
+        };
+        let (verdict, _) = codec::decode_verdict(frame.body)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         if verdict != Verdict::Welcome {
             return Err(DialError::Refused(verdict));
@@ -398,65 +405,4 @@ fn stream_snapshot(stream: &mut PeerStream, m: &Message, shared: &Shared) -> io:
     stream.write_all(&end)?;
     stream.flush()?;
     Ok(total)
-}
-
-/// Why a frame could not be read.
-#[derive(Debug)]
-enum FrameError {
-    Io(io::Error),
-    /// A length of 0, or over the limit of its kind (`max`).
-    Length {
-        kind: u8,
-        len: usize,
-        max: usize,
-    },
-    /// A kind that is not expected here.
-    Kind(u8),
-}
-
-impl std::fmt::Display for FrameError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FrameError::Io(e) => write!(f, "{e}"),
-            FrameError::Length { kind, len, max } => {
-                write!(f, "frame of kind {kind} is {len} bytes, the limit is {max}")
-            }
-            FrameError::Kind(k) => write!(f, "unexpected frame kind {k}"),
-        }
-    }
-}
-
-/// Reads one frame into `buf` (kind byte first); returns its kind, or
-/// `None` at a clean end. `limit` gives the largest frame of each kind
-/// allowed here (`None`: the kind is not allowed). Memory grows with the
-/// bytes that actually arrive, never with the length announced.
-fn read_frame(
-    r: &mut impl Read,
-    buf: &mut Vec<u8>,
-    limit: impl Fn(u8) -> Option<usize>,
-) -> Result<Option<u8>, FrameError> {
-    let mut head = [0u8; 5];
-    match r.read_exact(&mut head[..1]) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(FrameError::Io(e)),
-    }
-    r.read_exact(&mut head[1..]).map_err(FrameError::Io)?;
-    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    let kind = head[4];
-    let max = limit(kind).ok_or(FrameError::Kind(kind))?;
-    if len == 0 || len > max {
-        return Err(FrameError::Length { kind, len, max });
-    }
-    buf.clear();
-    buf.push(kind);
-    let want = (len - 1) as u64;
-    let got = r.take(want).read_to_end(buf).map_err(FrameError::Io)?;
-    if got as u64 != want {
-        return Err(FrameError::Io(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed inside a frame",
-        )));
-    }
-    Ok(Some(kind))
 }

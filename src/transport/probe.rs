@@ -5,8 +5,8 @@ use std::io::{self, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use super::codec::{self, ProbeReply};
-use super::{read_frame, resolve, FrameError, HANDSHAKE_TIMEOUT, IO_TIMEOUT};
+use super::codec::{self, read_frame, FrameError, ProbeReply};
+use super::{resolve, HANDSHAKE_TIMEOUT, IO_TIMEOUT};
 use crate::raft::NodeId;
 use crate::tls::{PeerStream, PeerTls};
 
@@ -27,19 +27,17 @@ pub fn probe(me: NodeId, to: NodeId, addr: &str, tls: Option<&PeerTls>) -> io::R
     stream.write_all(&out)?;
     stream.flush()?;
     let mut buf = Vec::new();
-    let kind = read_frame(&mut stream, &mut buf, |k| {
-        (k == codec::KIND_PROBE_REPLY).then_some(codec::max_frame(k).unwrap_or(0))
-    })
-    .map_err(|e| match e {
-        FrameError::Io(e) => e,
-        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
-    })?;
-    if kind.is_none() {
+    let frame =
+        read_frame(&mut stream, &mut buf, &[codec::KIND_PROBE_REPLY]).map_err(|e| match e {
+            FrameError::Io(e) => e,
+            other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+        })?;
+    let Some(frame) = frame else {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "closed before its answer (a node too old to answer probes?)",
         ));
-    }
-    codec::decode_probe_reply(&buf[1..])
+    };
+    codec::decode_probe_reply(frame.body)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }

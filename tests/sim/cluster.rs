@@ -154,6 +154,15 @@ macro_rules! trace {
     };
 }
 
+/// Whether a message carries a membership change (proposed or replicated).
+fn carries_conf_change(m: &Message) -> bool {
+    let entries = match &m.body {
+        MessageBody::Propose { entries } | MessageBody::Append { entries, .. } => entries,
+        _ => return false,
+    };
+    entries.iter().any(|e| e.kind == EntryKind::ConfChange)
+}
+
 /// A short description of a message for the trace.
 fn describe(m: &Message) -> String {
     let what = match &m.body {
@@ -418,13 +427,27 @@ impl Sim {
             }
             return Ok(());
         }
+        // A membership change proposed before a node was damaged may still
+        // be on its way to the leader (forwarded, delayed, duplicated); the
+        // harness makes no membership change while a node is damaged (see
+        // `lose_state`), so it drops such a proposal.
+        let conf_proposal =
+            matches!(&p.msg.body, MessageBody::Propose { .. }) && carries_conf_change(&p.msg);
+        if conf_proposal && self.nodes.values().any(|n| n.damaged.is_some()) {
+            trace!(self, "drop {} (a node is damaged)", describe(&p.msg));
+            return Ok(());
+        }
         trace!(self, "deliver {}", describe(&p.msg));
         if is_snapshot {
             self.stats.snapshots_sent += 1;
             self.report(from, p.from_inc, |r| r.report_snapshot(to, true));
         }
-        if let Some(raw) = self.nodes.get_mut(&to).and_then(|n| n.raw.as_mut()) {
-            raw.step(p.msg);
+        let conf = carries_conf_change(&p.msg);
+        if let Some(n) = self.nodes.get_mut(&to) {
+            if let Some(raw) = n.raw.as_mut() {
+                raw.step(p.msg);
+                n.conf_unstable |= conf;
+            }
         }
         self.touched.push(to);
         Ok(())
@@ -507,6 +530,7 @@ impl Sim {
             rd.persisted_messages.len()
         );
         let n = self.nodes.get_mut(&id).expect("node exists");
+        n.conf_unstable = false;
         n.outstanding = Some(Outstanding {
             rd,
             log,
@@ -727,6 +751,9 @@ impl Sim {
             .and_then(|n| n.raw.as_mut())
             .expect("up");
         let res = raw.propose_conf_change(&cc);
+        if let Some(n) = self.nodes.get_mut(&l) {
+            n.conf_unstable |= res.is_ok();
+        }
         trace!(self, "propose {:?} {} at {l}: {res:?}", cc.kind, cc.node_id);
         self.touched.push(l);
         if res.is_ok() {
@@ -800,6 +827,7 @@ impl Sim {
         let n = self.nodes.get_mut(&id).expect("node exists");
         n.raw = None;
         n.outstanding = None;
+        n.conf_unstable = false;
         n.incarnation += 1;
         self.net.lose_outbox(&mut self.rng, id);
         self.stats.crashes += 1;
@@ -820,7 +848,8 @@ impl Sim {
     /// more node abstaining no candidate may be able to win until the
     /// damaged node is repaired, which needs a leader. The cluster then
     /// waits, safely; the liveness phase could not end. For the same reason
-    /// no membership change is proposed while a node is damaged.
+    /// no membership change is proposed while a node is damaged, and one
+    /// proposed before and still in the network is dropped (`deliver`).
     fn lose_state(&mut self) -> Result<(), String> {
         if self.nodes.values().any(|n| n.damaged.is_some()) || !self.membership_settled() {
             return Ok(());
@@ -913,8 +942,10 @@ impl Sim {
     }
 
     /// Whether every member has applied the leader's configuration and no
-    /// membership change is in the leader's log past what every member has
-    /// applied.
+    /// membership change waits anywhere: in any node's log past what that
+    /// node has applied (not only the leader's: a change that reached only
+    /// a follower can be committed later, when that follower leads), in a
+    /// Ready being persisted, or in a message in flight.
     fn membership_settled(&self) -> bool {
         let Some(l) = self.leader() else {
             return false;
@@ -933,14 +964,26 @@ impl Sim {
         {
             return false;
         }
-        let applied = members.iter().map(|n| n.sm.applied).min().unwrap_or(0);
-        let storage = &self.nodes[&l].storage;
-        let lo = (applied + 1).max(storage.first_index());
-        let hi = storage.last_index() + 1;
-        lo >= hi
-            || storage
-                .entries(lo, hi, u64::MAX)
-                .is_ok_and(|es| es.iter().all(|e| e.kind != EntryKind::ConfChange))
+        if self.net.any(carries_conf_change) {
+            return false;
+        }
+        self.nodes.values().all(|n| {
+            // Entries not yet durable (an outstanding Ready, or not even
+            // taken yet) may hold a membership change storage does not show.
+            let outstanding = n
+                .outstanding
+                .as_ref()
+                .is_some_and(|o| o.rd.entries.iter().any(|e| e.kind == EntryKind::ConfChange));
+            if n.conf_unstable || outstanding {
+                return false;
+            }
+            let lo = (n.sm.applied + 1).max(n.storage.first_index());
+            let hi = n.storage.last_index() + 1;
+            lo >= hi
+                || n.storage
+                    .entries(lo, hi, u64::MAX)
+                    .is_ok_and(|es| es.iter().all(|e| e.kind != EntryKind::ConfChange))
+        })
     }
 
     fn restart_one(&mut self) -> Result<(), String> {

@@ -40,11 +40,21 @@ const PINNED: &[(u64, &str)] = &[
     (4, SNAPSHOT_MEMBERSHIP),
     (16, SNAPSHOT_MEMBERSHIP),
     (94000, UNKNOWN_LEADER),
+    (64118, STALE_REPAIR),
+    (27260, CONF_CHANGE_WHILE_DAMAGED),
+    (1451, MATCHED_ANOTHER_LEADER),
 ];
 
 const BOOTSTRAP_MEMBERSHIP: &str =
     "a new member rebuilt its membership from a log without the bootstrap one";
 const SNAPSHOT_MEMBERSHIP: &str = "initial_state returned the membership of an older snapshot";
+const STALE_REPAIR: &str = "a stale leader counted a repaired node that had lost its vote for a \
+     newer leader, and committed what that leader's log contradicts";
+const CONF_CHANGE_WHILE_DAMAGED: &str =
+    "a membership change waiting in a leader's unpersisted log \
+     committed while a node was damaged (harness: no losses then)";
+const MATCHED_ANOTHER_LEADER: &str = "a recovering node counted what matched an earlier \
+     leader's log toward the new leader's target";
 const UNKNOWN_LEADER: &str =
     "a far-behind voter ignored the stale heartbeats of a leader it did not know";
 

@@ -91,6 +91,11 @@ impl Network {
     }
 
     /// Takes the oldest message regardless of its delay (calm network).
+    /// Whether some message in flight matches `f`.
+    pub fn any(&self, f: impl Fn(&Message) -> bool) -> bool {
+        self.queue.iter().any(|p| f(&p.msg))
+    }
+
     pub fn pop_oldest(&mut self) -> Option<Packet> {
         if self.queue.is_empty() {
             None

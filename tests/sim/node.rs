@@ -296,6 +296,10 @@ pub struct SimNode {
     /// hard state too), cleared once a Ready with `recovery_done` is
     /// persisted. While set, every start recovers.
     pub damaged: Option<bool>,
+    /// A membership change may sit in the core's log, not yet handed out in
+    /// a Ready: one was proposed here, or arrived in a message, since the
+    /// last Ready was taken.
+    pub conf_unstable: bool,
 }
 
 impl SimNode {
@@ -306,6 +310,7 @@ impl SimNode {
             raw: None,
             incarnation: 0,
             outstanding: None,
+            conf_unstable: false,
             sm: StateMachine::default(),
             conf,
             log: LogChain::default(),

@@ -12,19 +12,26 @@
 //! Promises checked:
 //! - nothing panics, allocates beyond [`ALLOC_LIMIT`], or hangs;
 //! - a request satisfies the limits the protocol states (key length and
-//!   characters, value length, node id >= 1, an address with a port);
+//!   characters, value length, an address with a port);
+//! - a node id (`ADD_NODE`, `REMOVE_NODE`, `TRANSFER_LEADER`) is exactly
+//!   what `node_id` in `protocol.rs` promises: the token is decimal digits
+//!   only (no sign, no spaces; leading zeros allowed) whose value, computed
+//!   here without `str::parse`, is the id, between 1 and 2^64 - 2; and a
+//!   token refused as `BadNodeId` has no such value;
+//! - an `AUTH` token is the rest of the line, byte for byte, and the line
+//!   `AUTH <token>\r` parses back to it (so does `AUTH <token>` unless the
+//!   token ends in `\r`, which that form would strip);
 //! - the command and conf-change encodings round-trip;
 //! - every reply is exactly one line.
 //!
-//! This target fuzzes one line at a time. The server's framing (line length,
-//! an unterminated last line, pipelining) is the job of a second target,
-//! `client_frames`, to be added beside this one once the server's framer has
-//! a public entry point; it goes in [`crate::TARGETS`] like the others.
+//! This target fuzzes one line at a time; the server's framing (line length,
+//! an unterminated last line, pipelining) is `client_frames`'s, which sends
+//! each line it cuts through [`check_line`].
 
 use std::cell::RefCell;
 
 use raftnode::kv::{self, Command, KvStore, RequestId};
-use raftnode::protocol::{self, ErrorCode, Reply, Request, MAX_KEY, MAX_VALUE};
+use raftnode::protocol::{self, ErrorCode, ParseError, Reply, Request, MAX_KEY, MAX_VALUE};
 
 /// A line is at most [`protocol::MAX_LINE`] bytes, and a request copies it
 /// a few times; nothing needs a single allocation over this.
@@ -50,24 +57,91 @@ thread_local! {
 
 pub fn check(data: &[u8]) {
     for line in data.split(|&b| b == b'\n') {
-        let reply = match protocol::parse(line) {
-            Ok(req) => {
-                check_request(&req);
-                answer(req)
+        check_line(line);
+    }
+}
+
+/// Parses one line (without its `\n`), checks what came out, and answers
+/// it as the server would.
+pub fn check_line(line: &[u8]) {
+    let parsed = protocol::parse(line);
+    check_tokens(line, &parsed);
+    let reply = match parsed {
+        Ok(req) => {
+            check_request(&req);
+            answer(req)
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(!msg.is_empty(), "{e:?} has no message");
+            Reply::error(ErrorCode::BadRequest, msg)
+        }
+    };
+    let mut out = Vec::new();
+    reply.write_line(&mut out);
+    assert_eq!(
+        out.iter().position(|&b| b == b'\n'),
+        Some(out.len() - 1),
+        "the reply to {line:?} is not one line: {out:?}"
+    );
+}
+
+/// A node id as `protocol.rs` promises to read it, computed without
+/// `str::parse`: digits only, any leading zeros, a value from 1 to 2^64 - 2.
+fn strict_node_id(tok: &[u8]) -> Option<u64> {
+    if tok.is_empty() || !tok.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let value = tok.iter().try_fold(0u64, |v, &d| {
+        v.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })?;
+    (1..u64::MAX).contains(&value).then_some(value)
+}
+
+/// Checks the node id and `AUTH` token of a line against its raw tokens.
+fn check_tokens(line: &[u8], parsed: &Result<Request, ParseError>) {
+    // As `parse` reads it: one `\r` stripped, tokens split at one space.
+    let body = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut tokens = body.split(|&b| b == b' ');
+    let cmd = tokens.next().unwrap_or_default().to_ascii_uppercase();
+    let id_token = match cmd.as_slice() {
+        b"ADD_NODE" | b"REMOVE_NODE" | b"TRANSFER_LEADER" => tokens.next(),
+        _ => None,
+    };
+    match parsed {
+        Ok(Request::AddNode { id, .. })
+        | Ok(Request::RemoveNode { id })
+        | Ok(Request::TransferLeader { id }) => {
+            let tok = id_token.expect("a membership request has an id token");
+            assert_eq!(
+                strict_node_id(tok),
+                Some(*id),
+                "node id {id} parsed from the token {tok:?}"
+            );
+        }
+        Err(ParseError::BadNodeId(shown)) => {
+            let tok = id_token.expect("BadNodeId from a line without an id token");
+            assert_eq!(strict_node_id(tok), None, "the node id {tok:?} was refused");
+            let tok = std::str::from_utf8(tok).expect("a refused id of a UTF-8 line");
+            assert_eq!(*shown, tok.chars().take(32).collect::<String>());
+        }
+        Ok(Request::Auth { token }) => {
+            assert_eq!(&body[5..], token.as_slice(), "AUTH token of {line:?}");
+            let mut again = b"AUTH ".to_vec();
+            again.extend_from_slice(token);
+            if !token.ends_with(b"\r") {
+                assert_eq!(protocol::parse(&again).as_ref(), Ok(&parsed_auth(token)));
             }
-            Err(e) => {
-                let msg = e.to_string();
-                assert!(!msg.is_empty(), "{e:?} has no message");
-                Reply::error(ErrorCode::BadRequest, msg)
-            }
-        };
-        let mut out = Vec::new();
-        reply.write_line(&mut out);
-        assert_eq!(
-            out.iter().position(|&b| b == b'\n'),
-            Some(out.len() - 1),
-            "the reply to {line:?} is not one line: {out:?}"
-        );
+            again.push(b'\r');
+            assert_eq!(protocol::parse(&again).as_ref(), Ok(&parsed_auth(token)));
+        }
+        _ => {}
+    }
+}
+
+fn parsed_auth(token: &[u8]) -> Request {
+    Request::Auth {
+        token: token.to_vec(),
     }
 }
 
@@ -100,7 +174,10 @@ fn check_request(req: &Request) {
             assert!(addr.contains(':'), "address {addr:?}");
         }
         Request::RemoveNode { id } | Request::TransferLeader { id } => assert!(*id >= 1),
-        Request::Auth { token } => assert!(!token.is_empty(), "an empty AUTH token parsed"),
+        Request::Auth { token } => {
+            assert!(!token.is_empty(), "an empty AUTH token parsed");
+            assert!(!token.contains(&b' '), "AUTH token {token:?} holds a space");
+        }
         Request::Status | Request::Snapshot | Request::Ping => {}
         Request::Write(Command::SetClusterId { .. }) => {
             panic!("a client line parsed into the internal cluster-ID command")
@@ -190,11 +267,23 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         ("add_node_no_port", b"ADD_NODE 4 localhost".to_vec()),
         ("remove_node", b"REMOVE_NODE 2".to_vec()),
         ("remove_node_plus", b"REMOVE_NODE +2".to_vec()),
+        ("remove_node_leading_zeros", b"REMOVE_NODE 0002".to_vec()),
         (
             "remove_node_huge",
             b"REMOVE_NODE 18446744073709551616".to_vec(),
         ),
+        (
+            "remove_node_max",
+            b"REMOVE_NODE 18446744073709551615".to_vec(),
+        ),
+        (
+            "remove_node_max_minus_one",
+            b"REMOVE_NODE 18446744073709551614".to_vec(),
+        ),
         ("transfer_leader", b"TRANSFER_LEADER 3".to_vec()),
+        ("transfer_leader_space", b"TRANSFER_LEADER  3".to_vec()),
+        ("auth_crlf", b"AUTH s3cret\r".to_vec()),
+        ("auth_token_ends_in_cr", b"auth s3cret\r\r".to_vec()),
         ("unknown", b"FOO bar".to_vec()),
         ("empty", b"".to_vec()),
         ("not_utf8", b"PUT \xff\xfe v".to_vec()),

@@ -18,6 +18,7 @@
 //! build, and its own imports are checked like any other crate's.
 
 pub mod alloc;
+pub mod client_frames;
 pub mod client_line;
 pub mod peer_frame;
 pub mod wal_recovery;
@@ -32,9 +33,8 @@ pub struct Target {
     pub alloc_limit: usize,
 }
 
-/// Every target. A new one (the client framer's, once the server's line
-/// framing settles) is a module here, a line here, and a file in
-/// `fuzz_targets/`.
+/// Every target. A new one is a module here, a line here, a file in
+/// `fuzz_targets/` and a `#[test]` in the root's `tests/fuzz_corpus.rs`.
 pub const TARGETS: &[Target] = &[
     Target {
         name: "peer_frame",
@@ -47,6 +47,12 @@ pub const TARGETS: &[Target] = &[
         check: client_line::check,
         seeds: client_line::seeds,
         alloc_limit: client_line::ALLOC_LIMIT,
+    },
+    Target {
+        name: "client_frames",
+        check: client_frames::check,
+        seeds: client_frames::seeds,
+        alloc_limit: client_frames::ALLOC_LIMIT,
     },
     Target {
         name: "wal_recovery",

@@ -154,6 +154,7 @@ pub fn message(m: &Message) -> String {
             last_term,
         } => s.push_str(&format!(" id={id} last={last_index}/{last_term}")),
         MessageBody::RecoveryAck { id, target } => s.push_str(&format!(" id={id} target={target}")),
+        MessageBody::RecoveryDone { id } => s.push_str(&format!(" id={id}")),
     }
     s
 }

@@ -31,11 +31,23 @@ const LONG: Duration = Duration::from_secs(20);
 /// Starts 3 nodes with `args` (and peer TLS from `certs` if given), waits
 /// until one leads and all logged the same cluster ID, and returns it.
 pub fn start(args: &[&str], certs: Option<&Certs>) -> (Cluster, u64) {
+    start_with_env(args, certs, &[])
+}
+
+/// [`start`], with environment variables for every node (the test-only
+/// switches of `src/debug.rs`).
+pub fn start_with_env(
+    args: &[&str],
+    certs: Option<&Certs>,
+    env: &[(&str, &str)],
+) -> (Cluster, u64) {
     let mut c = Cluster::new(3, args);
     for n in c.nodes.values_mut() {
         if let Some(certs) = certs {
             n.args.extend(certs.peer_args(n.id));
         }
+        n.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         n.spawn();
     }
     c.wait_leader(LONG).expect("a leader");
