@@ -12,7 +12,7 @@
 //! - `fault_smoke_run_with_peer_tls` (CI): the same smoke schedule with
 //!   mutual TLS between the nodes (certificates from `bin/certs.sh`).
 //! - `disk_fault_smoke_run` (CI): 3 nodes snapshotting every 300 entries,
-//!   about 60 s: every kind of disk fault (a flipped byte in a WAL
+//!   about 45 s: every kind of disk fault (a flipped byte in a WAL
 //!   segment's records, in its preallocated zeros, in a snapshot file, and
 //!   a wiped data dir), twice a wipe or flip of a node of a lagging
 //!   majority, among kills and partitions. Each damaged node must be a
@@ -20,9 +20,10 @@
 //!   faults into its schedule too.
 //! - `broken_node_*` (ignored, run with `--ignored`): nodes broken on
 //!   purpose through test-only switches, which the checks must catch.
-//! - `disk_fault_recovery_timings` (ignored; `RAFTNODE_TIMING_MB`): how long
-//!   a follower with 10 MB (or more) of state takes to serve again after
-//!   each kind of disk fault; prints a table.
+//! - `disk_fault_recovery_timings` (in `tests/recovery_timings.rs`,
+//!   ignored; `RAFTNODE_TIMING_MB`): how long a follower with 10 MB (or
+//!   more) of state takes to serve again after each kind of disk fault;
+//!   prints a table.
 //!
 //! Every run prints its seed; `RAFTNODE_FAULT_SEED=<seed>` replays the same
 //! schedule (the timing of real processes is not replayable).

@@ -15,13 +15,14 @@
 //! other, a follower (the two take turns) is killed and restarted with
 //! exactly the same command line after: a flipped byte in the middle of
 //! its log (the middle of the written part of its middle segment), a
-//! flipped byte in its newest snapshot file, and a wiped data dir. Each row is the time from the
-//! restart to serving voter (as the fault suite defines it: STATUS without
-//! `recovering=1`, role follower, listed in `members=`, applied at least
-//! the leader's commit at the restart, and a GET through it answered;
-//! `RAFTNODE_TIMING_LIMIT_SECS`, default 1800, is how long it may take),
-//! with what the node's log says it did. After each fault, sampled keys
-//! read through the repaired node must have their values.
+//! flipped byte in its newest snapshot file, and a wiped data dir. Each
+//! row is the time from the restart to serving voter (as the fault suite
+//! defines it: STATUS without `recovering=1`, role follower, listed in
+//! `members=`, applied at least the leader's commit at the restart, and a
+//! GET through it answered; `RAFTNODE_TIMING_LIMIT_SECS`, default 1800,
+//! is how long it may take), with what the node's log says it did. After
+//! each fault, sampled keys read through the repaired node must have
+//! their values.
 //!
 //! The data dirs are under `target/tmp` (about 3 times the state per node
 //! at the peak: the store, two snapshot files, the log); check the free
