@@ -26,6 +26,11 @@
 //! - `RAFTNODE_DEBUG_ACK_BEFORE_FSYNC=1` (TEST ONLY, breaks durability): WAL
 //!   writes skip their fdatasync, so entries are acknowledged (and votes
 //!   granted) before they are durable; a power cut then loses them.
+//! - `RAFTNODE_DEBUG_NO_RECOVERY=1` (TEST ONLY, breaks safety): a node
+//!   that lost durable state starts as if it had not. Damage is salvaged
+//!   as usual, but the core starts without a recovery (so the node votes
+//!   and counts toward quorums with a log that lost what it acknowledged),
+//!   and a wiped data dir bootstraps anew instead of asking its peers.
 //! - `RAFTNODE_DEBUG_TRUST_EVERY_PEER=1` (TEST ONLY, breaks security): the
 //!   raft port lets in any dialer that speaks the protocol, and the core
 //!   steps every message, from members or not, at any term. The security
@@ -72,6 +77,20 @@ pub fn ack_before_fsync() -> bool {
         let on = flag("RAFTNODE_DEBUG_ACK_BEFORE_FSYNC");
         if on {
             log::warn!("RAFTNODE_DEBUG_ACK_BEFORE_FSYNC=1: writes are NOT durable (test only)");
+        }
+        on
+    })
+}
+
+/// TEST ONLY: start without recovering after lost state (see the module docs).
+pub fn no_recovery() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = flag("RAFTNODE_DEBUG_NO_RECOVERY");
+        if on {
+            log::warn!(
+                "RAFTNODE_DEBUG_NO_RECOVERY=1: lost state is NOT recovered from the peers (test only)"
+            );
         }
         on
     })

@@ -11,8 +11,19 @@
 //!   partitions in 1800 s).
 //! - `fault_smoke_run_with_peer_tls` (CI): the same smoke schedule with
 //!   mutual TLS between the nodes (certificates from `bin/certs.sh`).
+//! - `disk_fault_smoke_run` (CI): 3 nodes snapshotting every 300 entries,
+//!   about 45 s: every kind of disk fault (a flipped byte in a WAL
+//!   segment's records, in its preallocated zeros, in a snapshot file, and
+//!   a wiped data dir), twice a wipe or flip of a node of a lagging
+//!   majority, among kills and partitions. Each damaged node must be a
+//!   serving voter again within 20 s of its restart. The soak mixes disk
+//!   faults into its schedule too.
 //! - `broken_node_*` (ignored, run with `--ignored`): nodes broken on
 //!   purpose through test-only switches, which the checks must catch.
+//! - `disk_fault_recovery_timings` (in `tests/recovery_timings.rs`,
+//!   ignored; `RAFTNODE_TIMING_MB`): how long a follower with 10 MB (or
+//!   more) of state takes to serve again after each kind of disk fault;
+//!   prints a table.
 //!
 //! Every run prints its seed; `RAFTNODE_FAULT_SEED=<seed>` replays the same
 //! schedule (the timing of real processes is not replayable).
@@ -22,6 +33,7 @@
 
 use std::time::{Duration, Instant};
 
+use raftnode_testkit::process::damage::DiskFault;
 use raftnode_testkit::process::faults::{seed, FaultCluster};
 use raftnode_testkit::process::run::{fault_args, run};
 use raftnode_testkit::process::workload::WorkloadConfig;
@@ -42,6 +54,10 @@ enum Fault {
     Pause,
     TornTail,
     Slow,
+    /// A flipped byte or a wiped data dir (`damage.rs`).
+    Disk(DiskFault),
+    /// A node of a lagging majority damaged, its leader killed.
+    DiskLaggingMajority(DiskFault),
 }
 
 fn apply(fc: &mut FaultCluster, f: Fault, fast: bool) {
@@ -82,6 +98,15 @@ fn apply(fc: &mut FaultCluster, f: Fault, fast: bool) {
             let d = ms(fc, 1000, 2000);
             fc.slow_cycle(d)
         }
+        Fault::Disk(kind) => {
+            let d = ms(fc, 300, 1500);
+            fc.disk_fault_cycle(kind, d)
+        }
+        Fault::DiskLaggingMajority(kind) => {
+            let isolated = ms(fc, 1500, 3000);
+            let down = ms(fc, 1000, 3000);
+            fc.disk_fault_lagging_majority(kind, isolated, down)
+        }
     }
     let quiet = ms(fc, 800, 2000);
     std::thread::sleep(quiet);
@@ -105,17 +130,54 @@ fn smoke_schedule(rng: &mut Rng) -> Vec<Fault> {
     s
 }
 
-/// A soak fault: kills most often, then partitions.
+/// The disk smoke schedule: every kind of disk fault, twice a lagging
+/// majority, and a few other faults between them, shuffled.
+fn disk_smoke_schedule(rng: &mut Rng) -> Vec<Fault> {
+    let mut s = vec![
+        Fault::Disk(DiskFault::SegmentFlip),
+        Fault::Disk(DiskFault::SegmentFlip),
+        Fault::Disk(DiskFault::ZeroFlip),
+        Fault::Disk(DiskFault::SnapshotFlip),
+        Fault::Disk(DiskFault::SnapshotFlip),
+        Fault::Disk(DiskFault::Wipe),
+        Fault::Disk(DiskFault::Wipe),
+        Fault::DiskLaggingMajority(DiskFault::Wipe),
+        Fault::DiskLaggingMajority(DiskFault::SegmentFlip),
+        Fault::KillLeader,
+        Fault::KillAny,
+        Fault::Partition,
+        Fault::Pause,
+    ];
+    for i in (1..s.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        s.swap(i, j);
+    }
+    s
+}
+
+/// A soak fault: kills most often, then partitions, then disk faults.
 fn soak_fault(rng: &mut Rng) -> Fault {
     match rng.below(100) {
-        0..=27 => Fault::KillLeader,
-        28..=56 => Fault::KillAny,
-        57 => Fault::LongKill,
-        58 => Fault::KillAll,
-        59..=81 => Fault::Partition,
-        82..=89 => Fault::Pause,
-        90..=94 => Fault::TornTail,
-        _ => Fault::Slow,
+        0..=25 => Fault::KillLeader,
+        26..=52 => Fault::KillAny,
+        53 => Fault::LongKill,
+        54 => Fault::KillAll,
+        55..=76 => Fault::Partition,
+        77..=83 => Fault::Pause,
+        84..=88 => Fault::TornTail,
+        89..=92 => Fault::Slow,
+        93..=98 => Fault::Disk(disk_fault(rng)),
+        _ => Fault::DiskLaggingMajority(disk_fault(rng)),
+    }
+}
+
+/// A disk fault kind: flips in records most often.
+fn disk_fault(rng: &mut Rng) -> DiskFault {
+    match rng.below(100) {
+        0..=39 => DiskFault::SegmentFlip,
+        40..=49 => DiskFault::ZeroFlip,
+        50..=74 => DiskFault::SnapshotFlip,
+        _ => DiskFault::Wipe,
     }
 }
 
@@ -207,6 +269,90 @@ fn smoke(peer_tls: bool) {
         }
         Some(_) => {}
     }
+    if soak_secs.is_some_and(|s| s >= 600) {
+        assert!(
+            c.disk_flips >= 1 && c.snapshot_flips >= 1 && c.wipes >= 1,
+            "the soak did too few disk faults: {}",
+            out.summary
+        );
+    }
+}
+
+/// Node flags of the disk smoke run: snapshots every 300 entries (unless
+/// `RAFTNODE_FAULT_SNAPSHOT_ENTRIES` says otherwise), so that there are
+/// snapshot files to damage and wiped nodes catch up from a snapshot.
+fn disk_fault_args() -> Vec<&'static str> {
+    let mut args = fault_args();
+    if std::env::var_os("RAFTNODE_FAULT_SNAPSHOT_ENTRIES").is_none() {
+        if let Some(i) = args.iter().position(|a| *a == "--snapshot-entries") {
+            args[i + 1] = "300";
+        }
+    }
+    args
+}
+
+#[test]
+fn disk_fault_smoke_run() {
+    if std::env::var_os("RAFTNODE_SOAK_SECS").is_some() {
+        return; // the soak has disk faults of its own
+    }
+    let _g = serial();
+    let seed = seed();
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "disk fault run: seed {seed} (replay the schedule with RAFTNODE_FAULT_SEED={seed})"
+    );
+    let mut fc = FaultCluster::new(3, &disk_fault_args(), seed);
+    // 1 MiB segments roll over and are released every few seconds, so that
+    // flips land in older segments too, and a node whose newest snapshot
+    // is damaged may find that its log no longer covers the older one.
+    fc.set_env("RAFTNODE_WAL_SEGMENT_BYTES", "1048576");
+    fc.start_all();
+    let wcfg = WorkloadConfig {
+        seed,
+        ..WorkloadConfig::default()
+    };
+    let out = run(fc, wcfg, "disk smoke", |fc| {
+        // Time for the first snapshots, so that there are files to flip.
+        std::thread::sleep(Duration::from_secs(3));
+        let mut rng = Rng::new(seed ^ 0xD15C);
+        for f in disk_smoke_schedule(&mut rng) {
+            apply(fc, f, false);
+        }
+    });
+    assert!(out.passed(), "{}\n{}", out.summary, out.explain());
+    let c = out.fc.counts;
+    assert!(
+        out.ok_ops > 300,
+        "the workload made too little progress: {}",
+        out.summary
+    );
+    // A snapshot flip on a node without a snapshot falls back to a
+    // segment flip, so this also shows that snapshots were taken.
+    assert!(
+        c.disk_flips >= 3 && c.zero_flips >= 1 && c.snapshot_flips >= 2 && c.wipes >= 3,
+        "not every kind of disk fault was done: {}",
+        out.summary
+    );
+    let serving = out
+        .fc
+        .disk_faults
+        .iter()
+        .filter(|d| d.serving.after.is_some());
+    assert_eq!(serving.count(), c.disk_faults(), "{}", out.summary);
+    // Every flipped byte in a record and every wipe loses state that the
+    // node must get back from its peers; it must not simply carry on. A
+    // flip in the newest snapshot must be noticed: the node sets the file
+    // aside and falls back to an older one, or recovers.
+    for d in &out.fc.disk_faults {
+        let noticed = match d.kind {
+            DiskFault::SegmentFlip | DiskFault::Wipe => d.recovered(),
+            DiskFault::SnapshotFlip => d.snapshot_set_aside || d.recovered(),
+            DiskFault::ZeroFlip => true,
+        };
+        assert!(noticed, "the damage went unnoticed: {d}\n{}", out.explain());
+    }
 }
 
 /// A node that serves GET from local state (no read index) must be caught
@@ -288,6 +434,47 @@ fn broken_node_ack_before_fsync_is_caught() {
     assert!(
         !out.lost.is_empty() || !out.report.violations.is_empty(),
         "the checks missed lost acknowledged writes: {}",
+        out.summary
+    );
+}
+
+/// A node that starts as if its disk were intact, after a flipped byte or a
+/// wiped data dir, must be caught: it votes with a log that lost entries it
+/// had acknowledged (or, wiped, bootstraps anew and votes with an empty
+/// one). In a lagging majority (see
+/// `FaultCluster::disk_fault_lagging_majority`) that elects a leader
+/// without the writes the old majority committed, and they are lost.
+#[test]
+#[ignore = "slow (about 30 s); demonstrates the checker on a deliberately broken node"]
+fn broken_node_no_recovery_is_caught() {
+    let _g = serial();
+    let seed = seed();
+    let mut fc = FaultCluster::new(3, &fault_args(), seed);
+    fc.set_env("RAFTNODE_DEBUG_NO_RECOVERY", "1");
+    fc.start_all();
+    let out = run(
+        fc,
+        WorkloadConfig {
+            seed,
+            ..Default::default()
+        },
+        "broken(no recovery)",
+        |fc| {
+            std::thread::sleep(Duration::from_secs(2));
+            for kind in [DiskFault::Wipe, DiskFault::SegmentFlip, DiskFault::Wipe] {
+                fc.disk_fault_lagging_majority(
+                    kind,
+                    Duration::from_millis(3000),
+                    Duration::from_millis(3000),
+                );
+                std::thread::sleep(Duration::from_millis(2000));
+            }
+        },
+    );
+    println!("{}", out.explain());
+    assert!(
+        !out.lost.is_empty() || !out.report.violations.is_empty() || !out.errors.is_empty(),
+        "the checks missed a node that skipped its recovery: {}",
         out.summary
     );
 }

@@ -8,7 +8,8 @@
 //! ever signals processes it started, and kills them all when dropped.
 //!
 //! The submodules build the fault suite on top: link proxies (`proxy`),
-//! the nemesis (`faults`), torn WAL tails (`torn`), client workloads
+//! the nemesis (`faults`), torn WAL tails (`torn`), disk faults
+//! (`damage`: flipped bytes, wiped data dirs), client workloads
 //! (`workload`), their history (`history`), the linearizability checker
 //! (`checker`) and one whole fault run (`run`); `attack` is the hostile
 //! peer and client tooling of the security tests, `baseline` what their
@@ -22,6 +23,7 @@
 pub mod attack;
 pub mod baseline;
 pub mod checker;
+pub mod damage;
 pub mod faults;
 pub mod history;
 pub mod proxy;

@@ -101,7 +101,10 @@ pub fn run(
     }
     let workload = Workload::start(wcfg, fc.client_addrs());
     nemesis(&mut fc);
+    // The last disk fault's node must recover while the clients still run.
+    fc.finish_disk_watch();
     let history: History = workload.stop();
+    errors.append(&mut fc.failures);
     let applied = match fc.settle(Duration::from_secs(10)) {
         Ok(i) => i,
         Err(e) => {
@@ -160,8 +163,12 @@ pub fn run(
         lost.len()
     );
     // Straight to stderr, past the test harness's capture, so that the
-    // summary line shows in CI logs of passing runs too.
+    // summary line shows in CI logs of passing runs too; with each disk
+    // fault's recovery before it.
     use std::io::Write as _;
+    for d in &fc.disk_faults {
+        let _ = writeln!(std::io::stderr(), "{label} {d}");
+    }
     let _ = writeln!(std::io::stderr(), "{summary}");
     Outcome {
         summary,
