@@ -196,6 +196,9 @@ pub enum DecodeError {
     SnapshotTooLarge(u64),
     /// A verdict status this version does not know.
     UnknownVerdict(u8),
+    /// A probe reply with a field its state does not carry set to other
+    /// than 0: each reply has exactly one encoding.
+    UnusedField,
 }
 
 impl std::fmt::Display for DecodeError {
@@ -222,6 +225,7 @@ impl std::fmt::Display for DecodeError {
                 )
             }
             DecodeError::UnknownVerdict(v) => write!(f, "unknown verdict {v}"),
+            DecodeError::UnusedField => f.write_str("probe reply sets a field its state has not"),
         }
     }
 }
@@ -508,9 +512,14 @@ pub fn decode_probe_reply(body: &[u8]) -> Result<ProbeReply, DecodeError> {
     let last_index = r.u64()?;
     let lists_prober = r.bool()?;
     r.finish()?;
+    // The fields a state does not carry are encoded as 0 and must be 0, so
+    // that a reply decodes only from the bytes it encodes to.
+    let running_fields_unset = cluster_id == 0 && term == 0 && last_index == 0 && !lists_prober;
     Ok(match state {
-        0 => ProbeReply::Refused(Verdict::from_code(verdict)?),
-        1 => ProbeReply::Deciding,
+        0 if running_fields_unset => ProbeReply::Refused(Verdict::from_code(verdict)?),
+        1 if verdict == 0 && running_fields_unset => ProbeReply::Deciding,
+        0 | 1 => return Err(DecodeError::UnusedField),
+        2 if verdict != 0 => return Err(DecodeError::UnusedField),
         2 => ProbeReply::Running {
             cluster_id,
             term,
@@ -1160,5 +1169,44 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] = 2; // not a boolean
         assert!(decode_probe_reply(&bad[5..]).is_err());
+    }
+
+    /// Found by the `peer_frame` fuzz target (corpus file
+    /// `regress-probe-reply-unused-field`): a `Refused` reply with a
+    /// non-zero term decoded, and re-encoded to other bytes. A field the
+    /// reply's state does not carry must be 0.
+    #[test]
+    fn probe_reply_fields_its_state_does_not_carry_must_be_zero() {
+        let refused = ProbeReply::Refused(Verdict::Stranger);
+        let running = ProbeReply::Running {
+            cluster_id: 1,
+            term: 2,
+            last_index: 3,
+            lists_prober: true,
+        };
+        for reply in [refused, ProbeReply::Deciding] {
+            let mut good = Vec::new();
+            encode_probe_reply(&mut good, reply);
+            // cluster_id, term, last_index, lists_prober
+            for at in [7, 15, 23, 31] {
+                let mut bad = good.clone();
+                bad[at] = 1;
+                assert_eq!(
+                    decode_probe_reply(&bad[5..]),
+                    Err(DecodeError::UnusedField),
+                    "{reply:?} with byte {at} set"
+                );
+            }
+        }
+        let mut deciding = Vec::new();
+        encode_probe_reply(&mut deciding, ProbeReply::Deciding);
+        deciding[6] = 3; // a verdict
+        assert_eq!(decode_probe_reply(&deciding[5..]), Err(DecodeError::UnusedField));
+        let mut buf = Vec::new();
+        encode_probe_reply(&mut buf, running);
+        buf[6] = 3;
+        assert_eq!(decode_probe_reply(&buf[5..]), Err(DecodeError::UnusedField));
+        buf[6] = 0;
+        assert_eq!(decode_probe_reply(&buf[5..]), Ok(running));
     }
 }

@@ -8,11 +8,23 @@
 //! failed", which libFuzzer records as a crash with the input that caused
 //! it. Without a sanitizer, libFuzzer's own `-malloc_limit_mb` cannot see
 //! Rust's allocations, hence this.
+//!
+//! The cap is lifted while the thread panics: the panic hook symbolising a
+//! backtrace (`RUST_BACKTRACE=1`) loads the binary's debug info in one
+//! allocation of several MiB, and refusing it turned a failed assertion
+//! into an abort inside the hook, which hung until libFuzzer's `-timeout`
+//! and recorded the input as a timeout instead of a crash.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 static LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Whether an allocation of `size` bytes goes over the cap.
+fn over_limit(size: usize) -> bool {
+    // `panicking` reads a counter and allocates nothing.
+    size > LIMIT.load(Ordering::Relaxed) && !std::thread::panicking()
+}
 
 /// The system allocator with a cap on the size of one allocation.
 pub struct LimitAlloc;
@@ -24,7 +36,7 @@ pub fn set_limit(bytes: usize) {
 
 unsafe impl GlobalAlloc for LimitAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.size() > LIMIT.load(Ordering::Relaxed) {
+        if over_limit(layout.size()) {
             return std::ptr::null_mut();
         }
         // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
@@ -32,7 +44,7 @@ unsafe impl GlobalAlloc for LimitAlloc {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.size() > LIMIT.load(Ordering::Relaxed) {
+        if over_limit(layout.size()) {
             return std::ptr::null_mut();
         }
         // SAFETY: as above.
@@ -45,7 +57,7 @@ unsafe impl GlobalAlloc for LimitAlloc {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if new_size > LIMIT.load(Ordering::Relaxed) {
+        if over_limit(new_size) {
             return std::ptr::null_mut();
         }
         // SAFETY: as above.
