@@ -1201,7 +1201,10 @@ mod tests {
         let mut deciding = Vec::new();
         encode_probe_reply(&mut deciding, ProbeReply::Deciding);
         deciding[6] = 3; // a verdict
-        assert_eq!(decode_probe_reply(&deciding[5..]), Err(DecodeError::UnusedField));
+        assert_eq!(
+            decode_probe_reply(&deciding[5..]),
+            Err(DecodeError::UnusedField)
+        );
         let mut buf = Vec::new();
         encode_probe_reply(&mut buf, running);
         buf[6] = 3;
