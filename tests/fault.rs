@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use raftnode_testkit::process::damage::DiskFault;
 use raftnode_testkit::process::faults::{seed, FaultCluster};
-use raftnode_testkit::process::run::{fault_args, run};
+use raftnode_testkit::process::run::{fault_args, run, Outcome};
 use raftnode_testkit::process::workload::WorkloadConfig;
 use raftnode_testkit::process::{make_certs, peer_tls_args, serial, torn};
 use raftnode_testkit::rng::Rng;
@@ -355,17 +355,14 @@ fn disk_fault_smoke_run() {
     }
 }
 
-/// A node that serves GET from local state (no read index) must be caught
-/// returning stale values: the old leader, isolated, keeps answering reads
-/// while the majority moves on, and a lagging follower answers before it has
-/// applied what the leader acknowledged.
-#[test]
-#[ignore = "slow (about 40 s); demonstrates the checker on a deliberately broken node"]
-fn broken_node_unsafe_local_reads_is_caught() {
+/// Runs the standard workload on 3 nodes started with the test-only switch
+/// `env` (see `src/debug.rs`) under `nemesis`, and prints what the checks
+/// found; each broken-node test then asserts that they found something.
+fn run_broken(env: &str, label: &str, nemesis: impl FnOnce(&mut FaultCluster)) -> Outcome {
     let _g = serial();
     let seed = seed();
     let mut fc = FaultCluster::new(3, &fault_args(), seed);
-    fc.set_env("RAFTNODE_DEBUG_UNSAFE_LOCAL_READS", "1");
+    fc.set_env(env, "1");
     fc.start_all();
     let out = run(
         fc,
@@ -373,6 +370,22 @@ fn broken_node_unsafe_local_reads_is_caught() {
             seed,
             ..Default::default()
         },
+        label,
+        nemesis,
+    );
+    println!("{}", out.explain());
+    out
+}
+
+/// A node that serves GET from local state (no read index) must be caught
+/// returning stale values: the old leader, isolated, keeps answering reads
+/// while the majority moves on, and a lagging follower answers before it has
+/// applied what the leader acknowledged.
+#[test]
+#[ignore = "slow (about 40 s); demonstrates the checker on a deliberately broken node"]
+fn broken_node_unsafe_local_reads_is_caught() {
+    let out = run_broken(
+        "RAFTNODE_DEBUG_UNSAFE_LOCAL_READS",
         "broken(local reads)",
         |fc| {
             for _ in 0..4 {
@@ -383,7 +396,6 @@ fn broken_node_unsafe_local_reads_is_caught() {
             }
         },
     );
-    println!("{}", out.explain());
     assert!(
         !out.report.violations.is_empty(),
         "the checker missed stale reads: {}",
@@ -399,17 +411,8 @@ fn broken_node_unsafe_local_reads_is_caught() {
 #[test]
 #[ignore = "slow (about 20 s); demonstrates the checker on a deliberately broken node"]
 fn broken_node_ack_before_fsync_is_caught() {
-    let _g = serial();
-    let seed = seed();
-    let mut fc = FaultCluster::new(3, &fault_args(), seed);
-    fc.set_env("RAFTNODE_DEBUG_ACK_BEFORE_FSYNC", "1");
-    fc.start_all();
-    let out = run(
-        fc,
-        WorkloadConfig {
-            seed,
-            ..Default::default()
-        },
+    let out = run_broken(
+        "RAFTNODE_DEBUG_ACK_BEFORE_FSYNC",
         "broken(ack before fsync)",
         |fc| {
             std::thread::sleep(Duration::from_secs(6));
@@ -430,7 +433,6 @@ fn broken_node_ack_before_fsync_is_caught() {
             std::thread::sleep(Duration::from_secs(3));
         },
     );
-    println!("{}", out.explain());
     assert!(
         !out.lost.is_empty() || !out.report.violations.is_empty(),
         "the checks missed lost acknowledged writes: {}",
@@ -447,31 +449,17 @@ fn broken_node_ack_before_fsync_is_caught() {
 #[test]
 #[ignore = "slow (about 30 s); demonstrates the checker on a deliberately broken node"]
 fn broken_node_no_recovery_is_caught() {
-    let _g = serial();
-    let seed = seed();
-    let mut fc = FaultCluster::new(3, &fault_args(), seed);
-    fc.set_env("RAFTNODE_DEBUG_NO_RECOVERY", "1");
-    fc.start_all();
-    let out = run(
-        fc,
-        WorkloadConfig {
-            seed,
-            ..Default::default()
-        },
-        "broken(no recovery)",
-        |fc| {
-            std::thread::sleep(Duration::from_secs(2));
-            for kind in [DiskFault::Wipe, DiskFault::SegmentFlip, DiskFault::Wipe] {
-                fc.disk_fault_lagging_majority(
-                    kind,
-                    Duration::from_millis(3000),
-                    Duration::from_millis(3000),
-                );
-                std::thread::sleep(Duration::from_millis(2000));
-            }
-        },
-    );
-    println!("{}", out.explain());
+    let out = run_broken("RAFTNODE_DEBUG_NO_RECOVERY", "broken(no recovery)", |fc| {
+        std::thread::sleep(Duration::from_secs(2));
+        for kind in [DiskFault::Wipe, DiskFault::SegmentFlip, DiskFault::Wipe] {
+            fc.disk_fault_lagging_majority(
+                kind,
+                Duration::from_millis(3000),
+                Duration::from_millis(3000),
+            );
+            std::thread::sleep(Duration::from_millis(2000));
+        }
+    });
     assert!(
         !out.lost.is_empty() || !out.report.violations.is_empty() || !out.errors.is_empty(),
         "the checks missed a node that skipped its recovery: {}",
