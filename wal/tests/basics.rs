@@ -215,35 +215,6 @@ fn a_second_open_of_the_same_directory_is_refused_as_locked() {
     Wal::open(d.path(), opts(SEG)).expect("the lock is released on drop");
 }
 
-/// Run by `a_second_process_is_refused_as_locked` in a child process.
-#[test]
-fn lock_child_process() {
-    let Ok(dir) = std::env::var("WAL_LOCK_CHILD_DIR") else {
-        return;
-    };
-    match Wal::open(std::path::Path::new(&dir), opts(SEG)) {
-        Err(Error::Locked { .. }) => {}
-        other => panic!("expected Locked, got {:?}", other.map(|_| ())),
-    }
-}
-
-#[test]
-fn a_second_process_is_refused_as_locked() {
-    let d = TempDir::new("lock-proc");
-    let (_w, _) = Wal::open(d.path(), opts(SEG)).unwrap();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "lock_child_process", "--nocapture"])
-        .env("WAL_LOCK_CHILD_DIR", d.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "child: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn invalid_options_are_refused_with_a_reason() {
     let d = TempDir::new("opts");
