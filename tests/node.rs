@@ -50,10 +50,15 @@ fn killing_the_leader_elects_a_new_one_that_serves_writes_within_2s_and_the_old_
     c.node_mut(old).kill();
     let killed_at = Instant::now();
     let other = if old == 1 { 2 } else { 1 };
+    let seen = std::cell::RefCell::new(Vec::new());
     let r = c.request_until(
         other,
         "PUT after-failover yes",
-        |r| r == "OK",
+        |r| {
+            seen.borrow_mut()
+                .push(format!("{:?} {r}", killed_at.elapsed()));
+            r == "OK"
+        },
         Duration::from_secs(5),
     );
     let failover = killed_at.elapsed();
@@ -66,7 +71,9 @@ fn killing_the_leader_elects_a_new_one_that_serves_writes_within_2s_and_the_old_
     println!("failover: first write acknowledged {failover:?} after kill -9 of leader {old}");
     assert!(
         failover < Duration::from_secs(2),
-        "failover took {failover:?}"
+        "failover took {failover:?}; replies on the way: {:?}\n{}",
+        seen.borrow(),
+        c.logs()
     );
 
     c.node_mut(old).spawn();
