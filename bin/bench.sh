@@ -8,7 +8,8 @@
 # Rows: 8-byte keys, 256-byte values, unique keys, writes only, at 1, 4, 16,
 # 64, 256 and 1000 clients; then linearizable GETs at 64 clients over a
 # prefilled keyspace. Each row runs BENCH_SECS after a BENCH_WARMUP warmup
-# and reports the nodes' CPU seconds and RSS over the measured interval.
+# and reports the nodes' CPU seconds and RSS over the measured interval, and
+# the leader's and a follower's CPU time and context switches per operation.
 #
 # TLS rows: then a second fresh cluster with mutual TLS between peers and
 # TLS on the client port (certificates from bin/certs.sh, TLS 1.3), the
@@ -35,6 +36,8 @@
 #   BENCH_CSV [unset]          also append raftbench's CSV lines to this file
 #   BENCH_KEEP [0]             1: keep the data dir and logs (path is printed)
 #   BENCH_NO_BUILD [0]         1: use the binaries in target/release as they are
+#   BENCH_NODE_BIN [target/release/raftnode]  the node binary (another build, for
+#                              before/after comparisons)
 #   RAFTNODE_ARGS              extra flags for every node
 # The cluster and its data (a temp dir under /tmp) are removed on exit.
 set -euo pipefail
@@ -49,7 +52,7 @@ TLS_CLIENTS=${BENCH_TLS_CLIENTS-64}
 LEADER_ONLY=${BENCH_LEADER_ONLY:-0}
 FRESH=${BENCH_FRESH:-0}
 NODES=3
-NODE_BIN=target/release/raftnode
+NODE_BIN=${BENCH_NODE_BIN:-target/release/raftnode}
 BENCH_BIN=target/release/raftbench
 
 if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
@@ -219,6 +222,21 @@ HEADER=$("$BENCH_BIN" --csv-header)
 # Pulls named columns out of one raftbench CSV line.
 col() { awk -F, -v h="$HEADER" -v want="$2" 'BEGIN{n=split(h,names,",")} {for(i=1;i<=n;i++) if(names[i]==want) print $i}' <<<"$1"; }
 ms() { awk -v us="$1" 'BEGIN{printf "%.2f", us/1000}'; }
+# "<CPU us>, <context switches>" per operation of node $2 (1-based, the
+# order of --pids) in one raftbench CSV line.
+per_op() {
+  local cpu ctx
+  cpu=$(col "$1" node_cpu_us_per_op | cut -d';' -f"$2")
+  ctx=$(col "$1" node_ctx_per_op | cut -d';' -f"$2")
+  echo "${cpu:--}, ${ctx:--}"
+}
+# The lowest node id that is not the leader.
+a_follower() {
+  local i
+  for i in $(seq 1 $NODES); do
+    [ "$i" = "$LEADER" ] || { echo "$i"; return; }
+  done
+}
 
 ROWS=()
 LEADERS=()
@@ -256,11 +274,12 @@ run_row() { # label clients extra-args...
   OUTS[$label]=$out
   ROW_LABELS+=("$label")
   [ -z "${BENCH_CSV:-}" ] || echo "$label,$out" >>"$BENCH_CSV"
-  ROWS+=("$(printf '%-10s | %9s | %7s | %7s | %7s | %8s | %8s | %6s | %-17s | %-17s | %s' \
+  ROWS+=("$(printf '%-10s | %9s | %7s | %7s | %7s | %8s | %8s | %6s | %-17s | %-17s | %-13s | %-13s | %s' \
     "$label" "$(col "$out" ops_per_s)" \
     "$(ms "$(col "$out" p50_us)")" "$(ms "$(col "$out" p90_us)")" "$(ms "$(col "$out" p99_us)")" \
     "$(ms "$(col "$out" p999_us)")" "$(ms "$(col "$out" max_us)")" \
     "$(col "$out" errors)" "$(col "$out" node_cpu_s | tr ';' /)" "$(col "$out" node_rss_mib | tr ';' /)" \
+    "$(per_op "$out" "$LEADER")" "$(per_op "$out" "$(a_follower)")" \
     "$(fsync_stats "$DIR/node-$LEADER.log" "$lines" "$DIR/fsync-$row_no.txt" "$(col "$out" puts)")")")
   if [ "$(col "$out" errors)" != 0 ]; then
     ROWS+=("           errors: $(col "$out" error_codes)")
@@ -342,8 +361,9 @@ echo "raftnode benchmark: 3 nodes on 127.0.0.1 (fsync on), $(nproc) CPUs, endpoi
 echo "8 B keys, 256 B values, unique keys for writes; ${SECS} s measured per row after ${WARMUP} s warmup"
 [ "$TLS" = 0 ] || echo "TLS rows: a fresh cluster with mutual TLS 1.3 between peers and TLS 1.3 on the client port"
 echo "$CLUSTER; latencies in ms; CPU s (over the measured ${SECS} s) and RSS MiB per node 1/2/3"
-printf '%-10s | %9s | %7s | %7s | %7s | %8s | %8s | %6s | %-17s | %-17s | %s\n' \
-  clients writes/s p50 p90 p99 p99.9 max errors "CPU s per node" "RSS per node" entries/fsync
+echo "leader/follower \"us, cs\": that node's CPU microseconds and context switches (all its threads) per operation"
+printf '%-10s | %9s | %7s | %7s | %7s | %8s | %8s | %6s | %-17s | %-17s | %-13s | %-13s | %s\n' \
+  clients writes/s p50 p90 p99 p99.9 max errors "CPU s per node" "RSS per node" "leader us, cs" "follower us, cs" entries/fsync
 printf '%s\n' "${ROWS[@]}"
 if [ -n "$GET_CLIENTS" ]; then
   echo "(the GET rows count linearizable reads/s over $GET_KEYS prefilled keys in the writes/s column)"

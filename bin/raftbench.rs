@@ -148,7 +148,9 @@ struct Cli {
     warmup: Warmup,
 
     /// Server process ids: report each one's CPU seconds (utime+stime from
-    /// /proc/<pid>/stat) and RSS (VmRSS) over the measured interval.
+    /// /proc/<pid>/stat), context switches (all threads, from
+    /// /proc/<pid>/task/*/status) and RSS (VmRSS) over the measured interval,
+    /// and the CPU microseconds and context switches per completed operation.
     #[arg(long, value_delimiter = ',', value_name = "PID,...")]
     pids: Vec<u32>,
 
@@ -241,10 +243,31 @@ struct Report {
     rec: Recorder,
     /// The measured interval.
     secs: f64,
-    /// (pid, CPU seconds over the interval, RSS KiB at its end), `None` if unreadable.
-    nodes: Vec<(u32, Option<(f64, u64)>)>,
+    /// What each `--pids` process used over the interval, `None` if unreadable.
+    nodes: Vec<(u32, Option<NodeUse>)>,
     /// raftbench's own CPU seconds over the interval.
     self_cpu: Option<f64>,
+}
+
+/// One server process over the measured interval.
+#[derive(Clone, Copy, Debug)]
+struct NodeUse {
+    cpu_s: f64,
+    /// At the end of the interval.
+    rss_kib: u64,
+    ctx_switches: u64,
+}
+
+impl NodeUse {
+    /// CPU microseconds per completed operation of the whole benchmark.
+    fn cpu_us_per_op(&self, ops: u64) -> Option<f64> {
+        (ops > 0).then(|| self.cpu_s * 1e6 / ops as f64)
+    }
+
+    /// Context switches per completed operation.
+    fn ctx_per_op(&self, ops: u64) -> Option<f64> {
+        (ops > 0).then(|| self.ctx_switches as f64 / ops as f64)
+    }
 }
 
 /// The parameters of one phase (the prefill, then the measured run).
@@ -500,10 +523,11 @@ fn run_phase(
         _ => 0.0,
     };
     let cpu = |b: Option<procstat::Sample>, a: Option<procstat::Sample>| match (b, a) {
-        (Some(b), Some(a)) => Some((
-            a.cpu_ticks.saturating_sub(b.cpu_ticks) as f64 / ticks,
-            a.rss_kib,
-        )),
+        (Some(b), Some(a)) => Some(NodeUse {
+            cpu_s: a.cpu_ticks.saturating_sub(b.cpu_ticks) as f64 / ticks,
+            rss_kib: a.rss_kib,
+            ctx_switches: a.ctx_switches.saturating_sub(b.ctx_switches),
+        }),
         _ => None,
     };
     Report {
@@ -514,14 +538,14 @@ fn run_phase(
             .zip(before.into_iter().zip(after))
             .map(|(&p, (b, a))| (p, cpu(b, a)))
             .collect(),
-        self_cpu: cpu(self_before, self_after).map(|(c, _)| c),
+        self_cpu: cpu(self_before, self_after).map(|u| u.cpu_s),
     }
 }
 
 const CSV_HEADER: &str =
     "clients,conns,endpoints,ratio,key_size,value_size,keyspace,rate,secs,ops,ops_per_s,\
 puts,gets,not_found,errors,min_us,p50_us,p90_us,p99_us,p999_us,max_us,mean_us,error_codes,\
-node_cpu_s,node_rss_mib,bench_cpu_s";
+node_cpu_s,node_rss_mib,bench_cpu_s,node_cpu_us_per_op,node_ctx_per_op";
 
 fn ops_per_sec(r: &Report) -> f64 {
     if r.secs > 0.0 {
@@ -551,16 +575,17 @@ fn csv_line(cli: &Cli, phase: &Phase, r: &Report) -> String {
         .iter()
         .map(|(c, n)| format!("{c}={n}"))
         .collect();
-    let cpus: Vec<String> = r
-        .nodes
-        .iter()
-        .map(|(_, s)| s.map_or("-".into(), |(c, _)| format!("{c:.2}")))
-        .collect();
-    let rss: Vec<String> = r
-        .nodes
-        .iter()
-        .map(|(_, s)| s.map_or("-".into(), |(_, kib)| format!("{:.1}", kib as f64 / 1024.0)))
-        .collect();
+    let per_node = |f: &dyn Fn(&NodeUse) -> Option<String>| -> Vec<String> {
+        r.nodes
+            .iter()
+            .map(|(_, u)| u.as_ref().and_then(f).unwrap_or_else(|| "-".into()))
+            .collect()
+    };
+    let ops = r.rec.ok_ops();
+    let cpus = per_node(&|u| Some(format!("{:.2}", u.cpu_s)));
+    let rss = per_node(&|u| Some(format!("{:.1}", u.rss_kib as f64 / 1024.0)));
+    let cpu_per_op = per_node(&|u| u.cpu_us_per_op(ops).map(|v| format!("{v:.1}")));
+    let ctx_per_op = per_node(&|u| u.ctx_per_op(ops).map(|v| format!("{v:.2}")));
     let or_dash = |v: Vec<String>| {
         if v.is_empty() {
             "-".to_owned()
@@ -569,7 +594,7 @@ fn csv_line(cli: &Cli, phase: &Phase, r: &Report) -> String {
         }
     };
     format!(
-        "{},{},{},{},{},{},{},{},{:.3},{},{:.1},{},{},{},{},{},{},{},{},{},{},{:.0},{},{},{},{}",
+        "{},{},{},{},{},{},{},{},{:.3},{},{:.1},{},{},{},{},{},{},{},{},{},{},{:.0},{},{},{},{},{},{}",
         phase.clients,
         phase.conns.unwrap_or(phase.clients),
         cli.endpoints.len(),
@@ -596,6 +621,8 @@ fn csv_line(cli: &Cli, phase: &Phase, r: &Report) -> String {
         or_dash(cpus),
         or_dash(rss),
         r.self_cpu.map_or("-".into(), |c| format!("{c:.2}")),
+        or_dash(cpu_per_op),
+        or_dash(ctx_per_op),
     )
 }
 
@@ -628,9 +655,22 @@ fn json_line(cli: &Cli, phase: &Phase, r: &Report) -> String {
     let nodes: Vec<String> = r
         .nodes
         .iter()
-        .map(|(pid, s)| match s {
-            Some((cpu, rss)) => format!("{{\"pid\":{pid},\"cpu_s\":{cpu:.3},\"rss_kib\":{rss}}}"),
-            None => format!("{{\"pid\":{pid},\"cpu_s\":null,\"rss_kib\":null}}"),
+        .map(|(pid, u)| match u {
+            Some(u) => format!(
+                "{{\"pid\":{pid},\"cpu_s\":{:.3},\"rss_kib\":{},\"ctx_switches\":{},\
+\"cpu_us_per_op\":{},\"ctx_per_op\":{}}}",
+                u.cpu_s,
+                u.rss_kib,
+                u.ctx_switches,
+                u.cpu_us_per_op(r.rec.ok_ops())
+                    .map_or("null".into(), |v| format!("{v:.2}")),
+                u.ctx_per_op(r.rec.ok_ops())
+                    .map_or("null".into(), |v| format!("{v:.3}")),
+            ),
+            None => format!(
+                "{{\"pid\":{pid},\"cpu_s\":null,\"rss_kib\":null,\"ctx_switches\":null,\
+\"cpu_us_per_op\":null,\"ctx_per_op\":null}}"
+            ),
         })
         .collect();
     format!(
@@ -754,12 +794,22 @@ fn text_report(cli: &Cli, phase: &Phase, r: &Report) -> String {
     }
     for (pid, sample) in &r.nodes {
         match sample {
-            Some((cpu, rss)) => {
-                let cores = if r.secs > 0.0 { cpu / r.secs } else { 0.0 };
+            Some(u) => {
+                let cores = if r.secs > 0.0 { u.cpu_s / r.secs } else { 0.0 };
+                let per_op = match (
+                    u.cpu_us_per_op(r.rec.ok_ops()),
+                    u.ctx_per_op(r.rec.ok_ops()),
+                ) {
+                    (Some(c), Some(x)) => {
+                        format!(", {c:.1} us CPU and {x:.2} context switches per op")
+                    }
+                    _ => String::new(),
+                };
                 let _ = writeln!(
                     s,
-                    "pid {pid}: {cpu:.2} CPU s ({cores:.2} cores), RSS {:.1} MiB",
-                    *rss as f64 / 1024.0
+                    "pid {pid}: {:.2} CPU s ({cores:.2} cores){per_op}, RSS {:.1} MiB",
+                    u.cpu_s,
+                    u.rss_kib as f64 / 1024.0
                 );
             }
             None => {

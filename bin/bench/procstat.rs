@@ -2,8 +2,13 @@
 //!
 //! CPU seconds are `utime + stime` of `/proc/<pid>/stat` (fields 14 and 15,
 //! all threads of the process together) divided by the clock tick rate; RSS is
-//! `VmRSS` of `/proc/<pid>/status`. Reading can fail (the process exited, or
-//! this is not Linux): the caller gets `None` and prints a dash.
+//! `VmRSS` of `/proc/<pid>/status`. Context switches are the sum of
+//! `voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches` over every
+//! thread in `/proc/<pid>/task/*/status` (the process's own `status` counts
+//! its main thread only); a thread that exits between two samples takes its
+//! switches with it, so the difference is a lower bound when threads come and
+//! go. Reading can fail (the process exited, or this is not Linux): the
+//! caller gets `None` and prints a dash.
 
 use std::fs;
 
@@ -28,6 +33,8 @@ pub struct Sample {
     pub cpu_ticks: u64,
     /// Resident set size, KiB.
     pub rss_kib: u64,
+    /// Voluntary and involuntary context switches of all live threads.
+    pub ctx_switches: u64,
 }
 
 /// `pid` may be `"self"`.
@@ -49,7 +56,29 @@ pub fn sample(pid: &str) -> Option<Sample> {
     Some(Sample {
         cpu_ticks: utime + stime,
         rss_kib,
+        ctx_switches: ctx_switches(pid),
     })
+}
+
+fn ctx_switches(pid: &str) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let Ok(status) = fs::read_to_string(task.path().join("status")) else {
+            continue; // the thread exited while we listed them
+        };
+        for line in status.lines() {
+            let value = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"));
+            if let Some(n) = value.and_then(|v| v.trim().parse::<u64>().ok()) {
+                total += n;
+            }
+        }
+    }
+    total
 }
 
 #[cfg(test)]
@@ -60,6 +89,10 @@ mod tests {
     fn reads_this_process() {
         let s = sample("self").expect("/proc/self is readable on Linux");
         assert!(s.rss_kib > 0);
+        // A sleep blocks the thread, which is one voluntary switch at least.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let later = sample("self").expect("readable");
+        assert!(later.ctx_switches > s.ctx_switches, "{s:?} then {later:?}");
     }
 
     #[test]
