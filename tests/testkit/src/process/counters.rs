@@ -306,29 +306,23 @@ impl Ctx {
                 None => "SESSION".to_string(),
                 Some(id) => format!("SESSION {id}"),
             };
-            match c.request(&line) {
-                Ok(r) => match r.strip_prefix("SESSION ").map(str::parse::<u64>) {
+            if let Ok(r) = c.request(&line) {
+                match r.strip_prefix("SESSION ").map(str::parse::<u64>) {
                     Some(Ok(id)) if session.is_none_or(|s| s == id) => {
                         if session.is_none() {
                             self.report.sessions_opened += 1;
                         }
                         return Some((c, id));
                     }
-                    _ if r.starts_with("ERR SESSION_EXPIRED") => {
-                        self.report
-                            .anomalies
-                            .push(format!("{}: {line} -> {r}", self.name));
-                        return None;
-                    }
-                    _ if r.starts_with("ERR ") => {}
+                    // An unknown outcome: try again, elsewhere.
+                    _ if r.starts_with("ERR ") && !r.starts_with("ERR SESSION_EXPIRED") => {}
                     _ => {
                         self.report
                             .anomalies
                             .push(format!("{}: {line} -> {r}", self.name));
                         return None;
                     }
-                },
-                Err(_) => {}
+                }
             }
             thread::sleep(Duration::from_millis(20));
         }
