@@ -18,7 +18,7 @@
 //!   majority, among kills and partitions. Each damaged node must be a
 //!   serving voter again within 20 s of its restart. The soak mixes disk
 //!   faults into its schedule too.
-//! - `session_counters_smoke_run` (CI): 3 nodes, about 50 s, a shorter
+//! - `session_counters_smoke_run` (CI): 3 nodes, about 35 s, a shorter
 //!   shuffle of the same faults (kills of the leader and of any node, a
 //!   whole-cluster kill, partitions, pauses, a torn tail). Session clients
 //!   `INCR` counters and retry every unknown outcome in their session
