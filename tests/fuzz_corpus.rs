@@ -133,10 +133,21 @@ fn wal_recovery_corpus() {
 }
 
 #[test]
+fn snapshot_payload_corpus() {
+    replay("snapshot_payload");
+}
+
+#[test]
 fn every_target_has_a_test_here() {
     let names: Vec<_> = TARGETS.iter().map(|t| t.name).collect();
     assert_eq!(
         names,
-        ["peer_frame", "client_line", "client_frames", "wal_recovery"]
+        [
+            "peer_frame",
+            "client_line",
+            "client_frames",
+            "wal_recovery",
+            "snapshot_payload"
+        ]
     );
 }
