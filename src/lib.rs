@@ -10,7 +10,9 @@
 //! - [`server`], [`protocol`]: the client line protocol (`docs/PROTOCOL.md`);
 //! - [`kv`]: the replicated key-value state machine;
 //! - [`shared`]: the little state that crosses threads;
-//! - [`error`]: why a node could not start, or had to stop.
+//! - [`error`]: why a node could not start, or had to stop;
+//! - [`client`]: a client library (failover, sessions, safe retries), used
+//!   by `raftctl`.
 //!
 //! ```text
 //!  clients ──► client I/O thread ─requests─► ┌────────────┐ ──Ready──► ┌──────────────┐ ──► WAL (fsync)
@@ -22,6 +24,7 @@
 //! ```
 
 pub mod apply;
+pub mod client;
 pub mod datadir;
 pub mod debug;
 pub mod discovery;
