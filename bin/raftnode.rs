@@ -20,8 +20,8 @@ use raftnode::{NodeConfig, Security, Stopper};
 /// One member of a raftnode cluster: a Raft-replicated key-value store.
 ///
 /// Clients connect to --client-addr and speak a line protocol (PUT, GET, DEL,
-/// CAS, STATUS, ADD_NODE, REMOVE_NODE, TRANSFER_LEADER, SNAPSHOT, PING,
-/// AUTH). On a network, turn on peer TLS and client TLS or a token (see
+/// CAS, INCR, APPEND, STATUS, ADD_NODE, REMOVE_NODE, TRANSFER_LEADER,
+/// SNAPSHOT, PING, AUTH, SESSION and #<seq> tags). On a network, turn on peer TLS and client TLS or a token (see
 /// the Security options and the README).
 /// With no flags, starts a one-node cluster: raft on 127.0.0.1:7001, clients
 /// on 127.0.0.1:8001, data in data/node-1. SIGTERM or Ctrl-C stop it
@@ -74,6 +74,18 @@ struct Cli {
     /// How long a client request may wait before ERR TIMEOUT.
     #[arg(long, default_value_t = 5000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     request_timeout_ms: u64,
+
+    /// A client session idle for longer than this (in log time, which the
+    /// leader stamps into the log once a second) expires, and its writes
+    /// then get ERR SESSION_EXPIRED. Put into every session this node
+    /// registers; the newest registration's value holds for all sessions.
+    #[arg(long, default_value_t = raftnode::sessions::DEFAULT_TTL_MS, value_name = "MS", value_parser = clap::value_parser!(u64).range(1000..), help_heading = "Sessions")]
+    session_ttl_ms: u64,
+
+    /// Most client sessions kept at once; registering one more evicts the
+    /// least recently active. Put into every session this node registers.
+    #[arg(long, default_value_t = raftnode::sessions::DEFAULT_MAX_SESSIONS, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=raftnode::sessions::MAX_SESSIONS_LIMIT), help_heading = "Sessions")]
+    max_sessions: u64,
 
     /// Certificate (PEM) this node presents to its peers. With
     /// --peer-key-file and --peer-trusted-ca-file it turns on mutual TLS
@@ -223,6 +235,10 @@ fn main() -> ExitCode {
         heartbeat_ticks: cli.heartbeat_ticks as usize,
         snapshot_entries: cli.snapshot_entries,
         request_timeout_ms: cli.request_timeout_ms,
+        session_limits: raftnode::sessions::SessionLimits {
+            ttl_ms: cli.session_ttl_ms,
+            max: cli.max_sessions,
+        },
         security: Security {
             peer_tls: match (cli.peer_cert_file, cli.peer_key_file) {
                 (Some(cert), Some(key)) => Some(TlsFiles {

@@ -112,6 +112,7 @@ impl Applier {
         a.connect_members();
         a.publish_membership();
         a.publish_persisted();
+        a.shared.publish_sessions(a.kv.sessions().len());
         a
     }
 
@@ -243,6 +244,7 @@ impl Applier {
         for e in rd.committed_entries {
             self.apply_entry(e);
         }
+        self.shared.publish_sessions(self.kv.sessions().len());
         // 5. Reads, snapshots, advance.
         while let Ok(n) = self.ch.read_notices.try_recv() {
             self.reads.notice(n);
@@ -287,12 +289,13 @@ impl Applier {
             EntryKind::Normal => match decode_command(&e.data) {
                 Some((rid, cmd)) => {
                     let sets_cluster_id = matches!(cmd, Command::SetClusterId { .. });
-                    let reply = self.kv.apply(cmd);
+                    let clock = matches!(cmd, Command::Clock { .. });
+                    let reply = self.kv.apply_at(e.index, cmd);
                     crate::debug::crash_point("mid_apply");
                     if sets_cluster_id {
                         info!("cluster id is {:016x}", self.kv.cluster.id);
                         self.publish_membership();
-                    } else if rid.node == self.id {
+                    } else if rid.node == self.id && !clock {
                         self.shared.pending().answer(rid.seq, reply);
                     }
                 }

@@ -35,6 +35,10 @@
 //!   raft port lets in any dialer that speaks the protocol, and the core
 //!   steps every message, from members or not, at any term. The security
 //!   tests run their attacks against it to show that they would notice.
+//! - `RAFTNODE_DEBUG_IGNORE_SESSIONS=1` (TEST ONLY, breaks exactly-once):
+//!   a `#<seq>` tag is dropped and the write proposed as if untagged, so a
+//!   retried write applies again. The sessions fault test runs against it
+//!   to show that its counters would notice.
 
 use std::sync::OnceLock;
 
@@ -104,6 +108,20 @@ pub fn trust_every_peer() -> bool {
         if on {
             log::warn!(
                 "RAFTNODE_DEBUG_TRUST_EVERY_PEER=1: any peer is let in and believed (test only)"
+            );
+        }
+        on
+    })
+}
+
+/// TEST ONLY: drop session tags from writes (see the module docs).
+pub fn ignore_sessions() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = flag("RAFTNODE_DEBUG_IGNORE_SESSIONS");
+        if on {
+            log::warn!(
+                "RAFTNODE_DEBUG_IGNORE_SESSIONS=1: retried writes may apply twice (test only)"
             );
         }
         on

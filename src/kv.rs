@@ -4,13 +4,21 @@
 //! (little-endian, via byteorder):
 //!
 //! ```text
-//! kind u8 (1 put, 2 delete, 3 compare-and-set)
+//! kind u8 (1 put, 2 delete, 3 compare-and-set, 5 incr, 6 append,
+//!          7 open session, 8 resume session, 9 clock, 10 tagged write)
 //! origin node id u64, request id u64   -- who waits for the answer
-//! key: len u32 + bytes
-//! put:    value: the rest of the entry
-//! delete: nothing more
-//! cas:    expected: len u32 + bytes, then the new value: the rest
+//! put, append: key (len u32 + bytes), then the value: the rest of the entry
+//! delete, incr: key (len u32 + bytes), nothing more
+//! cas:     key, expected (len u32 + bytes each), then the new value: the rest
+//! open:    ttl ms u64, max sessions u64   -- the registering node's settings
+//! resume:  session id u64
+//! clock:   the leader's wall clock, ms since the epoch, u64
+//! tagged:  session id u64, seq u64, then a put/delete/cas/incr/append
+//!          as kind u8 + its body
 //! ```
+//!
+//! A session's id is the index of the entry that opened it; sessions,
+//! their kept replies and log time are in `sessions.rs`.
 //!
 //! A conf-change entry's context is `origin node id u64, request id u64`
 //! followed by the member's raft address (empty for a removal); see
@@ -29,14 +37,16 @@
 //! Snapshots serialise the cluster record and the whole map:
 //!
 //! ```text
-//! magic "RNKV" (4 bytes), version u32 = 2
+//! magic "RNKV" (4 bytes), version u32 = 3
 //! cluster id u64
 //! members u64, then per member: id u64, address len u32 + bytes
 //! removed u64, then per removed node: id u64
 //! keys u64, then per key: key len u32 + bytes, value len u32 + bytes
+//! the session table (layout in `sessions.rs`)
 //! ```
 //!
-//! Version 1 (no cluster id, no removed list) is still read.
+//! Version 2 (no session table) and version 1 (no cluster id, no removed
+//! list either) are still read, with no sessions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read, Write};
@@ -44,8 +54,9 @@ use std::sync::Arc;
 
 use byteorder::{ByteOrder, LittleEndian, ReadBytesExt, WriteBytesExt};
 
-use crate::protocol::Reply;
+use crate::protocol::{ErrorCode, Reply, MAX_VALUE};
 use crate::raft::NodeId;
+use crate::sessions::{SessionLimits, Sessions};
 
 /// A write command, as proposed to Raft.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,11 +73,55 @@ pub enum Command {
         expected: Vec<u8>,
         value: Vec<u8>,
     },
+    /// Adds one to the decimal integer at `key` (absent counts as 0).
+    Incr {
+        key: Vec<u8>,
+    },
+    /// Appends `value` to the value at `key` (absent counts as empty).
+    Append {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
     /// Sets the cluster ID unless one is set (proposed by a leader, never
     /// by a client).
     SetClusterId {
         id: u64,
     },
+    /// Registers a session; its id is the index of this entry. Carries the
+    /// registering node's session settings (see `sessions.rs`).
+    OpenSession {
+        limits: SessionLimits,
+    },
+    /// Resumes session `id` (and marks it active).
+    ResumeSession {
+        id: u64,
+    },
+    /// A leader's wall-clock stamp, in milliseconds since the epoch: the
+    /// only source of log time (proposed by a leader, never by a client).
+    Clock {
+        ms: u64,
+    },
+    /// A client write tagged with sequence number `seq` of `session`;
+    /// `cmd` is a put, delete, cas, incr or append.
+    Tagged {
+        session: u64,
+        seq: u64,
+        cmd: Box<Command>,
+    },
+}
+
+impl Command {
+    /// Whether a client may send this command, and tag it.
+    pub fn is_client_write(&self) -> bool {
+        matches!(
+            self,
+            Command::Put { .. }
+                | Command::Delete { .. }
+                | Command::Cas { .. }
+                | Command::Incr { .. }
+                | Command::Append { .. }
+        )
+    }
 }
 
 /// Who is waiting for a command's outcome.
@@ -80,46 +135,89 @@ const PUT: u8 = 1;
 const DELETE: u8 = 2;
 const CAS: u8 = 3;
 const CLUSTER_ID: u8 = 4;
+const INCR: u8 = 5;
+const APPEND: u8 = 6;
+const OPEN_SESSION: u8 = 7;
+const RESUME_SESSION: u8 = 8;
+const CLOCK: u8 = 9;
+const TAGGED: u8 = 10;
+
+fn kind_of(cmd: &Command) -> u8 {
+    match cmd {
+        Command::Put { .. } => PUT,
+        Command::Delete { .. } => DELETE,
+        Command::Cas { .. } => CAS,
+        Command::Incr { .. } => INCR,
+        Command::Append { .. } => APPEND,
+        Command::SetClusterId { .. } => CLUSTER_ID,
+        Command::OpenSession { .. } => OPEN_SESSION,
+        Command::ResumeSession { .. } => RESUME_SESSION,
+        Command::Clock { .. } => CLOCK,
+        Command::Tagged { .. } => TAGGED,
+    }
+}
+
+/// Bytes of a command's body (what follows the kind and request id).
+fn body_len(cmd: &Command) -> usize {
+    match cmd {
+        Command::Put { key, value } | Command::Append { key, value } => 4 + key.len() + value.len(),
+        Command::Delete { key } | Command::Incr { key } => 4 + key.len(),
+        Command::Cas {
+            key,
+            expected,
+            value,
+        } => 8 + key.len() + expected.len() + value.len(),
+        Command::SetClusterId { .. } | Command::ResumeSession { .. } | Command::Clock { .. } => 8,
+        Command::OpenSession { .. } => 16,
+        Command::Tagged { cmd, .. } => 17 + body_len(cmd),
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn write_body(cmd: &Command, out: &mut Vec<u8>) {
+    match cmd {
+        Command::Put { key, value } | Command::Append { key, value } => {
+            put_bytes(out, key);
+            out.extend_from_slice(value);
+        }
+        Command::Delete { key } | Command::Incr { key } => put_bytes(out, key),
+        Command::Cas {
+            key,
+            expected,
+            value,
+        } => {
+            put_bytes(out, key);
+            put_bytes(out, expected);
+            out.extend_from_slice(value);
+        }
+        Command::SetClusterId { id } | Command::ResumeSession { id } => {
+            out.extend_from_slice(&id.to_le_bytes())
+        }
+        Command::Clock { ms } => out.extend_from_slice(&ms.to_le_bytes()),
+        Command::OpenSession { limits } => {
+            out.extend_from_slice(&limits.ttl_ms.to_le_bytes());
+            out.extend_from_slice(&limits.max.to_le_bytes());
+        }
+        Command::Tagged { session, seq, cmd } => {
+            out.extend_from_slice(&session.to_le_bytes());
+            out.extend_from_slice(&seq.to_le_bytes());
+            out.push(kind_of(cmd));
+            write_body(cmd, out);
+        }
+    }
+}
 
 /// Encodes a command with the id of the request waiting for it.
 pub fn encode_command(id: RequestId, cmd: &Command) -> Vec<u8> {
-    let (kind, key) = match cmd {
-        Command::Put { key, .. } => (PUT, key),
-        Command::Delete { key } => (DELETE, key),
-        Command::Cas { key, .. } => (CAS, key),
-        Command::SetClusterId { id: cluster } => {
-            let mut out = Vec::with_capacity(25);
-            out.push(CLUSTER_ID);
-            out.extend_from_slice(&id.node.to_le_bytes());
-            out.extend_from_slice(&id.seq.to_le_bytes());
-            out.extend_from_slice(&cluster.to_le_bytes());
-            return out;
-        }
-    };
-    let extra = match cmd {
-        Command::Put { value, .. } => value.len(),
-        Command::Delete { .. } | Command::SetClusterId { .. } => 0,
-        Command::Cas {
-            expected, value, ..
-        } => 4 + expected.len() + value.len(),
-    };
-    let mut out = Vec::with_capacity(21 + key.len() + extra);
-    out.push(kind);
+    let mut out = Vec::with_capacity(17 + body_len(cmd));
+    out.push(kind_of(cmd));
     out.extend_from_slice(&id.node.to_le_bytes());
     out.extend_from_slice(&id.seq.to_le_bytes());
-    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    out.extend_from_slice(key);
-    match cmd {
-        Command::Put { value, .. } => out.extend_from_slice(value),
-        Command::Delete { .. } | Command::SetClusterId { .. } => {}
-        Command::Cas {
-            expected, value, ..
-        } => {
-            out.extend_from_slice(&(expected.len() as u32).to_le_bytes());
-            out.extend_from_slice(expected);
-            out.extend_from_slice(value);
-        }
-    }
+    write_body(cmd, &mut out);
     out
 }
 
@@ -159,6 +257,13 @@ fn take_bytes<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
     Some(head)
 }
 
+/// Splits a u64 off the front of `buf`.
+fn take_u64(buf: &mut &[u8]) -> Option<u64> {
+    let (head, tail) = buf.split_first_chunk::<8>()?;
+    *buf = tail;
+    Some(u64::from_le_bytes(*head))
+}
+
 /// The request id of an encoded command of at least 17 bytes.
 fn id_of(data: &[u8]) -> RequestId {
     RequestId {
@@ -172,31 +277,68 @@ pub fn decode_command(data: &[u8]) -> Option<(RequestId, Command)> {
     if data.len() < 17 {
         return None;
     }
-    let kind = data[0];
-    let id = id_of(data);
-    let mut rest = &data[17..];
-    if kind == CLUSTER_ID {
-        let id = u64::from_le_bytes(rest.try_into().ok()?);
-        return Some((id_of(data), Command::SetClusterId { id }));
-    }
-    let key = take_bytes(&mut rest)?.to_vec();
+    let cmd = decode_body(data[0], &data[17..])?;
+    Some((id_of(data), cmd))
+}
+
+/// Decodes the body of a command of `kind`, which must use all of `rest`.
+fn decode_body(kind: u8, mut rest: &[u8]) -> Option<Command> {
+    let fixed = |rest: &[u8]| Some(u64::from_le_bytes(rest.try_into().ok()?));
     let cmd = match kind {
-        PUT => Command::Put {
-            key,
-            value: rest.to_vec(),
-        },
-        DELETE if rest.is_empty() => Command::Delete { key },
-        CAS => {
-            let expected = take_bytes(&mut rest)?.to_vec();
-            Command::Cas {
-                key,
-                expected,
-                value: rest.to_vec(),
+        CLUSTER_ID => Command::SetClusterId { id: fixed(rest)? },
+        RESUME_SESSION => Command::ResumeSession { id: fixed(rest)? },
+        CLOCK => Command::Clock { ms: fixed(rest)? },
+        OPEN_SESSION => {
+            let ttl_ms = take_u64(&mut rest)?;
+            let max = take_u64(&mut rest)?;
+            if !rest.is_empty() {
+                return None;
+            }
+            Command::OpenSession {
+                limits: SessionLimits { ttl_ms, max },
+            }
+        }
+        TAGGED => {
+            let session = take_u64(&mut rest)?;
+            let seq = take_u64(&mut rest)?;
+            let (&inner, rest) = rest.split_first()?;
+            let cmd = decode_body(inner, rest)?;
+            if !cmd.is_client_write() {
+                return None;
+            }
+            Command::Tagged {
+                session,
+                seq,
+                cmd: Box::new(cmd),
+            }
+        }
+        PUT | DELETE | CAS | INCR | APPEND => {
+            let key = take_bytes(&mut rest)?.to_vec();
+            match kind {
+                PUT => Command::Put {
+                    key,
+                    value: rest.to_vec(),
+                },
+                APPEND => Command::Append {
+                    key,
+                    value: rest.to_vec(),
+                },
+                DELETE if rest.is_empty() => Command::Delete { key },
+                INCR if rest.is_empty() => Command::Incr { key },
+                CAS => {
+                    let expected = take_bytes(&mut rest)?.to_vec();
+                    Command::Cas {
+                        key,
+                        expected,
+                        value: rest.to_vec(),
+                    }
+                }
+                _ => return None,
             }
         }
         _ => return None,
     };
-    Some((id, cmd))
+    Some(cmd)
 }
 
 type Shard = HashMap<Arc<[u8]>, Arc<[u8]>>;
@@ -316,11 +458,13 @@ pub struct Cluster {
     pub removed: BTreeSet<NodeId>,
 }
 
-/// The state machine: keys to values, plus the [`Cluster`] record.
+/// The state machine: keys to values, plus the [`Cluster`] record and the
+/// client [`Sessions`].
 #[derive(Default, Debug)]
 pub struct KvStore {
     map: Map,
     pub cluster: Cluster,
+    sessions: Sessions,
 }
 
 impl KvStore {
@@ -350,8 +494,48 @@ impl KvStore {
         self.map.bytes
     }
 
-    /// Applies a command and returns the reply for its client.
+    /// The client sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// Applies a command that is not in a log entry (tests, tools): as if
+    /// it were entry 0.
     pub fn apply(&mut self, cmd: Command) -> Reply {
+        self.apply_at(0, cmd)
+    }
+
+    /// Applies the command of log entry `index` and returns the reply for
+    /// its client. Deterministic: the same entries give the same state and
+    /// replies on every replica.
+    pub fn apply_at(&mut self, index: u64, cmd: Command) -> Reply {
+        match cmd {
+            Command::SetClusterId { id } => {
+                if self.cluster.id == 0 {
+                    self.cluster.id = id;
+                }
+                Reply::Ok
+            }
+            Command::OpenSession { limits } => self.sessions.open(index, limits),
+            Command::ResumeSession { id } => self.sessions.resume(id),
+            Command::Clock { ms } => {
+                self.sessions.advance_clock(ms);
+                Reply::Ok
+            }
+            Command::Tagged { session, seq, cmd } => match self.sessions.check(session, seq) {
+                Err(reply) => reply,
+                Ok(()) => {
+                    let reply = self.apply_write(*cmd);
+                    self.sessions.record(session, seq, &reply);
+                    reply
+                }
+            },
+            cmd => self.apply_write(cmd),
+        }
+    }
+
+    /// Applies a client write to the map.
+    fn apply_write(&mut self, cmd: Command) -> Reply {
         match cmd {
             Command::Put { key, value } => {
                 self.map.put(key, value);
@@ -370,26 +554,79 @@ impl KvStore {
                 Err(None) => Reply::NotFound,
                 Err(Some(current)) => Reply::Mismatch(current),
             },
-            Command::SetClusterId { id } => {
-                if self.cluster.id == 0 {
-                    self.cluster.id = id;
-                }
-                Reply::Ok
-            }
+            Command::Incr { key } => self.incr(key),
+            Command::Append { key, value } => self.append(key, value),
+            other => Reply::error(
+                ErrorCode::Internal,
+                format!("not a client write: {:?}", kind_of(&other)),
+            ),
         }
+    }
+
+    /// `INCR`: the value must be a decimal integer in the i64 range (an
+    /// optional `-`, then digits); absent counts as 0.
+    fn incr(&mut self, key: Vec<u8>) -> Reply {
+        let current = match self.map.get(&key) {
+            None => 0,
+            Some(v) => match parse_i64(v) {
+                Some(n) => n,
+                None => {
+                    return Reply::error(
+                        ErrorCode::BadRequest,
+                        "INCR: the value is not a decimal integer in the 64-bit signed range; \
+                         it is unchanged",
+                    )
+                }
+            },
+        };
+        let Some(next) = current.checked_add(1) else {
+            return Reply::error(
+                ErrorCode::BadRequest,
+                "INCR: the value would overflow 9223372036854775807; it is unchanged",
+            );
+        };
+        let text: Arc<[u8]> = Arc::from(next.to_string().into_bytes());
+        self.map.put(key, text.to_vec());
+        Reply::Value(text)
+    }
+
+    /// `APPEND`: refused, changing nothing, if the value would grow past
+    /// the value limit.
+    fn append(&mut self, key: Vec<u8>, value: Vec<u8>) -> Reply {
+        let current = self.map.get(&key).map(|v| &v[..]).unwrap_or_default();
+        let len = current.len() + value.len();
+        if len > MAX_VALUE {
+            return Reply::error(
+                ErrorCode::BadRequest,
+                format!(
+                    "APPEND: the value would grow to {len} bytes, the limit is {MAX_VALUE}; \
+                     it is unchanged"
+                ),
+            );
+        }
+        let mut joined = Vec::with_capacity(len);
+        joined.extend_from_slice(current);
+        joined.extend_from_slice(&value);
+        self.map.put(key, joined);
+        Reply::Ok
     }
 
     /// Serialises the whole state (see the module docs for the layout).
     pub fn write_snapshot(&self, w: &mut impl Write) -> io::Result<()> {
-        write_snapshot(&self.cluster, &self.map, w)
+        write_snapshot(&self.cluster, &self.map, w)?;
+        self.sessions.write_to(w)
     }
 
     /// A frozen copy of the state to serialise on another thread while
     /// this one goes on applying. Cheap: it shares every key and value.
     pub fn view(&self) -> KvView {
+        let mut sessions = Vec::new();
+        // Writing to a Vec cannot fail.
+        let _ = self.sessions.write_to(&mut sessions);
         KvView {
             cluster: self.cluster.clone(),
             map: self.map.clone(),
+            sessions,
         }
     }
 
@@ -419,11 +656,12 @@ impl KvStore {
         let mut magic = [0u8; 4];
         r.read_exact(&mut magic)?;
         let version = r.read_u32::<LittleEndian>()?;
-        if &magic != b"RNKV" || !(1..=2).contains(&version) {
+        if &magic != b"RNKV" || !(1..=SNAPSHOT_VERSION).contains(&version) {
             return Err(bad("unknown format"));
         }
         self.map = Map::default();
         self.cluster = Cluster::default();
+        self.sessions = Sessions::default();
         let mut cluster = Cluster::default();
         if version >= 2 {
             cluster.id = r.read_u64::<LittleEndian>()?;
@@ -445,6 +683,9 @@ impl KvStore {
             let v = read_vec(r, 1 << 24)?;
             self.map.put(k, v);
         }
+        if version >= 3 {
+            self.sessions = Sessions::read_from(r)?;
+        }
         Ok(())
     }
 }
@@ -453,17 +694,32 @@ impl KvStore {
 pub struct KvView {
     cluster: Cluster,
     map: Map,
+    /// The session table, serialised when the view was taken.
+    sessions: Vec<u8>,
 }
 
 impl KvView {
     pub fn write_snapshot(&self, w: &mut impl Write) -> io::Result<()> {
-        write_snapshot(&self.cluster, &self.map, w)
+        write_snapshot(&self.cluster, &self.map, w)?;
+        w.write_all(&self.sessions)
     }
 }
 
+/// A decimal i64: an optional `-`, then 1 to 19 digits (no `+`, no spaces).
+fn parse_i64(v: &[u8]) -> Option<i64> {
+    let digits = v.strip_prefix(b"-").unwrap_or(v);
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The snapshot format written; 1 and 2 are still read.
+const SNAPSHOT_VERSION: u32 = 3;
+
 fn write_snapshot(cluster: &Cluster, map: &Map, w: &mut impl Write) -> io::Result<()> {
     w.write_all(b"RNKV")?;
-    w.write_u32::<LittleEndian>(2)?;
+    w.write_u32::<LittleEndian>(SNAPSHOT_VERSION)?;
     w.write_u64::<LittleEndian>(cluster.id)?;
     w.write_u64::<LittleEndian>(cluster.members.len() as u64)?;
     for (id, addr) in &cluster.members {
@@ -641,5 +897,222 @@ mod tests {
         assert_eq!(kv.len(), 2000);
         assert_eq!(kv.get(b"k5"), Some(&b"new"[..]));
         assert_eq!(kv.get(b"k1500"), None);
+    }
+
+    fn incr(k: &str) -> Command {
+        Command::Incr { key: k.into() }
+    }
+
+    fn value(s: &str) -> Reply {
+        Reply::Value(Arc::from(s.as_bytes()))
+    }
+
+    fn is_bad_request(r: &Reply) -> bool {
+        matches!(r, Reply::Error(ErrorCode::BadRequest, m) if !m.is_empty())
+    }
+
+    #[test]
+    fn incr_counts_from_zero_and_refuses_non_integers_and_overflow() {
+        let mut kv = KvStore::new();
+        assert_eq!(kv.apply(incr("n")), value("1"));
+        assert_eq!(kv.apply(incr("n")), value("2"));
+        let put = |v: &str| Command::Put {
+            key: b"n".to_vec(),
+            value: v.into(),
+        };
+        kv.apply(put("-5"));
+        assert_eq!(kv.apply(incr("n")), value("-4"));
+        for bad in [
+            "x",
+            "",
+            "1.5",
+            "+3",
+            " 3",
+            "3 ",
+            "--1",
+            "99999999999999999999",
+        ] {
+            kv.apply(put(bad));
+            assert!(is_bad_request(&kv.apply(incr("n"))), "{bad:?}");
+            assert_eq!(kv.get(b"n"), Some(bad.as_bytes()), "unchanged");
+        }
+        kv.apply(put("9223372036854775807"));
+        assert!(is_bad_request(&kv.apply(incr("n"))));
+        assert_eq!(kv.get(b"n"), Some(&b"9223372036854775807"[..]));
+        kv.apply(put("9223372036854775806"));
+        assert_eq!(kv.apply(incr("n")), value("9223372036854775807"));
+        kv.apply(put("-9223372036854775808"));
+        assert_eq!(kv.apply(incr("n")), value("-9223372036854775807"));
+    }
+
+    #[test]
+    fn append_creates_grows_and_refuses_to_pass_the_value_limit() {
+        let mut kv = KvStore::new();
+        let append = |v: &[u8]| Command::Append {
+            key: b"a".to_vec(),
+            value: v.to_vec(),
+        };
+        assert_eq!(kv.apply(append(b"ab")), Reply::Ok);
+        assert_eq!(kv.apply(append(b" c")), Reply::Ok);
+        assert_eq!(kv.get(b"a"), Some(&b"ab c"[..]));
+        assert_eq!(kv.data_bytes(), 5);
+        let fill = vec![b'x'; MAX_VALUE - 4];
+        assert_eq!(kv.apply(append(&fill)), Reply::Ok);
+        assert_eq!(kv.get(b"a").map(<[u8]>::len), Some(MAX_VALUE));
+        assert!(is_bad_request(&kv.apply(append(b"y"))));
+        assert_eq!(kv.get(b"a").map(<[u8]>::len), Some(MAX_VALUE), "unchanged");
+        assert_eq!(kv.apply(append(b"")), Reply::Ok);
+    }
+
+    fn tagged(session: u64, seq: u64, cmd: Command) -> Command {
+        Command::Tagged {
+            session,
+            seq,
+            cmd: Box::new(cmd),
+        }
+    }
+
+    const LIMITS: SessionLimits = SessionLimits {
+        ttl_ms: 60_000,
+        max: 100,
+    };
+
+    #[test]
+    fn a_retried_tagged_write_is_answered_from_memory_and_not_applied_again() {
+        let mut kv = KvStore::new();
+        kv.apply_at(1, Command::Clock { ms: 1_000 });
+        assert_eq!(
+            kv.apply_at(2, Command::OpenSession { limits: LIMITS }),
+            Reply::Session(2)
+        );
+        assert_eq!(kv.apply_at(3, tagged(2, 1, incr("c"))), value("1"));
+        assert_eq!(kv.apply_at(4, tagged(2, 1, incr("c"))), value("1"));
+        assert_eq!(kv.get(b"c"), Some(&b"1"[..]), "the retry did not apply");
+        assert_eq!(kv.apply_at(5, tagged(2, 2, incr("c"))), value("2"));
+        // An untagged INCR is not deduplicated.
+        assert_eq!(kv.apply_at(6, incr("c")), value("3"));
+        // A failed write's reply is kept too.
+        kv.apply_at(
+            7,
+            Command::Put {
+                key: b"c".to_vec(),
+                value: b"x".to_vec(),
+            },
+        );
+        let err = kv.apply_at(8, tagged(2, 3, incr("c")));
+        assert!(is_bad_request(&err));
+        kv.apply_at(
+            9,
+            Command::Put {
+                key: b"c".to_vec(),
+                value: b"10".to_vec(),
+            },
+        );
+        assert_eq!(kv.apply_at(10, tagged(2, 3, incr("c"))), err);
+        assert_eq!(kv.get(b"c"), Some(&b"10"[..]));
+    }
+
+    #[test]
+    fn unknown_and_expired_sessions_get_session_expired_and_change_nothing() {
+        let mut kv = KvStore::new();
+        let expired = |r: &Reply| matches!(r, Reply::Error(ErrorCode::SessionExpired, _));
+        assert!(expired(&kv.apply_at(1, tagged(99, 1, incr("c")))));
+        assert!(expired(&kv.apply_at(2, Command::ResumeSession { id: 99 })));
+        kv.apply_at(3, Command::Clock { ms: 1_000 });
+        kv.apply_at(4, Command::OpenSession { limits: LIMITS });
+        assert_eq!(
+            kv.apply_at(5, Command::ResumeSession { id: 4 }),
+            Reply::Session(4)
+        );
+        kv.apply_at(6, Command::Clock { ms: 61_000 });
+        assert_eq!(kv.sessions().len(), 1, "idle exactly the TTL: still open");
+        kv.apply_at(7, Command::Clock { ms: 61_001 });
+        assert!(kv.sessions().is_empty());
+        assert!(expired(&kv.apply_at(8, tagged(4, 1, incr("c")))));
+        assert_eq!(kv.get(b"c"), None);
+    }
+
+    #[test]
+    fn commands_with_sessions_round_trip_and_nested_tags_do_not_decode() {
+        let id = RequestId { node: 2, seq: 5 };
+        let cmds = [
+            incr("k"),
+            Command::Append {
+                key: b"k".to_vec(),
+                value: b"x y".to_vec(),
+            },
+            Command::OpenSession { limits: LIMITS },
+            Command::ResumeSession { id: 17 },
+            Command::Clock { ms: 1234 },
+            tagged(3, 9, incr("k")),
+            tagged(
+                3,
+                10,
+                Command::Cas {
+                    key: b"k".to_vec(),
+                    expected: b"1".to_vec(),
+                    value: b"2".to_vec(),
+                },
+            ),
+        ];
+        for cmd in cmds {
+            let data = encode_command(id, &cmd);
+            assert_eq!(decode_command(&data), Some((id, cmd.clone())));
+            if !matches!(cmd, Command::Append { .. } | Command::Tagged { .. }) {
+                for cut in 0..data.len() {
+                    assert_eq!(decode_command(&data[..cut]), None, "{cmd:?} cut at {cut}");
+                }
+            }
+        }
+        let nested = encode_command(id, &tagged(1, 1, tagged(1, 2, incr("k"))));
+        assert_eq!(decode_command(&nested), None);
+        let clock_inside = encode_command(id, &tagged(1, 1, Command::Clock { ms: 5 }));
+        assert_eq!(decode_command(&clock_inside), None);
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_session_table_and_a_retry_after_restore_is_not_applied() {
+        let mut kv = KvStore::new();
+        kv.apply_at(1, Command::Clock { ms: 5_000 });
+        kv.apply_at(2, Command::OpenSession { limits: LIMITS });
+        kv.apply_at(3, tagged(2, 1, incr("c")));
+        kv.apply_at(4, tagged(2, 2, incr("c")));
+        let bytes = kv.snapshot_bytes();
+        let mut via_view = Vec::new();
+        kv.view().write_snapshot(&mut via_view).unwrap();
+        assert_eq!(via_view, bytes);
+        let mut other = KvStore::new();
+        other.restore(&mut &bytes[..]).unwrap();
+        assert_eq!(other.sessions(), kv.sessions());
+        assert_eq!(other.apply_at(5, tagged(2, 2, incr("c"))), value("2"));
+        assert_eq!(other.apply_at(6, tagged(2, 3, incr("c"))), value("3"));
+        assert_eq!(other.get(b"c"), Some(&b"3"[..]));
+        for cut in 0..bytes.len() {
+            assert!(
+                KvStore::new().restore(&mut &bytes[..cut]).is_err(),
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_version_2_snapshot_loads_with_no_sessions() {
+        let mut kv = KvStore::new();
+        kv.apply(Command::Put {
+            key: b"a".to_vec(),
+            value: b"1".to_vec(),
+        });
+        kv.apply_at(2, Command::OpenSession { limits: LIMITS });
+        let mut v2 = Vec::new();
+        write_snapshot(&kv.cluster, &kv.map, &mut v2).unwrap();
+        v2[4..8].copy_from_slice(&2u32.to_le_bytes());
+        let mut other = KvStore::new();
+        other.apply_at(9, Command::OpenSession { limits: LIMITS });
+        other.restore(&mut &v2[..]).unwrap();
+        assert_eq!(other.get(b"a"), Some(&b"1"[..]));
+        assert!(other.sessions().is_empty());
+        let mut v4 = kv.snapshot_bytes();
+        v4[4..8].copy_from_slice(&4u32.to_le_bytes());
+        assert!(KvStore::new().restore(&mut &v4[..]).is_err());
     }
 }

@@ -8,7 +8,8 @@
 //! - [`datadir`]: recovery and bootstrap of the data dir;
 //! - [`transport`]: peer connections, one sender thread per peer;
 //! - [`server`], [`protocol`]: the client line protocol (`docs/PROTOCOL.md`);
-//! - [`kv`]: the replicated key-value state machine;
+//! - [`kv`]: the replicated key-value state machine, with [`sessions`]:
+//!   client sessions, which make retried writes apply at most once;
 //! - [`shared`]: the little state that crosses threads;
 //! - [`error`]: why a node could not start, or had to stop;
 //! - [`client`]: a client library (failover, sessions, safe retries), used
@@ -38,6 +39,7 @@ pub mod ratelimit;
 pub mod reads;
 pub mod reply;
 pub mod server;
+pub mod sessions;
 pub mod shared;
 pub mod snapshots;
 pub mod stats;
@@ -73,6 +75,8 @@ pub struct NodeConfig {
     pub heartbeat_ticks: usize,
     pub snapshot_entries: u64,
     pub request_timeout_ms: u64,
+    /// `--session-ttl-ms` and `--max-sessions`.
+    pub session_limits: sessions::SessionLimits,
     pub security: Security,
 }
 
@@ -334,6 +338,7 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
             tls: client_tls,
             auth_token,
             max_clients: sec.max_clients,
+            session_limits: cfg.session_limits,
         },
     )
     .map_err(|source| StartError::Thread {

@@ -20,6 +20,12 @@
 //!   (the leader's core refuses them too, should that view be stale).
 //! - **The cluster ID.** A leader of a cluster that has none yet (right
 //!   after the bootstrap) proposes a random one; the first applied wins.
+//! - **Log time.** While client sessions exist, a leader proposes a clock
+//!   entry with its wall clock every [`CLOCK_EVERY`]; sessions expire in
+//!   the log time these entries make (`sessions.rs`). Only a leader stamps,
+//!   so a follower's clock never matters, and the state machine takes the
+//!   largest stamp, so a new leader whose clock is behind cannot move log
+//!   time back.
 //!
 //! All of it is driven by the node thread: `node.rs` calls in at the points
 //! named after the loop's arms, and nothing here is shared with another
@@ -51,6 +57,9 @@ const MAX_BATCH: usize = 8192;
 
 /// A promotion is proposed again only after this long without effect.
 const PROMOTE_RETRY: Duration = Duration::from_secs(1);
+
+/// How often a leader stamps log time while client sessions exist.
+pub const CLOCK_EVERY: Duration = Duration::from_secs(1);
 
 /// A client request for the node thread.
 pub enum NodeRequest {
@@ -103,6 +112,8 @@ pub struct Policy {
     promoting: HashMap<NodeId, Instant>,
     /// When this node last proposed a cluster ID.
     cluster_id_proposed: Option<Instant>,
+    /// When this node last proposed a clock entry.
+    clock_proposed: Option<Instant>,
 }
 
 /// A random id, never 0 (a cluster ID, a recovery id). Not a secret: it
@@ -163,6 +174,7 @@ impl Policy {
             learner_context: BTreeMap::new(),
             promoting: HashMap::new(),
             cluster_id_proposed: None,
+            clock_proposed: None,
         }
     }
 
@@ -349,6 +361,32 @@ impl Policy {
         if raw.soft_state().role == Role::Leader {
             self.promote_learners(raw, now);
             self.propose_cluster_id(raw, now);
+            self.propose_clock(raw, now);
+        }
+    }
+
+    /// On the leader, while sessions exist: stamps log time with the wall
+    /// clock every [`CLOCK_EVERY`].
+    fn propose_clock(&mut self, raw: &mut RawNode<MemStorage>, now: Instant) {
+        let recently = self
+            .clock_proposed
+            .is_some_and(|t| now.duration_since(t) < CLOCK_EVERY);
+        if recently || self.shared.sessions() == 0 {
+            return;
+        }
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let data = encode_command(
+            RequestId {
+                node: raw.id(),
+                seq: 0,
+            },
+            &Command::Clock { ms },
+        );
+        if raw.propose(data).is_ok() {
+            self.clock_proposed = Some(now);
         }
     }
 

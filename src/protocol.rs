@@ -49,6 +49,18 @@ pub enum Request {
     Auth {
         token: Vec<u8>,
     },
+    /// `SESSION`: open a session.
+    OpenSession,
+    /// `SESSION <id>`: make session `id` this connection's session.
+    ResumeSession {
+        id: u64,
+    },
+    /// `#<seq> <write>`: a write tagged with a sequence number of the
+    /// connection's session; `cmd` is a client write, never tagged itself.
+    Tagged {
+        seq: u64,
+        cmd: Command,
+    },
 }
 
 /// The outcome of a request, as the client will see it.
@@ -63,6 +75,8 @@ pub enum Reply {
     Mismatch(Vec<u8>),
     Pong,
     Status(String),
+    /// `SESSION <id>`: a session was opened or resumed.
+    Session(u64),
     Error(ErrorCode, String),
 }
 
@@ -85,6 +99,8 @@ pub enum ErrorCode {
     Busy,
     /// This node was removed from the cluster.
     Removed,
+    /// The session is unknown or expired.
+    SessionExpired,
 }
 
 impl ErrorCode {
@@ -99,7 +115,32 @@ impl ErrorCode {
             ErrorCode::NoAuth => "NOAUTH",
             ErrorCode::Busy => "BUSY",
             ErrorCode::Removed => "REMOVED",
+            ErrorCode::SessionExpired => "SESSION_EXPIRED",
         }
+    }
+
+    /// Every code, in the order of their stable numbers ([`to_u8`](ErrorCode::to_u8)).
+    const ALL: [ErrorCode; 10] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Timeout,
+        ErrorCode::NoLeader,
+        ErrorCode::LeaderChanged,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+        ErrorCode::NoAuth,
+        ErrorCode::Busy,
+        ErrorCode::Removed,
+        ErrorCode::SessionExpired,
+    ];
+
+    /// A stable number for the code, as snapshots store it (kept replies).
+    pub fn to_u8(self) -> u8 {
+        ErrorCode::ALL.iter().position(|&c| c == self).unwrap_or(0) as u8
+    }
+
+    /// The code numbered `n` by [`to_u8`](ErrorCode::to_u8), if any.
+    pub fn from_u8(n: u8) -> Option<ErrorCode> {
+        ErrorCode::ALL.get(n as usize).copied()
     }
 }
 
@@ -127,6 +168,9 @@ impl Reply {
             }
             Reply::Pong => out.extend_from_slice(b"PONG"),
             Reply::Status(s) => out.extend_from_slice(s.as_bytes()),
+            Reply::Session(id) => {
+                let _ = write!(out, "SESSION {id}");
+            }
             Reply::Error(code, msg) => {
                 let _ = write!(out, "ERR {} {}", code.as_str(), msg);
             }
@@ -282,6 +326,12 @@ pub enum ParseError {
     ValueTooLong(usize),
     BadNodeId(String),
     BadAddress(String),
+    /// `SESSION <id>` whose id is not a decimal integer >= 1.
+    BadSessionId(String),
+    /// `#<seq>` whose sequence number is not a decimal integer >= 1.
+    BadSequence(String),
+    /// A tag on something that is not a write (or on a tagged write).
+    NotTaggable,
 }
 
 impl fmt::Display for ParseError {
@@ -292,8 +342,8 @@ impl fmt::Display for ParseError {
             ParseError::Nul => f.write_str("request contains a NUL byte"),
             ParseError::UnknownCommand(cmd) => write!(
                 f,
-                "unknown command {cmd:?}; known: PUT GET DEL CAS STATUS ADD_NODE \
-                 REMOVE_NODE TRANSFER_LEADER SNAPSHOT PING AUTH"
+                "unknown command {cmd:?}; known: PUT GET DEL CAS INCR APPEND STATUS \
+                 ADD_NODE REMOVE_NODE TRANSFER_LEADER SNAPSHOT PING AUTH SESSION"
             ),
             ParseError::MissingArgument { usage } => {
                 write!(f, "missing argument; usage: {usage}")
@@ -321,6 +371,18 @@ impl fmt::Display for ParseError {
                 "{tok:?} is not a node id (a decimal integer >= 1, digits only)"
             ),
             ParseError::BadAddress(addr) => write!(f, "{addr:?} is not a host:port address"),
+            ParseError::BadSessionId(tok) => write!(
+                f,
+                "{tok:?} is not a session id (a decimal integer >= 1, digits only)"
+            ),
+            ParseError::BadSequence(tok) => write!(
+                f,
+                "{tok:?} is not a sequence number; usage: #<seq> <write>, seq a decimal \
+                 integer >= 1"
+            ),
+            ParseError::NotTaggable => f.write_str(
+                "only a write (PUT DEL CAS INCR APPEND) takes a #<seq> tag, and only one",
+            ),
         }
     }
 }
@@ -366,6 +428,27 @@ fn node_id(tok: &str) -> Result<NodeId, ParseError> {
     }
 }
 
+/// A positive integer: strict decimal, digits only, >= 1.
+fn positive(tok: &str) -> Option<u64> {
+    let digits = !tok.is_empty() && tok.bytes().all(|b| b.is_ascii_digit());
+    tok.parse::<u64>().ok().filter(|&n| digits && n >= 1)
+}
+
+/// Parses `#<seq> <write>`, `line` without its `#`.
+fn tagged(line: &str) -> Result<Request, ParseError> {
+    let (seq, rest) = next_token(line);
+    let seq =
+        positive(seq).ok_or_else(|| ParseError::BadSequence(seq.chars().take(32).collect()))?;
+    let rest = rest.ok_or(ParseError::NotTaggable)?;
+    if rest.starts_with('#') {
+        return Err(ParseError::NotTaggable);
+    }
+    match parse_str(rest)? {
+        Request::Write(cmd) => Ok(Request::Tagged { seq, cmd }),
+        _ => Err(ParseError::NotTaggable),
+    }
+}
+
 /// Requires that nothing follows the last expected argument.
 fn done(rest: Option<&str>, usage: &'static str) -> Result<(), ParseError> {
     match rest {
@@ -394,6 +477,14 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
     if line.contains('\0') {
         return Err(ParseError::Nul);
     }
+    match line.strip_prefix('#') {
+        Some(tail) => tagged(tail),
+        None => parse_str(line),
+    }
+}
+
+/// Parses an untagged request line.
+fn parse_str(line: &str) -> Result<Request, ParseError> {
     let (cmd, rest) = next_token(line);
     match cmd.to_ascii_uppercase().as_str() {
         "PUT" => {
@@ -428,6 +519,32 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
                 value: value(new)?,
             }))
         }
+        "INCR" => {
+            let usage = "INCR <key>";
+            let (k, more) = arg(rest, usage)?;
+            done(more, usage)?;
+            Ok(Request::Write(Command::Incr { key: key(k)? }))
+        }
+        "APPEND" => {
+            let usage = "APPEND <key> <value>";
+            let (k, v) = arg(rest, usage)?;
+            let v = v.ok_or(ParseError::MissingValue { usage })?;
+            Ok(Request::Write(Command::Append {
+                key: key(k)?,
+                value: value(v)?,
+            }))
+        }
+        "SESSION" => match rest {
+            None => Ok(Request::OpenSession),
+            Some(_) => {
+                let usage = "SESSION [<id>]";
+                let (id, more) = arg(rest, usage)?;
+                done(more, usage)?;
+                let id = positive(id)
+                    .ok_or_else(|| ParseError::BadSessionId(id.chars().take(32).collect()))?;
+                Ok(Request::ResumeSession { id })
+            }
+        },
         "STATUS" => done(rest, "STATUS").map(|_| Request::Status),
         "PING" => done(rest, "PING").map(|_| Request::Ping),
         "SNAPSHOT" => done(rest, "SNAPSHOT").map(|_| Request::Snapshot),
@@ -611,5 +728,86 @@ mod tests {
             Ok(Request::TransferLeader { id: 3 })
         );
         assert_eq!(parse(b"ping"), Ok(Request::Ping));
+    }
+
+    #[test]
+    fn session_requests_and_tags_parse() {
+        assert_eq!(parse(b"SESSION"), Ok(Request::OpenSession));
+        assert_eq!(
+            parse(b"session 42\r"),
+            Ok(Request::ResumeSession { id: 42 })
+        );
+        assert_eq!(
+            parse(b"INCR k"),
+            Ok(Request::Write(Command::Incr { key: "k".into() }))
+        );
+        assert_eq!(
+            parse(b"APPEND k a b"),
+            Ok(Request::Write(Command::Append {
+                key: "k".into(),
+                value: "a b".into()
+            }))
+        );
+        assert_eq!(
+            parse(b"#7 INCR k"),
+            Ok(Request::Tagged {
+                seq: 7,
+                cmd: Command::Incr { key: "k".into() }
+            })
+        );
+        assert_eq!(
+            parse(b"#1 PUT k a b"),
+            Ok(Request::Tagged {
+                seq: 1,
+                cmd: Command::Put {
+                    key: "k".into(),
+                    value: "a b".into()
+                }
+            })
+        );
+        let mut out = Vec::new();
+        Reply::Session(9).write_line(&mut out);
+        Reply::error(ErrorCode::SessionExpired, "gone").write_line(&mut out);
+        assert_eq!(out, b"SESSION 9\nERR SESSION_EXPIRED gone\n");
+    }
+
+    #[test]
+    fn bad_session_requests_and_tags_are_refused_with_a_reason() {
+        for (line, want) in [
+            (&b"SESSION 0"[..], "not a session id"),
+            (b"SESSION x", "not a session id"),
+            (b"SESSION +1", "not a session id"),
+            (b"SESSION 18446744073709551616", "not a session id"),
+            (b"SESSION 1 2", "too many"),
+            (b"SESSION ", "missing argument"),
+            (b"#0 INCR k", "not a sequence number"),
+            (b"#-1 INCR k", "not a sequence number"),
+            (b"# INCR k", "not a sequence number"),
+            (b"#x INCR k", "not a sequence number"),
+            (b"#1", "only a write"),
+            (b"#1 GET k", "only a write"),
+            (b"#1 SESSION", "only a write"),
+            (b"#1 #2 INCR k", "only a write"),
+            (b"#1 PING", "only a write"),
+            (b"#1 FOO", "unknown command"),
+            (b"#1 INCR", "missing argument"),
+            (b"INCR", "missing argument"),
+            (b"INCR a b", "too many"),
+            (b"APPEND k", "missing value"),
+        ] {
+            let e = parse(line).unwrap_err().to_string();
+            assert!(e.contains(want), "{:?}: {e}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn error_codes_have_stable_numbers() {
+        for n in 0..=255u8 {
+            if let Some(code) = ErrorCode::from_u8(n) {
+                assert_eq!(code.to_u8(), n);
+            }
+        }
+        assert_eq!(ErrorCode::from_u8(9), Some(ErrorCode::SessionExpired));
+        assert_eq!(ErrorCode::from_u8(10), None);
     }
 }

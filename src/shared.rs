@@ -9,6 +9,7 @@
 //! | membership, cluster ID | ready thread | transport (who may connect) |
 //! | removed | ready thread, transport | client server (`ERR REMOVED`) |
 //! | persisted term and last index | ready thread | transport (answers probes) |
+//! | how many client sessions are open | ready thread | node thread (a leader stamps log time while any are) |
 //!
 //! Everything else belongs to one thread: the core and the request policy
 //! to the node thread, the WAL, the KV store and reads to the ready thread.
@@ -46,6 +47,7 @@ pub struct Shared {
     running: AtomicBool,
     persisted_term: AtomicU64,
     persisted_last: AtomicU64,
+    sessions: AtomicU64,
 }
 
 impl Shared {
@@ -140,5 +142,14 @@ impl Shared {
                 self.persisted_last.load(Ordering::Relaxed),
             )
         })
+    }
+
+    /// How many client sessions the applied state holds.
+    pub fn sessions(&self) -> u64 {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
+    pub fn publish_sessions(&self, n: usize) {
+        self.sessions.store(n as u64, Ordering::Relaxed);
     }
 }

@@ -18,6 +18,16 @@
 //!   majority, among kills and partitions. Each damaged node must be a
 //!   serving voter again within 20 s of its restart. The soak mixes disk
 //!   faults into its schedule too.
+//! - `session_counters_smoke_run` (CI): 3 nodes, about 50 s, a shorter
+//!   shuffle of the same faults (kills of the leader and of any node, a
+//!   whole-cluster kill, partitions, pauses, a torn tail). Session clients
+//!   `INCR` counters and retry every unknown outcome in their session
+//!   until it is answered; plain clients `INCR` other counters without
+//!   sessions and count their unknown outcomes. After healing every
+//!   session counter must equal the increments issued on it, its `VALUE`
+//!   replies must be 1..=n each once, and each plain counter must lie
+//!   between its acknowledged and its possible increments
+//!   (`process/counters.rs`).
 //! - `broken_node_*` (ignored, run with `--ignored`): nodes broken on
 //!   purpose through test-only switches, which the checks must catch.
 //! - `disk_fault_recovery_timings` (in `tests/recovery_timings.rs`,
@@ -33,8 +43,12 @@
 
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
+use raftnode_testkit::process::counters::{CounterConfig, CounterReport, Counters};
 use raftnode_testkit::process::damage::DiskFault;
 use raftnode_testkit::process::faults::{seed, FaultCluster};
+use raftnode_testkit::process::history::History;
 use raftnode_testkit::process::run::{fault_args, run, Outcome};
 use raftnode_testkit::process::workload::WorkloadConfig;
 use raftnode_testkit::process::{make_certs, peer_tls_args, serial, torn};
@@ -463,6 +477,185 @@ fn broken_node_no_recovery_is_caught() {
     assert!(
         !out.lost.is_empty() || !out.report.violations.is_empty() || !out.errors.is_empty(),
         "the checks missed a node that skipped its recovery: {}",
+        out.summary
+    );
+}
+
+/// The sessions smoke schedule: one or more of each fault of the smoke
+/// schedule but slow links, shuffled; about 35 s.
+fn session_schedule(rng: &mut Rng) -> Vec<Fault> {
+    let mut s = vec![
+        Fault::KillLeader,
+        Fault::KillLeader,
+        Fault::KillLeader,
+        Fault::KillAny,
+        Fault::KillAll,
+        Fault::Partition,
+        Fault::Partition,
+        Fault::Partition,
+        Fault::Pause,
+        Fault::Pause,
+        Fault::TornTail,
+    ];
+    for i in (1..s.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        s.swap(i, j);
+    }
+    s
+}
+
+/// What a counters run found.
+struct CounterOutcome {
+    report: CounterReport,
+    /// Discrepancies of the final counters, convergence failures, anomalies.
+    errors: Vec<String>,
+    /// The final counters agreed by every node.
+    finals: BTreeMap<String, Option<i64>>,
+    summary: String,
+}
+
+/// Runs the counter clients on 3 nodes (with the test-only switch `env`
+/// if given) while the sessions schedule plays, heals, reads every counter
+/// on every node and checks them.
+fn counters_run(env: Option<&str>, label: &str) -> CounterOutcome {
+    let _g = serial();
+    let seed = seed();
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "{label}: seed {seed} (replay the schedule with RAFTNODE_FAULT_SEED={seed})"
+    );
+    let t0 = Instant::now();
+    let mut fc = FaultCluster::new(3, &fault_args(), seed);
+    if let Some(env) = env {
+        fc.set_env(env, "1");
+    }
+    fc.start_all();
+    let mut errors = Vec::new();
+    if fc.cluster.wait_leader(Duration::from_secs(10)).is_none() {
+        errors.push(format!("no first leader\n{}", fc.cluster.logs()));
+    }
+    let counters = Counters::start(
+        CounterConfig {
+            seed,
+            ..CounterConfig::default()
+        },
+        fc.client_addrs(),
+    );
+    let keys = counters.keys();
+    let mut rng = Rng::new(seed ^ 0x5E55);
+    for f in session_schedule(&mut rng) {
+        apply(&mut fc, f, false);
+    }
+    let report = counters.stop();
+    if let Err(e) = fc.settle(Duration::from_secs(10)) {
+        errors.push(format!("after healing: {e}"));
+    }
+    let finals: BTreeMap<String, Option<i64>> = match fc.final_reads(&keys, &History::new()) {
+        Ok(f) => f
+            .into_iter()
+            .map(|(k, v)| (k, v.and_then(|v| v.parse().ok())))
+            .collect(),
+        Err(e) => {
+            errors.push(e);
+            BTreeMap::new()
+        }
+    };
+    if !finals.is_empty() {
+        errors.extend(report.check(&finals));
+    }
+    errors.extend(
+        report
+            .anomalies
+            .iter()
+            .take(20)
+            .map(|a| format!("anomaly: {a}")),
+    );
+    if !report.unresolved.is_empty() {
+        errors.push(format!(
+            "{} session increments were never answered: {:?}",
+            report.unresolved.len(),
+            report.unresolved
+        ));
+    }
+    let over: i64 = report
+        .issued
+        .iter()
+        .map(|(k, n)| finals.get(k).copied().flatten().unwrap_or(0) - *n as i64)
+        .sum();
+    let summary = format!(
+        "{label} summary: nodes=3 secs={:.1} | with sessions: counters={} increments={} \
+         retried_unknown_outcomes={} unknown_left={} sessions_opened={} counters_over_by={} | \
+         without sessions: increments_acknowledged={} indeterminate={} | unknown causes {:?} | \
+         {} | errors={}",
+        t0.elapsed().as_secs_f64(),
+        report.issued.len(),
+        report.session_increments(),
+        report.retries,
+        report.unresolved.len(),
+        report.sessions_opened,
+        over,
+        report.plain_increments(),
+        report.plain_indeterminate_total(),
+        report.unknown_causes,
+        fc.counts,
+        errors.len()
+    );
+    let _ = writeln!(std::io::stderr(), "{summary}");
+    if !errors.is_empty() {
+        let journal = &fc.journal;
+        let _ = writeln!(
+            std::io::stderr(),
+            "{}\nfault journal:\n  {}",
+            errors.join("\n"),
+            journal.join("\n  ")
+        );
+    }
+    CounterOutcome {
+        report,
+        errors,
+        finals,
+        summary,
+    }
+}
+
+/// Retried writes apply exactly once under the suite's faults: every
+/// session counter ends equal to the increments its clients issued.
+#[test]
+fn session_counters_smoke_run() {
+    let out = counters_run(None, "session counters smoke");
+    assert!(
+        out.errors.is_empty(),
+        "{}\n{}",
+        out.summary,
+        out.errors.join("\n")
+    );
+    let r = &out.report;
+    assert!(
+        r.session_increments() > 300 && r.plain_increments() > 100,
+        "the clients made too little progress: {}",
+        out.summary
+    );
+    assert_eq!(out.finals.len(), 6, "every counter was read back");
+}
+
+/// A node that drops session tags (so a retry applies again) must be
+/// caught: a retry after a leader kill or a partition, of an increment
+/// that had applied, makes its counter end above the increments issued.
+#[test]
+#[ignore = "slow (about 50 s); demonstrates the counter check on a deliberately broken node"]
+fn broken_node_ignore_sessions_is_caught() {
+    let out = counters_run(
+        Some("RAFTNODE_DEBUG_IGNORE_SESSIONS"),
+        "broken(ignore sessions)",
+    );
+    let over = out
+        .errors
+        .iter()
+        .any(|e| e.contains("applied twice or lost"));
+    assert!(
+        over,
+        "the counter check missed duplicated increments: {}",
         out.summary
     );
 }

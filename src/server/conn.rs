@@ -42,12 +42,17 @@ pub struct Slot {
     pub pending_id: Option<u64>,
     /// A write: a later `GET` on this connection waits for it.
     pub write: bool,
+    /// A `SESSION` open: its reply sets the connection's session.
+    pub opens_session: bool,
 }
 
-/// A `GET` waiting for this connection's earlier writes to be answered.
+/// A request waiting: a `GET` for this connection's earlier writes to be
+/// answered, or a session request for the connection's `SESSION` open.
 pub struct Deferred {
     pub line: Vec<u8>,
     pub deadline: Instant,
+    /// Waits for the session open rather than for the writes.
+    pub for_session: bool,
 }
 
 pub struct Conn {
@@ -71,6 +76,10 @@ pub struct Conn {
     pub read_closed: bool,
     /// Close once everything owed is written (a refused or broken client).
     pub close_when_flushed: bool,
+    /// The connection's current session, if any.
+    pub session: Option<u64>,
+    /// A `SESSION` open is in flight: session requests wait for it.
+    pub opening_session: bool,
 }
 
 /// What one read from the socket gave.
@@ -104,6 +113,17 @@ impl Conn {
             maybe_readable: true,
             read_closed: false,
             close_when_flushed: false,
+            session: None,
+            opening_session: false,
+        }
+    }
+
+    /// Whether the deferred request may start now.
+    pub fn deferred_ready(&self) -> bool {
+        match &self.deferred {
+            None => false,
+            Some(d) if d.for_session => !self.opening_session,
+            Some(_) => self.writes_in_flight == 0,
         }
     }
 
@@ -185,6 +205,16 @@ impl Conn {
         self.first_seq + self.slots.len() as u64 - 1
     }
 
+    /// Marks slot `seq` as a `SESSION` open (see [`Slot::opens_session`]).
+    pub fn mark_session_open(&mut self, seq: u64) {
+        if let Some(slot) = seq
+            .checked_sub(self.first_seq)
+            .and_then(|i| self.slots.get_mut(i as usize))
+        {
+            slot.opens_session = true;
+        }
+    }
+
     /// Records the pending id of the request in slot `seq`.
     pub fn set_pending_id(&mut self, seq: u64, id: u64) {
         if let Some(slot) = seq
@@ -206,6 +236,13 @@ impl Conn {
         };
         if slot.reply.is_some() {
             return (false, None);
+        }
+        if slot.opens_session {
+            self.opening_session = false;
+            self.session = match reply {
+                Reply::Session(id) => Some(id),
+                _ => None,
+            };
         }
         slot.reply = Some(reply);
         if slot.write {

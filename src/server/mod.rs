@@ -47,11 +47,12 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::kv::{encode_command, encode_conf_context, RequestId};
+use crate::kv::{encode_command, encode_conf_context, Command, RequestId};
 use crate::policy::NodeRequest;
 use crate::protocol::{self, ErrorCode, Framed, Reply, Request, MAX_LINE};
 use crate::raft::{ConfChange, ConfChangeKind, NodeId};
 use crate::reply::{Addressee, Outbox, ReplyTx};
+use crate::sessions::SessionLimits;
 use crate::shared::Shared;
 use crate::tls::ClientTls;
 use conn::{Conn, Deferred, Slot};
@@ -80,6 +81,9 @@ pub struct Config {
     pub auth_token: Option<Vec<u8>>,
     /// `--max-clients`.
     pub max_clients: usize,
+    /// `--session-ttl-ms` and `--max-sessions`, put into every session
+    /// this node registers.
+    pub session_limits: SessionLimits,
 }
 
 /// The running client server.
@@ -330,10 +334,11 @@ impl IoThread {
         };
         let now = Instant::now();
         let mut broken = false;
-        // A GET waiting for this connection's writes goes first.
-        if c.writes_in_flight == 0 {
+        // A request waiting for this connection's writes (a GET) or its
+        // session open goes first.
+        if c.deferred_ready() {
             if let Some(d) = c.deferred.take() {
-                self.start_get(&mut c, token, &d.line, d.deadline);
+                self.start_deferred(&mut c, token, &d.line, d.deadline);
             }
         }
         loop {
@@ -433,6 +438,7 @@ impl IoThread {
             reply: None,
             pending_id: None,
             write,
+            opens_session: false,
         });
         self.deadlines.push(Reverse((deadline, token, seq)));
         (seq, self.reply_to(token, seq))
@@ -494,22 +500,25 @@ impl IoThread {
                 }
             }
             Request::Write(cmd) => {
-                let (seq, tx) = self.await_reply(c, token, true, deadline);
-                let id = self.cfg.shared.pending().register(tx);
-                c.set_pending_id(seq, id);
-                let data = encode_command(
-                    RequestId {
-                        node: self.cfg.id,
-                        seq: id,
-                    },
-                    &cmd,
-                );
-                self.batch.push(NodeRequest::Propose { data, id, deadline });
+                self.propose(c, token, &cmd, deadline);
+            }
+            Request::OpenSession | Request::ResumeSession { .. } | Request::Tagged { .. }
+                if c.opening_session =>
+            {
+                c.deferred = Some(Deferred {
+                    line: line.to_vec(),
+                    deadline,
+                    for_session: true,
+                });
+            }
+            Request::OpenSession | Request::ResumeSession { .. } | Request::Tagged { .. } => {
+                self.session_request(c, token, req, deadline)
             }
             Request::Get { .. } if c.writes_in_flight > 0 => {
                 c.deferred = Some(Deferred {
                     line: line.to_vec(),
                     deadline,
+                    for_session: false,
                 });
             }
             Request::Get { key } => self.read(c, token, key, deadline),
@@ -538,10 +547,67 @@ impl IoThread {
         }
     }
 
-    /// Starts a deferred `GET` once the connection's writes are answered.
-    fn start_get(&mut self, c: &mut Conn, token: usize, line: &[u8], deadline: Instant) {
+    /// Proposes a write; its reply comes when it applies.
+    fn propose(&mut self, c: &mut Conn, token: usize, cmd: &Command, deadline: Instant) -> u64 {
+        let (seq, tx) = self.await_reply(c, token, true, deadline);
+        let id = self.cfg.shared.pending().register(tx);
+        c.set_pending_id(seq, id);
+        let data = encode_command(
+            RequestId {
+                node: self.cfg.id,
+                seq: id,
+            },
+            cmd,
+        );
+        self.batch.push(NodeRequest::Propose { data, id, deadline });
+        seq
+    }
+
+    /// `SESSION`, `SESSION <id>` or `#<seq> <write>`, with no session open
+    /// in flight. All three go through Raft: the session table is part of
+    /// the replicated state, so any node answers the same.
+    fn session_request(&mut self, c: &mut Conn, token: usize, req: Request, deadline: Instant) {
+        match req {
+            Request::OpenSession => {
+                let limits = self.cfg.session_limits;
+                let seq = self.propose(c, token, &Command::OpenSession { limits }, deadline);
+                c.mark_session_open(seq);
+                c.session = None;
+                c.opening_session = true;
+            }
+            Request::ResumeSession { id } => {
+                c.session = Some(id);
+                self.propose(c, token, &Command::ResumeSession { id }, deadline);
+            }
+            Request::Tagged { seq, cmd } => {
+                let Some(session) = c.session else {
+                    let msg = "a #<seq> tag needs a session: send SESSION or SESSION <id> first";
+                    c.open_slot(answered(Reply::error(ErrorCode::BadRequest, msg)));
+                    return;
+                };
+                if crate::debug::ignore_sessions() {
+                    self.propose(c, token, &cmd, deadline);
+                    return;
+                }
+                let cmd = Command::Tagged {
+                    session,
+                    seq,
+                    cmd: Box::new(cmd),
+                };
+                self.propose(c, token, &cmd, deadline);
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts a deferred request once what it waits for is done.
+    fn start_deferred(&mut self, c: &mut Conn, token: usize, line: &[u8], deadline: Instant) {
         match protocol::parse(line) {
             Ok(Request::Get { key }) => self.read(c, token, key, deadline),
+            Ok(req @ (Request::OpenSession | Request::ResumeSession { .. })) => {
+                self.session_request(c, token, req, deadline)
+            }
+            Ok(req @ Request::Tagged { .. }) => self.session_request(c, token, req, deadline),
             _ => {
                 c.open_slot(answered(Reply::error(
                     ErrorCode::Internal,
@@ -602,6 +668,7 @@ fn answered(reply: Reply) -> Slot {
         reply: Some(reply),
         pending_id: None,
         write: false,
+        opens_session: false,
     }
 }
 

@@ -5,7 +5,8 @@
 //! cuts requests, and each piece (the last one too, terminated or not) is
 //! parsed. A request then takes the path the server gives it, without a
 //! cluster: a write is encoded as a log entry, decoded as the state machine
-//! decodes it, applied to a small store and answered; a read is answered
+//! decodes it, applied to a small store and answered (a `#<seq>` tagged
+//! write on a session of that store, then once more as a retry); a read is answered
 //! from that store; a membership change's entry context is encoded and
 //! decoded; a refused line gets its `ERR BAD_REQUEST` reply.
 //!
@@ -22,6 +23,8 @@
 //!   `AUTH <token>\r` parses back to it (so does `AUTH <token>` unless the
 //!   token ends in `\r`, which that form would strip);
 //! - the command and conf-change encodings round-trip;
+//! - a tagged write retried gets the same reply and changes nothing;
+//! - a sequence number or a session id is >= 1;
 //! - every reply is exactly one line.
 //!
 //! This target fuzzes one line at a time; the server's framing (line length,
@@ -32,6 +35,7 @@ use std::cell::RefCell;
 
 use raftnode::kv::{self, Command, KvStore, RequestId};
 use raftnode::protocol::{self, ErrorCode, ParseError, Reply, Request, MAX_KEY, MAX_VALUE};
+use raftnode::sessions::SessionLimits;
 
 /// A line is at most [`protocol::MAX_LINE`] bytes, and a request copies it
 /// a few times; nothing needs a single allocation over this.
@@ -40,12 +44,12 @@ pub const ALLOC_LIMIT: usize = 4 * protocol::MAX_LINE;
 const ID: RequestId = RequestId { node: 7, seq: 42 };
 
 thread_local! {
-    /// Keys `k` (value `v`) and `e` (empty value), so that reads, deletes
-    /// and both outcomes of CAS are reachable. Every write applied to it is
+    /// Keys `k` (value `v`), `e` (empty value) and `n` (`41`), so that
+    /// reads, deletes, both outcomes of CAS and INCR are reachable. Every write applied to it is
     /// undone before the next line, so each input sees the same store.
     static STORE: RefCell<KvStore> = RefCell::new({
         let mut kv = KvStore::new();
-        for (k, v) in [("k", "v"), ("e", "")] {
+        for (k, v) in [("k", "v"), ("e", ""), ("n", "41")] {
             kv.apply(Command::Put {
                 key: k.into(),
                 value: v.into(),
@@ -156,19 +160,14 @@ fn check_key(key: &[u8]) {
 
 fn check_request(req: &Request) {
     match req {
-        Request::Write(Command::Put { key, value }) => {
-            check_key(key);
-            assert!(value.len() <= MAX_VALUE);
+        Request::Write(cmd) => check_write(cmd),
+        Request::Tagged { seq, cmd } => {
+            assert!(*seq >= 1, "sequence number 0 parsed");
+            check_write(cmd);
         }
-        Request::Write(Command::Delete { key }) | Request::Get { key } => check_key(key),
-        Request::Write(Command::Cas {
-            key,
-            expected,
-            value,
-        }) => {
-            check_key(key);
-            assert!(expected.len() <= MAX_VALUE && value.len() <= MAX_VALUE);
-        }
+        Request::Get { key } => check_key(key),
+        Request::ResumeSession { id } => assert!(*id >= 1, "session id 0 parsed"),
+        Request::OpenSession => {}
         Request::AddNode { id, addr } => {
             assert!(*id >= 1);
             assert!(addr.contains(':'), "address {addr:?}");
@@ -179,39 +178,96 @@ fn check_request(req: &Request) {
             assert!(!token.contains(&b' '), "AUTH token {token:?} holds a space");
         }
         Request::Status | Request::Snapshot | Request::Ping => {}
-        Request::Write(Command::SetClusterId { .. }) => {
-            panic!("a client line parsed into the internal cluster-ID command")
-        }
     }
+}
+
+/// A client write: within the limits, and never an internal command.
+fn check_write(cmd: &Command) {
+    match cmd {
+        Command::Put { key, value } | Command::Append { key, value } => {
+            check_key(key);
+            assert!(value.len() <= MAX_VALUE);
+        }
+        Command::Delete { key } | Command::Incr { key } => check_key(key),
+        Command::Cas {
+            key,
+            expected,
+            value,
+        } => {
+            check_key(key);
+            assert!(expected.len() <= MAX_VALUE && value.len() <= MAX_VALUE);
+        }
+        other => panic!("a client line parsed into the internal command {other:?}"),
+    }
+}
+
+fn key_of(cmd: &Command) -> Vec<u8> {
+    match cmd {
+        Command::Put { key, .. }
+        | Command::Delete { key }
+        | Command::Cas { key, .. }
+        | Command::Incr { key }
+        | Command::Append { key, .. } => key.clone(),
+        _ => unreachable!("refused by check_write"),
+    }
+}
+
+/// Applies `cmd` (whose entry must round-trip) to the store as entry
+/// `index`, and puts `key` back as it was.
+fn apply_and_undo(kv: &mut KvStore, index: u64, cmd: Command, key: Vec<u8>) -> Reply {
+    let entry = kv::encode_command(ID, &cmd);
+    assert_eq!(
+        kv::decode_command(&entry),
+        Some((ID, cmd.clone())),
+        "the log entry of {cmd:?} does not decode to it"
+    );
+    let before = kv.get(&key).map(<[u8]>::to_vec);
+    let reply = kv.apply_at(index, cmd);
+    kv.apply(match before {
+        Some(value) => Command::Put { key, value },
+        None => Command::Delete { key },
+    });
+    reply
 }
 
 /// The reply the request would get from a cluster holding [`STORE`].
 fn answer(req: Request) -> Reply {
     match req {
-        Request::Write(cmd) => {
-            let entry = kv::encode_command(ID, &cmd);
+        Request::Write(cmd) => STORE.with(|s| {
+            let key = key_of(&cmd);
+            apply_and_undo(&mut s.borrow_mut(), 0, cmd, key)
+        }),
+        Request::Tagged { seq, cmd } => STORE.with(|s| {
+            let mut kv = s.borrow_mut();
+            // Session 1, opened afresh for every line: the same input
+            // always meets the same table.
+            let limits = SessionLimits::default();
             assert_eq!(
-                kv::decode_command(&entry),
-                Some((ID, cmd.clone())),
-                "the log entry of {cmd:?} does not decode to it"
+                kv.apply_at(1, Command::OpenSession { limits }),
+                Reply::Session(1)
             );
-            STORE.with(|s| {
-                let mut kv = s.borrow_mut();
-                let key = match &cmd {
-                    Command::Put { key, .. }
-                    | Command::Delete { key }
-                    | Command::Cas { key, .. } => key.clone(),
-                    Command::SetClusterId { .. } => unreachable!("refused by check_request"),
-                };
-                let before = kv.get(&key).map(<[u8]>::to_vec);
-                let reply = kv.apply(cmd);
-                kv.apply(match before {
-                    Some(value) => Command::Put { key, value },
-                    None => Command::Delete { key },
-                });
-                reply
-            })
-        }
+            let key = key_of(&cmd);
+            let before = kv.get(&key).map(<[u8]>::to_vec);
+            let tagged = Command::Tagged {
+                session: 1,
+                seq,
+                cmd: Box::new(cmd),
+            };
+            let entry = kv::encode_command(ID, &tagged);
+            assert_eq!(kv::decode_command(&entry), Some((ID, tagged.clone())));
+            let reply = kv.apply_at(2, tagged.clone());
+            let after = kv.get(&key).map(<[u8]>::to_vec);
+            // A retry gets the same reply and changes nothing.
+            assert_eq!(kv.apply_at(3, tagged), reply, "a retry of seq {seq}");
+            assert_eq!(kv.get(&key).map(<[u8]>::to_vec), after);
+            kv.apply(match before {
+                Some(value) => Command::Put { key, value },
+                None => Command::Delete { key },
+            });
+            reply
+        }),
+        Request::OpenSession => Reply::Session(1),
+        Request::ResumeSession { id } => Reply::Session(id),
         Request::Get { key } => STORE.with(|s| match s.borrow().get(&key) {
             Some(v) => Reply::Value(v.to_vec().into()),
             None => Reply::NotFound,
@@ -287,6 +343,26 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         ("unknown", b"FOO bar".to_vec()),
         ("empty", b"".to_vec()),
         ("not_utf8", b"PUT \xff\xfe v".to_vec()),
+        ("incr", b"INCR n".to_vec()),
+        ("incr_not_integer", b"INCR k".to_vec()),
+        ("incr_missing", b"INCR nokey".to_vec()),
+        ("append", b"APPEND k more text".to_vec()),
+        ("append_empty", b"APPEND e ".to_vec()),
+        ("session_open", b"SESSION".to_vec()),
+        ("session_resume", b"SESSION 17".to_vec()),
+        ("session_zero", b"SESSION 0".to_vec()),
+        ("session_two_ids", b"SESSION 1 2".to_vec()),
+        ("tagged_incr", b"#1 INCR n".to_vec()),
+        ("tagged_put", b"#18446744073709551615 PUT k a b".to_vec()),
+        ("tagged_cas", b"#3 CAS k v w".to_vec()),
+        ("tagged_zero", b"#0 INCR n".to_vec()),
+        ("tagged_get", b"#2 GET k".to_vec()),
+        ("tagged_twice", b"#2 #3 DEL k".to_vec()),
+        ("tag_alone", b"#5".to_vec()),
+        (
+            "session_pipelined",
+            b"SESSION\n#1 INCR n\n#1 INCR n\n#2 APPEND k x\nSESSION 9\n".to_vec(),
+        ),
         (
             "pipelined",
             b"PUT a 1\nGET a\nCAS a 1 2\nDEL a\nPING\nSTATUS\n".to_vec(),

@@ -10,7 +10,8 @@
 //! The submodules build the fault suite on top: link proxies (`proxy`),
 //! the nemesis (`faults`), torn WAL tails (`torn`), disk faults
 //! (`damage`: flipped bytes, wiped data dirs), client workloads
-//! (`workload`), their history (`history`), the linearizability checker
+//! (`workload`; `counters`, the exactly-once `INCR` clients), their
+//! history (`history`), the linearizability checker
 //! (`checker`) and one whole fault run (`run`); `attack` is the hostile
 //! peer and client tooling of the security tests, `baseline` what their
 //! attacks must leave unchanged.
@@ -23,6 +24,7 @@
 pub mod attack;
 pub mod baseline;
 pub mod checker;
+pub mod counters;
 pub mod damage;
 pub mod faults;
 pub mod history;
