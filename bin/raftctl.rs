@@ -50,6 +50,7 @@ Exit codes:
     about,
     long_about,
     verbatim_doc_comment,
+    args_override_self = true,
     after_help = EXIT_CODES
 )]
 struct Cli {

@@ -127,6 +127,11 @@ fn client_frames_corpus() {
 }
 
 #[test]
+fn client_reply_corpus() {
+    replay("client_reply");
+}
+
+#[test]
 fn wal_recovery_corpus() {
     replay("wal_recovery");
     wal_recovery::cleanup();

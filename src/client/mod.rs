@@ -99,7 +99,9 @@ use std::time::{Duration, Instant};
 
 pub use conn::Tls;
 pub use error::{Code, Error, Invalid};
-pub use reply::{parse_reply, ProtocolError, Reply, Role, Status, StatusField, MAX_REPLY_LINE};
+pub use reply::{
+    parse_reply, ProtocolError, Reply, Role, Status, StatusField, MAX_REPLY_LINE, MAX_SESSION_ID,
+};
 
 use conn::Conn;
 use request::{Request, Retry};
@@ -524,7 +526,10 @@ impl Client {
                     .and_then(|()| self.attach(deadline));
                 match r {
                     Ok(_) => break,
-                    Err(e) if e.is_transient() => self.backoff(&mut p, e)?,
+                    Err(e) if e.is_transient() => {
+                        self.drop_connection();
+                        self.backoff(&mut p, e)?
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -795,3 +800,9 @@ fn written(e: ProtocolError) -> Error {
 
 #[cfg(test)]
 mod tests;
+
+/// The README's example of this library, compiled as a doctest so that it
+/// cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExample;

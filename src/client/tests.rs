@@ -399,3 +399,19 @@ fn an_invalid_request_sends_nothing() {
     assert!(fake.sent().is_empty());
     assert!(Client::builder(Vec::<String>::new()).build().is_err());
 }
+
+#[test]
+fn open_session_moves_on_from_a_node_without_a_leader() {
+    let lost = Fake::start(|_, _| Act::Reply("ERR NO_LEADER no leader known"));
+    let good = Fake::start(|_, line| session(line).unwrap_or(Act::Reply("OK")));
+    let mut c = client(&[&lost.addr, &good.addr]).build().unwrap();
+    assert_eq!(c.open_session().unwrap(), "7");
+    c.put("k", "v").unwrap();
+    assert_eq!(lost.sent(), ["SESSION"]);
+    assert_eq!(good.sent(), ["SESSION", "#1 PUT k v"]);
+    let mut off = client(&[&good.addr]).sessions(false).build().unwrap();
+    assert!(matches!(
+        off.open_session(),
+        Err(Error::Invalid(Invalid::SessionsOff))
+    ));
+}
