@@ -390,7 +390,10 @@ fn preflight(cli: &Cli) -> Result<(), String> {
     for e in &all {
         match &e.result {
             Ok((s, _)) => leaders.extend(s.leader),
-            Err(err) => eprintln!("raftbench: endpoint {} did not answer STATUS: {err}", e.endpoint),
+            Err(err) => eprintln!(
+                "raftbench: endpoint {} did not answer STATUS: {err}",
+                e.endpoint
+            ),
         }
     }
     if all.iter().all(|e| e.result.is_err()) {

@@ -142,6 +142,12 @@ fn every_target_has_a_test_here() {
     let names: Vec<_> = TARGETS.iter().map(|t| t.name).collect();
     assert_eq!(
         names,
-        ["peer_frame", "client_line", "client_frames", "wal_recovery"]
+        [
+            "peer_frame",
+            "client_line",
+            "client_frames",
+            "client_reply",
+            "wal_recovery"
+        ]
     );
 }

@@ -85,6 +85,17 @@ impl Code {
                 | Code::Removed
         )
     }
+
+    /// Whether the node refuses with this code before doing anything with
+    /// the request: `BUSY` at accept, `REMOVED` and `NOAUTH` before the
+    /// request runs, `BAD_REQUEST` when it does not parse. Any other code
+    /// to a write leaves its outcome unknown.
+    pub fn nothing_done(&self) -> bool {
+        matches!(
+            self,
+            Code::BadRequest | Code::NoAuth | Code::Busy | Code::Removed
+        )
+    }
 }
 
 impl fmt::Display for Code {

@@ -54,8 +54,9 @@
 //!   client fails with the error that stopped it, and was not applied.
 //! - **Membership changes and raw lines** (`ADD_NODE`, `REMOVE_NODE`,
 //!   `TRANSFER_LEADER`, [`Client::request`]) are not repeatable: they are
-//!   retried only while they were certainly not sent (connecting failed),
-//!   and an unknown outcome is [`Error::OutcomeUnknown`].
+//!   retried only while they were certainly not applied (connecting
+//!   failed, or the node refused before running them with `ERR BUSY` or
+//!   `ERR REMOVED`), and an unknown outcome is [`Error::OutcomeUnknown`].
 //! - With [`Builder::sessions`]`(false)` writes are sent untagged, as
 //!   plain clients do, and an unknown outcome is reported at once, never
 //!   retried.
@@ -728,8 +729,8 @@ impl Client {
             return self.backoff(p, f.error);
         }
         let transient = f.error.is_transient();
-        let unknown_code = matches!(f.error.code(), Some(Code::Other(_)));
-        if f.sent && write && (transient || unknown_code) {
+        let refused = f.error.code().is_some_and(Code::nothing_done);
+        if f.sent && write && !refused {
             p.maybe_applied = true;
         }
         if !transient {
@@ -800,9 +801,3 @@ fn written(e: ProtocolError) -> Error {
 
 #[cfg(test)]
 mod tests;
-
-/// The README's example of this library, compiled as a doctest so that it
-/// cannot drift from the API.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeExample;

@@ -415,3 +415,13 @@ fn open_session_moves_on_from_a_node_without_a_leader() {
         Err(Error::Invalid(Invalid::SessionsOff))
     ));
 }
+
+#[test]
+fn a_membership_change_refused_by_a_removed_node_goes_to_the_next_one() {
+    let removed = Fake::start(|_, _| Act::Reply("ERR REMOVED this node was removed"));
+    let good = Fake::start(|_, _| Act::Reply("OK"));
+    let mut c = client(&[&removed.addr, &good.addr]).build().unwrap();
+    c.add_node(4, "127.0.0.1:7004").unwrap();
+    assert_eq!(removed.sent(), ["ADD_NODE 4 127.0.0.1:7004"]);
+    assert_eq!(good.sent(), ["ADD_NODE 4 127.0.0.1:7004"]);
+}

@@ -84,7 +84,7 @@ pub fn check_line(line: &[u8]) {
         Reply::Mismatch(v) => assert_eq!(line.strip_prefix(b"MISMATCH "), Some(&v[..])),
         Reply::Err { code, message } => {
             let text = String::from_utf8_lossy(&line[4..]);
-            let (tok, rest) = text.split_once(' ').unwrap_or((&text, ""));
+            let (tok, rest) = text.split_once(' ').unwrap_or((text.as_ref(), ""));
             assert_eq!(code.as_str(), tok);
             assert_eq!(code, Code::from_wire(tok));
             assert_eq!(message, rest);
