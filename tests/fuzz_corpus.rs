@@ -138,6 +138,11 @@ fn wal_recovery_corpus() {
 }
 
 #[test]
+fn snapshot_payload_corpus() {
+    replay("snapshot_payload");
+}
+
+#[test]
 fn every_target_has_a_test_here() {
     let names: Vec<_> = TARGETS.iter().map(|t| t.name).collect();
     assert_eq!(
@@ -147,7 +152,8 @@ fn every_target_has_a_test_here() {
             "client_line",
             "client_frames",
             "client_reply",
-            "wal_recovery"
+            "wal_recovery",
+            "snapshot_payload"
         ]
     );
 }

@@ -596,7 +596,10 @@ impl IoThread {
                 };
                 self.propose(c, token, &cmd, deadline);
             }
-            _ => {}
+            _ => {
+                let msg = "not a session request";
+                c.open_slot(answered(Reply::error(ErrorCode::Internal, msg)));
+            }
         }
     }
 
@@ -604,10 +607,11 @@ impl IoThread {
     fn start_deferred(&mut self, c: &mut Conn, token: usize, line: &[u8], deadline: Instant) {
         match protocol::parse(line) {
             Ok(Request::Get { key }) => self.read(c, token, key, deadline),
-            Ok(req @ (Request::OpenSession | Request::ResumeSession { .. })) => {
-                self.session_request(c, token, req, deadline)
-            }
-            Ok(req @ Request::Tagged { .. }) => self.session_request(c, token, req, deadline),
+            Ok(
+                req @ (Request::OpenSession
+                | Request::ResumeSession { .. }
+                | Request::Tagged { .. }),
+            ) => self.session_request(c, token, req, deadline),
             _ => {
                 c.open_slot(answered(Reply::error(
                     ErrorCode::Internal,

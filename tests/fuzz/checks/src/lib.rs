@@ -22,6 +22,7 @@ pub mod client_frames;
 pub mod client_line;
 pub mod client_reply;
 pub mod peer_frame;
+pub mod snapshot_payload;
 pub mod wal_recovery;
 
 /// One fuzz target: its name (the fuzz binary and the corpus directory),
@@ -66,5 +67,11 @@ pub const TARGETS: &[Target] = &[
         check: wal_recovery::check,
         seeds: wal_recovery::seeds,
         alloc_limit: wal_recovery::ALLOC_LIMIT,
+    },
+    Target {
+        name: "snapshot_payload",
+        check: snapshot_payload::check,
+        seeds: snapshot_payload::seeds,
+        alloc_limit: snapshot_payload::ALLOC_LIMIT,
     },
 ];
