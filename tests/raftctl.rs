@@ -247,11 +247,12 @@ fn a_leader_killed_during_a_loop_of_raftctl_writes_leaves_exact_counters() {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
+                let t = Instant::now();
                 let o = match what {
                     "incr" => raftctl(&eps, &["incr", "counter"]),
                     _ => raftctl(&eps, &["put", &format!("key-{i}"), &format!("value-{i}")]),
                 };
-                answers.push((o.status.code(), stdout(&o)));
+                answers.push((o.status.code(), stdout(&o), t.elapsed()));
             }
             answers
         })
@@ -273,16 +274,24 @@ fn a_leader_killed_during_a_loop_of_raftctl_writes_leaves_exact_counters() {
     let puts = puts.join().unwrap();
 
     // Every invocation had a definite answer...
-    for (code, out) in incrs.iter().chain(&puts) {
+    for (code, out, _) in incrs.iter().chain(&puts) {
         assert_eq!(
             *code,
             Some(0),
             "an invocation ended without an answer: {out:?}"
         );
     }
+    // Some of them ran through the elections (and were retried there).
+    let slow = incrs
+        .iter()
+        .chain(&puts)
+        .filter(|(_, _, t)| *t > Duration::from_millis(100))
+        .count();
+    let longest = incrs.iter().chain(&puts).map(|a| a.2).max().unwrap();
+    assert!(slow > 0, "no invocation overlapped an election");
     // ...each increment counted once: the answers are 1, 2, 3, ... with
     // no number skipped (a duplicate would skip one) or repeated.
-    let values: Vec<u64> = incrs.iter().map(|(_, o)| o.parse().unwrap()).collect();
+    let values: Vec<u64> = incrs.iter().map(|(_, o, _)| o.parse().unwrap()).collect();
     let want: Vec<u64> = (1..=values.len() as u64).collect();
     assert_eq!(values, want);
     assert_eq!(
@@ -297,7 +306,8 @@ fn a_leader_killed_during_a_loop_of_raftctl_writes_leaves_exact_counters() {
         );
     }
     println!(
-        "leader killed {kills} times during {} raftctl incr and {} raftctl put, all answered, counter exact",
+        "leader killed {kills} times during {} raftctl incr and {} raftctl put, all answered, \
+         counter exact; {slow} took over 100 ms, the longest {longest:?}",
         incrs.len(),
         puts.len()
     );
