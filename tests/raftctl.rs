@@ -2,7 +2,7 @@
 //! every subcommand, its output and exit code; an endpoint that is down;
 //! and a leader killed while `raftctl incr` and `raftctl put` run in a loop,
 //! where every invocation must end with a definite answer and the counter
-//! must count each increment exactly once.
+//! must count each increment exactly once; and TLS with an auth token.
 
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use raftnode_testkit::process::{serial, Cluster};
+use raftnode_testkit::process::{make_certs, serial, Cluster, TempDir};
 
 const FAST: &[&str] = &["--tick-ms", "20", "--request-timeout-ms", "2000"];
 
@@ -315,4 +315,99 @@ fn a_leader_killed_during_a_loop_of_raftctl_writes_leaves_exact_counters() {
         incrs.len() >= 20 && puts.len() >= 20,
         "the loops hardly ran"
     );
+}
+
+#[test]
+fn tls_and_an_auth_token_end_to_end() {
+    let _s = serial();
+    let dir = TempDir::new("raftctl-tls");
+    let certs = make_certs(&dir.0, 1);
+    let token = dir.0.join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let wrong = dir.0.join("wrong");
+    std::fs::write(&wrong, "guess\n").unwrap();
+    let f = |n: &str| certs.join(n).display().to_string();
+    let (cert, key, ca) = (f("node-1.pem"), f("node-1.key"), f("ca.pem"));
+    let token = token.display().to_string();
+    let wrong = wrong.display().to_string();
+    let c = Cluster::start(
+        1,
+        &[
+            "--tick-ms",
+            "20",
+            "--cert-file",
+            &cert,
+            "--key-file",
+            &key,
+            "--auth-token-file",
+            &token,
+        ],
+    );
+    let eps = c.node(1).client_addr.clone();
+    let secure = ["--cacert", ca.as_str(), "--token-file", token.as_str()];
+    let with = |extra: &[&str]| -> Vec<String> {
+        secure.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        raftctl(&eps, &args)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while run(with(&["status"])).status.code() != Some(0) {
+        assert!(Instant::now() < deadline, "the TLS node never answered");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(run(with(&["put", "k", "over tls"])).status.code(), Some(0));
+    let o = run(with(&["get", "k"]));
+    assert_eq!(stdout(&o), "over tls");
+    // No token, or a wrong one: the node refuses, nothing was done.
+    let o = run(vec![
+        "--cacert".into(),
+        ca.clone(),
+        "put".into(),
+        "k".into(),
+        "x".into(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = run(vec![
+        "--cacert".into(),
+        ca.clone(),
+        "--token-file".into(),
+        wrong.clone(),
+        "put".into(),
+        "k".into(),
+        "x".into(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Plain TCP to the TLS port, or a certificate that does not name the
+    // expected server: no answer.
+    let o = run(vec![
+        "--token-file".into(),
+        token.clone(),
+        "--timeout-ms".into(),
+        "800".into(),
+        "get".into(),
+        "k".into(),
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    let o = run(with(&[
+        "--tls-server-name",
+        "node-9",
+        "--timeout-ms",
+        "800",
+        "get",
+        "k",
+    ]));
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(stdout(&run(with(&["get", "k"]))), "over tls");
 }
