@@ -13,6 +13,10 @@
 //! `bench/clients.rs` (the client threads), `bench/conn.rs` (a client's
 //! connection, plain or TLS), `bench/procstat.rs` (`/proc`).
 //!
+//! Before the run it asks every endpoint for its `STATUS` through the client
+//! library (`raftnode::client`), names the leader, and refuses to start when
+//! no endpoint answers.
+//!
 //! What it does not do: verify values or linearizability (use the test
 //! suite), follow redirects (any node accepts any request), or run on other
 //! hosts than the ones named in `--endpoints`.
@@ -38,6 +42,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use raftnode::client::{Client, Tls as ClientTls};
 
 use clients::Shared;
 use conn::Tls;
@@ -297,6 +302,7 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> Result<ExitCode, String> {
     let endpoints = resolve(&cli.endpoints)?;
+    preflight(cli)?;
     let tls = match &cli.tls_ca {
         Some(ca) => Some(Tls::new(ca, &cli.tls_server_name).map_err(|e| e.to_string())?),
         None => None,
@@ -384,6 +390,46 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Asks every endpoint for its `STATUS` before the run, through the client
+/// library (`raftnode::client`): says on stderr which node leads and which
+/// endpoints did not answer, and refuses to start when none answers, rather
+/// than measuring connection errors. The measured loop keeps its own
+/// connections (`bench/clients.rs`): it pipelines, which the library does
+/// not.
+fn preflight(cli: &Cli) -> Result<(), String> {
+    let mut b = Client::builder(cli.endpoints.iter().map(|e| e.trim().to_string()))
+        .connect_timeout(Duration::from_secs(1))
+        .request_timeout(cli.timeout.min(Duration::from_secs(5)));
+    if let Some(ca) = &cli.tls_ca {
+        let tls = ClientTls::new(ca, None)
+            .and_then(|t| t.server_name(&cli.tls_server_name))
+            .map_err(|e| format!("--tls-ca: {e}"))?;
+        b = b.tls(tls);
+    }
+    let all = b.build().map_err(|e| e.to_string())?.status_each();
+    let mut leaders = Vec::new();
+    for e in &all {
+        match &e.result {
+            Ok((s, _)) => leaders.extend(s.leader),
+            Err(err) => eprintln!(
+                "raftbench: endpoint {} did not answer STATUS: {err}",
+                e.endpoint
+            ),
+        }
+    }
+    if all.iter().all(|e| e.result.is_err()) {
+        return Err("no endpoint answered STATUS; is the cluster running?".into());
+    }
+    leaders.sort_unstable();
+    leaders.dedup();
+    match leaders.as_slice() {
+        [] => eprintln!("raftbench: no node knows a leader yet"),
+        [one] => eprintln!("raftbench: node {one} leads"),
+        many => eprintln!("raftbench: the endpoints name different leaders: {many:?}"),
+    }
+    Ok(())
 }
 
 fn warmup_ops(w: Warmup) -> u64 {

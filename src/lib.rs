@@ -11,7 +11,9 @@
 //! - [`kv`]: the replicated key-value state machine, with [`sessions`]:
 //!   client sessions, which make retried writes apply at most once;
 //! - [`shared`]: the little state that crosses threads;
-//! - [`error`]: why a node could not start, or had to stop.
+//! - [`error`]: why a node could not start, or had to stop;
+//! - [`client`]: a client library (failover, sessions, safe retries), used
+//!   by `raftctl`.
 //!
 //! ```text
 //!  clients ──► client I/O thread ─requests─► ┌────────────┐ ──Ready──► ┌──────────────┐ ──► WAL (fsync)
@@ -23,6 +25,7 @@
 //! ```
 
 pub mod apply;
+pub mod client;
 pub mod datadir;
 pub mod debug;
 pub mod discovery;

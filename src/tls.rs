@@ -77,11 +77,11 @@ pub struct TlsFiles {
     pub ca: Option<PathBuf>,
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = |source| TlsError::Pem {
         path: path.to_path_buf(),
         source,
@@ -96,14 +96,14 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Pem {
         path: path.to_path_buf(),
         source,
     })
 }
 
-fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+pub(crate) fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in certs(path)? {
         roots.add(c).map_err(|source| TlsError::Rustls {
@@ -316,7 +316,7 @@ pub fn dial_peer(
 
 /// Drives a handshake to its end under one deadline. rustls's own
 /// `complete_io` would let a peer that trickles bytes hold it forever.
-fn handshake<D>(
+pub(crate) fn handshake<D>(
     conn: &mut rustls::ConnectionCommon<D>,
     sock: &mut TcpStream,
     timeout: Duration,

@@ -127,6 +127,11 @@ fn client_frames_corpus() {
 }
 
 #[test]
+fn client_reply_corpus() {
+    replay("client_reply");
+}
+
+#[test]
 fn wal_recovery_corpus() {
     replay("wal_recovery");
     wal_recovery::cleanup();
@@ -146,6 +151,7 @@ fn every_target_has_a_test_here() {
             "peer_frame",
             "client_line",
             "client_frames",
+            "client_reply",
             "wal_recovery",
             "snapshot_payload"
         ]

@@ -20,6 +20,7 @@
 pub mod alloc;
 pub mod client_frames;
 pub mod client_line;
+pub mod client_reply;
 pub mod peer_frame;
 pub mod snapshot_payload;
 pub mod wal_recovery;
@@ -54,6 +55,12 @@ pub const TARGETS: &[Target] = &[
         check: client_frames::check,
         seeds: client_frames::seeds,
         alloc_limit: client_frames::ALLOC_LIMIT,
+    },
+    Target {
+        name: "client_reply",
+        check: client_reply::check,
+        seeds: client_reply::seeds,
+        alloc_limit: client_reply::ALLOC_LIMIT,
     },
     Target {
         name: "wal_recovery",
