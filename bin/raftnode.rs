@@ -75,6 +75,12 @@ struct Cli {
     #[arg(long, default_value_t = 5000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     request_timeout_ms: u64,
 
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (text format
+    /// 0.0.4). Off when not given. The metrics are not secret but reveal
+    /// the cluster's shape and load: bind a loopback or private address.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
+
     /// Certificate (PEM) this node presents to its peers. With
     /// --peer-key-file and --peer-trusted-ca-file it turns on mutual TLS
     /// between peers; the certificate must carry the DNS name node-<id>.
@@ -223,6 +229,7 @@ fn main() -> ExitCode {
         heartbeat_ticks: cli.heartbeat_ticks as usize,
         snapshot_entries: cli.snapshot_entries,
         request_timeout_ms: cli.request_timeout_ms,
+        metrics_addr: cli.metrics_addr,
         security: Security {
             peer_tls: match (cli.peer_cert_file, cli.peer_key_file) {
                 (Some(cert), Some(key)) => Some(TlsFiles {

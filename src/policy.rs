@@ -33,6 +33,7 @@ use crossbeam_channel::{Receiver, Sender};
 use log::{debug, info};
 
 use crate::kv::{encode_command, encode_conf_context, Command, RequestId};
+use crate::metrics::ServerMetrics;
 use crate::protocol::{ErrorCode, Reply};
 use crate::raft::{
     ConfChange, ConfChangeKind, ConfState, DropReason, Error as RaftError, MemStorage, NodeId,
@@ -103,6 +104,7 @@ pub struct Policy {
     promoting: HashMap<NodeId, Instant>,
     /// When this node last proposed a cluster ID.
     cluster_id_proposed: Option<Instant>,
+    metrics: Arc<ServerMetrics>,
 }
 
 /// A random id, never 0 (a cluster ID, a recovery id). Not a secret: it
@@ -152,8 +154,13 @@ pub fn refusal(e: &RaftError) -> Reply {
 }
 
 impl Policy {
-    pub fn new(shared: Arc<Shared>, read_notices: Sender<ReadNotice>) -> Policy {
+    pub fn new(
+        shared: Arc<Shared>,
+        read_notices: Sender<ReadNotice>,
+        metrics: Arc<ServerMetrics>,
+    ) -> Policy {
         Policy {
+            metrics,
             shared,
             read_notices,
             read_seq: 0,
@@ -292,6 +299,7 @@ impl Policy {
     /// stop waits for them to apply.
     pub fn soft_state_changed(&mut self, ss: SoftState, term: u64, stopping: bool) {
         self.shared.set_leader(ss.leader);
+        self.metrics.set_leader(ss.role == Role::Leader);
         self.transfers.retain(|t| {
             if t.target != ss.leader {
                 return true;
@@ -307,6 +315,7 @@ impl Policy {
             return;
         }
         let had_leader = self.leader != NO_NODE;
+        self.metrics.leader_changed();
         self.leader = ss.leader;
         self.leader_term = term;
         if had_leader && !stopping {

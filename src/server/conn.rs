@@ -24,6 +24,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use rustls::ServerConnection;
 
+use crate::metrics::{ClientMetrics, Cmd};
 use crate::protocol::{Framed, LineFramer, Reply};
 
 /// Unanswered requests of one connection, at most.
@@ -42,12 +43,17 @@ pub struct Slot {
     pub pending_id: Option<u64>,
     /// A write: a later `GET` on this connection waits for it.
     pub write: bool,
+    /// The request's command and when it was read, for the metrics; set
+    /// by [`Conn::open_slot`] from [`Conn::begin`].
+    pub meta: Option<(Cmd, Instant)>,
 }
 
 /// A `GET` waiting for this connection's earlier writes to be answered.
 pub struct Deferred {
     pub line: Vec<u8>,
     pub deadline: Instant,
+    /// When the `GET` was read.
+    pub started: Instant,
 }
 
 pub struct Conn {
@@ -71,6 +77,8 @@ pub struct Conn {
     pub read_closed: bool,
     /// Close once everything owed is written (a refused or broken client).
     pub close_when_flushed: bool,
+    /// The request being started: its command and when it was read.
+    current: Option<(Cmd, Instant)>,
 }
 
 /// What one read from the socket gave.
@@ -104,7 +112,13 @@ impl Conn {
             maybe_readable: true,
             read_closed: false,
             close_when_flushed: false,
+            current: None,
         }
+    }
+
+    /// Names the request whose slot is opened next, for the metrics.
+    pub fn begin(&mut self, cmd: Cmd, read_at: Instant) {
+        self.current = Some((cmd, read_at));
     }
 
     /// Whether this connection may take another request now.
@@ -177,7 +191,8 @@ impl Conn {
     }
 
     /// Opens a slot for the next request; returns its sequence number.
-    pub fn open_slot(&mut self, slot: Slot) -> u64 {
+    pub fn open_slot(&mut self, mut slot: Slot) -> u64 {
+        slot.meta = self.current.take();
         if slot.write && slot.reply.is_none() {
             self.writes_in_flight += 1;
         }
@@ -230,7 +245,8 @@ impl Conn {
     /// socket signals room again (edge-triggered) only after a write that
     /// did not fit, so stopping at [`OUTPUT_LIMIT`] with everything written
     /// would leave the rest owed for good.
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub fn flush(&mut self, metrics: &ClientMetrics) -> io::Result<()> {
+        let mut now = None;
         loop {
             while self.outbuf.len() - self.out_pos < OUTPUT_LIMIT {
                 match self.slots.front() {
@@ -238,9 +254,15 @@ impl Conn {
                     _ => break,
                 }
                 if let Some(Slot {
-                    reply: Some(reply), ..
+                    reply: Some(reply),
+                    meta,
+                    ..
                 }) = self.slots.pop_front()
                 {
+                    if let Some((cmd, read_at)) = meta {
+                        let now = *now.get_or_insert_with(Instant::now);
+                        metrics.replied(cmd, &reply, now.saturating_duration_since(read_at));
+                    }
                     // Drop what was written: the buffer holds at most the
                     // unsent bytes, OUTPUT_LIMIT of written ones and a reply.
                     if self.out_pos == self.outbuf.len() || self.out_pos >= OUTPUT_LIMIT {

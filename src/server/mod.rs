@@ -48,6 +48,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::kv::{encode_command, encode_conf_context, RequestId};
+use crate::metrics::{ClientMetrics, Cmd};
 use crate::policy::NodeRequest;
 use crate::protocol::{self, ErrorCode, Framed, Reply, Request, MAX_LINE};
 use crate::raft::{ConfChange, ConfChangeKind, NodeId};
@@ -72,6 +73,8 @@ pub struct Config {
     /// SNAPSHOT requests for the ready thread.
     pub snapshots: Sender<ReplyTx>,
     pub shared: Arc<Shared>,
+    /// Where requests and connections are counted.
+    pub metrics: Arc<ClientMetrics>,
     /// `--request-timeout-ms`.
     pub timeout: Duration,
     /// `--cert-file`/`--key-file` (and client certificates).
@@ -239,6 +242,7 @@ impl IoThread {
                     debug!("the node thread is gone");
                 }
             }
+            self.cfg.metrics.set_connections(self.conns.len());
             if let Some(done) = &self.closing {
                 if self.conns.is_empty() {
                     let _ = done.send(());
@@ -333,6 +337,7 @@ impl IoThread {
         // A GET waiting for this connection's writes goes first.
         if c.writes_in_flight == 0 {
             if let Some(d) = c.deferred.take() {
+                c.begin(Cmd::Get, d.started);
                 self.start_get(&mut c, token, &d.line, d.deadline);
             }
         }
@@ -346,6 +351,7 @@ impl IoThread {
                 match c.next_input() {
                     Ok(Some(Framed::Line(line))) => self.start(&mut c, token, &line, now),
                     Ok(Some(Framed::TooLong)) => {
+                        c.begin(Cmd::Invalid, now);
                         let msg =
                             format!("line longer than {MAX_LINE} bytes; closing the connection");
                         c.open_slot(answered(Reply::error(ErrorCode::BadRequest, msg)));
@@ -360,7 +366,7 @@ impl IoThread {
                 }
             }
             if !broken {
-                if let Err(e) = c.flush() {
+                if let Err(e) = c.flush(&self.cfg.metrics) {
                     debug!("client {}: {e}", c.peer);
                     broken = true;
                 }
@@ -433,6 +439,7 @@ impl IoThread {
             reply: None,
             pending_id: None,
             write,
+            meta: None,
         });
         self.deadlines.push(Reverse((deadline, token, seq)));
         (seq, self.reply_to(token, seq))
@@ -440,7 +447,9 @@ impl IoThread {
 
     /// Starts one request line.
     fn start(&mut self, c: &mut Conn, token: usize, line: &[u8], now: Instant) {
-        let req = match protocol::parse(line) {
+        let parsed = protocol::parse(line);
+        c.begin(parsed.as_ref().map_or(Cmd::Invalid, Cmd::of), now);
+        let req = match parsed {
             Ok(r) => r,
             Err(e) if c.authed => {
                 c.open_slot(answered(Reply::error(ErrorCode::BadRequest, e.to_string())));
@@ -510,6 +519,7 @@ impl IoThread {
                 c.deferred = Some(Deferred {
                     line: line.to_vec(),
                     deadline,
+                    started: now,
                 });
             }
             Request::Get { key } => self.read(c, token, key, deadline),
@@ -602,6 +612,7 @@ fn answered(reply: Reply) -> Slot {
         reply: Some(reply),
         pending_id: None,
         write: false,
+        meta: None,
     }
 }
 

@@ -42,6 +42,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use log::{debug, info, warn};
 
 use crate::datadir::from_wal_meta;
+use crate::metrics::{NetworkMetrics, PeerMetrics};
 use crate::raft::{Message, MessageBody, NodeId};
 use crate::shared::Shared;
 use crate::snapshots::Inbox;
@@ -73,11 +74,14 @@ pub struct Config {
     /// The ids named in `--peers`: always let in (unless removed), so that a
     /// node whose configuration has not arrived yet can hear its cluster.
     pub listed: BTreeSet<NodeId>,
+    /// Where the traffic of each peer is counted.
+    pub metrics: Arc<NetworkMetrics>,
 }
 
 struct Peer {
     queue: Sender<Message>,
     addr: Arc<Mutex<String>>,
+    metrics: Arc<PeerMetrics>,
 }
 
 /// The transport of one node. Cheap to share: all methods take `&self`.
@@ -90,6 +94,7 @@ pub struct Transport {
     shared: Arc<Shared>,
     /// Nodes we were asked to message but have no address for (warned once).
     unknown: Mutex<std::collections::HashSet<NodeId>>,
+    metrics: Arc<NetworkMetrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -123,6 +128,7 @@ impl Transport {
             reports,
             shared: shared.clone(),
             unknown: Mutex::default(),
+            metrics: cfg.metrics.clone(),
         });
         let ctx = Arc::new(listener::Context {
             me: cfg.id,
@@ -132,6 +138,7 @@ impl Transport {
             inbox,
             shared,
             open: Default::default(),
+            metrics: cfg.metrics,
         });
         thread::Builder::new()
             .name("peer-listener".into())
@@ -151,7 +158,9 @@ impl Transport {
         }
         let (tx, rx) = bounded(QUEUE);
         let addr = Arc::new(Mutex::new(addr.to_string()));
+        let metrics = self.metrics.peer(id);
         let sender = PeerSender {
+            metrics: metrics.clone(),
             me: self.id,
             to: id,
             addr: addr.clone(),
@@ -164,7 +173,14 @@ impl Transport {
             .spawn(move || sender.run(rx));
         match spawned {
             Ok(_) => {
-                peers.insert(id, Peer { queue: tx, addr });
+                peers.insert(
+                    id,
+                    Peer {
+                        queue: tx,
+                        addr,
+                        metrics,
+                    },
+                );
             }
             Err(e) => warn!("cannot start sender thread for peer {id}: {e}"),
         }
@@ -199,6 +215,7 @@ impl Transport {
             match p.queue.try_send(m) {
                 Ok(()) => {}
                 Err(TrySendError::Full(m)) | Err(TrySendError::Disconnected(m)) => {
+                    p.metrics.failed(1);
                     debug!("queue to node {to} is full; dropping {}", m.body.name());
                     let report = match m.body {
                         MessageBody::Snapshot { .. } => Report::Snapshot(to, false),
@@ -241,6 +258,7 @@ struct PeerSender {
     tls: Option<Arc<PeerTls>>,
     reports: Sender<Report>,
     shared: Arc<Shared>,
+    metrics: Arc<PeerMetrics>,
 }
 
 impl PeerSender {
@@ -323,46 +341,73 @@ impl PeerSender {
                 }
             }
             let mut unreachable = false;
+            let mut heartbeat = false;
             buf.clear();
+            let mut in_buf = 0u64;
             for m in batch.drain(..) {
                 let MessageBody::Snapshot { .. } = m.body else {
+                    heartbeat |= matches!(m.body, MessageBody::Heartbeat { .. });
                     codec::encode_message(&mut buf, &m);
+                    in_buf += 1;
                     continue;
                 };
                 // Flush what came before, then stream the snapshot.
                 let ok = match conn.as_mut() {
                     Some(stream) => {
-                        let r = stream
-                            .write_all(&buf)
-                            .and_then(|_| stream_snapshot(stream, &m, &self.shared));
+                        let r = match stream.write_all(&buf) {
+                            Ok(()) => {
+                                self.metrics.sent(buf.len() as u64);
+                                stream_snapshot(stream, &m, &self.shared)
+                            }
+                            Err(e) => {
+                                self.metrics.failed(in_buf);
+                                Err(e)
+                            }
+                        };
                         buf.clear();
+                        in_buf = 0;
                         match r {
                             Ok(bytes) => {
+                                self.metrics.sent(bytes);
                                 info!("sent snapshot to peer {to} ({bytes} bytes)");
                                 true
                             }
                             Err(e) => {
                                 warn!("sending a snapshot to peer {to} failed: {e}");
                                 conn = None;
+                                self.metrics.heartbeats_lost();
                                 false
                             }
                         }
                     }
                     None => false,
                 };
+                if !ok {
+                    self.metrics.failed(1);
+                }
                 let _ = self.reports.try_send(Report::Snapshot(to, ok));
             }
             if !buf.is_empty() {
                 match conn.as_mut() {
                     Some(stream) => {
-                        if let Err(e) = stream.write_all(&buf).and_then(|_| stream.flush()) {
-                            warn!("lost connection to peer {to}: {e}");
-                            conn = None;
-                            unreachable = true;
+                        if heartbeat {
+                            self.metrics.heartbeat_sent();
+                        }
+                        match stream.write_all(&buf).and_then(|_| stream.flush()) {
+                            Ok(()) => self.metrics.sent(buf.len() as u64),
+                            Err(e) => {
+                                warn!("lost connection to peer {to}: {e}");
+                                conn = None;
+                                unreachable = true;
+                            }
                         }
                     }
                     None => unreachable = true,
                 }
+            }
+            if unreachable {
+                self.metrics.failed(in_buf);
+                self.metrics.heartbeats_lost();
             }
             if unreachable {
                 let _ = self.reports.try_send(Report::Unreachable(to));
