@@ -20,6 +20,7 @@
 pub mod alloc;
 pub mod client_frames;
 pub mod client_line;
+pub mod http_request;
 pub mod peer_frame;
 pub mod wal_recovery;
 
@@ -53,6 +54,12 @@ pub const TARGETS: &[Target] = &[
         check: client_frames::check,
         seeds: client_frames::seeds,
         alloc_limit: client_frames::ALLOC_LIMIT,
+    },
+    Target {
+        name: "http_request",
+        check: http_request::check,
+        seeds: http_request::seeds,
+        alloc_limit: http_request::ALLOC_LIMIT,
     },
     Target {
         name: "wal_recovery",
