@@ -346,7 +346,7 @@ impl NetworkMetrics {
             .map(|(id, m)| (id.to_string(), m.clone()))
             .collect();
         let p = "raftnode_network_peer_";
-        let counters: [(&str, &str, &str, fn(&PeerMetrics) -> &AtomicU64); 3] = [
+        let counters: [(&str, &str, &str, PeerCounter); 3] = [
             ("sent_bytes_total", "to", "Bytes sent to the peer (message frames, snapshot data included).", |m| &m.sent_bytes),
             ("received_bytes_total", "from", "Bytes received from the peer.", |m| &m.received_bytes),
             ("sent_failures_total", "to",
@@ -369,6 +369,9 @@ impl NetworkMetrics {
         }
     }
 }
+
+/// Picks one counter of a peer.
+type PeerCounter = fn(&PeerMetrics) -> &AtomicU64;
 
 /// A heartbeat unanswered for this long is forgotten: the next answer
 /// starts nothing and is not timed against it.
