@@ -228,6 +228,7 @@ impl Applier {
                 self.disk_metrics.fsynced(took, entries.len());
             }
             self.disk_metrics.wal_written(self.wal.bytes_written());
+            self.fsync_log.saved(&self.disk_metrics);
             if rd.must_sync {
                 crate::debug::crash_point("after_wal_fsync");
             }
@@ -275,7 +276,6 @@ impl Applier {
                 took - persisted
             );
         }
-        self.fsync_log.ready_done(&self.disk_metrics);
         let _ = self.ch.advance.send(());
         Ok(())
     }

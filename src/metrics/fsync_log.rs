@@ -31,8 +31,10 @@ impl FsyncLog {
         }
     }
 
-    /// Counts a Ready, and logs the interval's figures when it is over.
-    pub fn ready_done(&mut self, disk: &DiskMetrics) {
+    /// Counts a Ready that wrote to the WAL, and logs the interval's
+    /// figures when it is over. Only writes end an interval, so a period
+    /// without any (reads only) logs nothing.
+    pub fn saved(&mut self, disk: &DiskMetrics) {
         self.readies += 1;
         let elapsed = self.since.elapsed();
         if elapsed < EVERY {
