@@ -7,7 +7,8 @@
 #   bin/cluster.sh clean    stop and delete their data dirs
 #
 # Node i listens for peers on 127.0.0.1:700i and for clients on 127.0.0.1:800i,
-# keeps its data in data/cluster/node-i and logs to data/cluster/node-i.log.
+# serves Prometheus metrics on http://127.0.0.1:900i/metrics, keeps its data
+# in data/cluster/node-i and logs to data/cluster/node-i.log.
 # Environment: NODES (default 3), RAFTNODE_ARGS (extra flags for every node),
 # PEER_TLS=1 (mutual TLS between the nodes, with a test CA that bin/certs.sh
 # makes in data/cluster/certs).
@@ -54,10 +55,11 @@ case "${1:-}" in
              --peer-trusted-ca-file "$DIR/certs/ca.pem")
       fi
       # shellcheck disable=SC2086
-      "$BIN" --id "$i" --peers "$(peers)" --data-dir "$DIR/node-$i" "${tls[@]}" ${RAFTNODE_ARGS:-} \
+      "$BIN" --id "$i" --peers "$(peers)" --data-dir "$DIR/node-$i" \
+        --metrics-addr "127.0.0.1:$((9000 + i))" "${tls[@]}" ${RAFTNODE_ARGS:-} \
         >"$DIR/node-$i.log" 2>&1 &
       echo $! >"$DIR/node-$i.pid"
-      echo "node $i: pid $!, clients on 127.0.0.1:$((8000 + i)), log $DIR/node-$i.log"
+      echo "node $i: pid $!, clients on 127.0.0.1:$((8000 + i)), metrics on http://127.0.0.1:$((9000 + i))/metrics, log $DIR/node-$i.log"
     done
     sleep 2
     "$0" status

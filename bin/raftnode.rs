@@ -86,6 +86,11 @@ struct Cli {
     /// least recently active. Put into every session this node registers.
     #[arg(long, default_value_t = raftnode::sessions::DEFAULT_MAX_SESSIONS, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=raftnode::sessions::MAX_SESSIONS_LIMIT), help_heading = "Sessions")]
     max_sessions: u64,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (text format
+    /// 0.0.4). Off when not given. The metrics are not secret but reveal
+    /// the cluster's shape and load: bind a loopback or private address.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
 
     /// Certificate (PEM) this node presents to its peers. With
     /// --peer-key-file and --peer-trusted-ca-file it turns on mutual TLS
@@ -239,6 +244,7 @@ fn main() -> ExitCode {
             ttl_ms: cli.session_ttl_ms,
             max: cli.max_sessions,
         },
+        metrics_addr: cli.metrics_addr,
         security: Security {
             peer_tls: match (cli.peer_cert_file, cli.peer_key_file) {
                 (Some(cert), Some(key)) => Some(TlsFiles {

@@ -34,6 +34,8 @@ use log::{info, warn};
 use crate::datadir::{to_wal_entry, to_wal_hard_state, Recovered};
 use crate::error::Fatal;
 use crate::kv::{decode_command, decode_conf_context, Command, KvStore};
+use crate::metrics::fsync_log::FsyncLog;
+use crate::metrics::{DiskMetrics, Metrics, ServerMetrics};
 use crate::protocol::{ErrorCode, Reply};
 use crate::raft::{
     ConfChange, ConfChangeKind, ConfState, Entry, EntryKind, MemStorage, NodeId, Ready, Storage,
@@ -42,7 +44,6 @@ use crate::reads::{ReadNotice, ReadQueue};
 use crate::reply::ReplyTx;
 use crate::shared::{Membership, Shared};
 use crate::snapshots::{Inbox, Snapshots};
-use crate::stats::FsyncStats;
 use crate::transport::Transport;
 
 /// Work in the Ready loop longer than this is logged as a warning: the
@@ -77,7 +78,9 @@ pub struct Applier {
     peer_overrides: BTreeMap<NodeId, String>,
     snapshots: Snapshots,
     reads: ReadQueue,
-    stats: FsyncStats,
+    server_metrics: Arc<ServerMetrics>,
+    disk_metrics: Arc<DiskMetrics>,
+    fsync_log: FsyncLog,
 }
 
 impl Applier {
@@ -91,8 +94,11 @@ impl Applier {
         ch: ApplyChannels,
         peer_overrides: BTreeMap<NodeId, String>,
         snapshot_entries: u64,
+        metrics: &Metrics,
     ) -> Applier {
         shared.publish_snapshot(rec.snapshot_index, rec.snapshot_path.clone());
+        let hs = rec.storage.hard_state();
+        metrics.server.recovered(hs.term, hs.commit, rec.applied);
         let a = Applier {
             id,
             wal: rec.wal,
@@ -105,9 +111,11 @@ impl Applier {
             inbox,
             ch,
             peer_overrides,
-            snapshots: Snapshots::new(snapshot_entries, rec.snapshot_index),
+            snapshots: Snapshots::new(snapshot_entries, rec.snapshot_index, metrics.disk.clone()),
             reads: ReadQueue::default(),
-            stats: FsyncStats::default(),
+            server_metrics: metrics.server.clone(),
+            disk_metrics: metrics.disk.clone(),
+            fsync_log: FsyncLog::new(&metrics.disk),
         };
         a.connect_members();
         a.publish_membership();
@@ -200,6 +208,7 @@ impl Applier {
                 &self.shared,
             )?;
             self.applied = snap.meta.index;
+            self.server_metrics.applied_snapshot(self.applied);
             self.conf_state = snap.meta.conf_state.clone();
             self.connect_members();
             self.publish_membership();
@@ -216,7 +225,11 @@ impl Applier {
             self.wal
                 .save(hs.as_ref(), &entries, sync)
                 .map_err(|e| Fatal::new("writing the WAL", e))?;
-            self.stats.record(rd.must_sync, entries.len());
+            if let Some(took) = self.wal.take_fsync_time() {
+                self.disk_metrics.fsynced(took, entries.len());
+            }
+            self.disk_metrics.wal_written(self.wal.bytes_written());
+            self.fsync_log.saved(&self.disk_metrics);
             if rd.must_sync {
                 crate::debug::crash_point("after_wal_fsync");
             }
@@ -224,6 +237,7 @@ impl Applier {
                 .append(&rd.entries)
                 .map_err(|e| Fatal::new("appending to the in-memory log", e))?;
             if let Some(h) = rd.hard_state {
+                self.server_metrics.hard_state(h.term, h.commit);
                 self.storage.set_hard_state(h);
             }
             self.publish_persisted();
@@ -283,6 +297,7 @@ impl Applier {
             return;
         }
         self.applied = e.index;
+        self.server_metrics.applied(e.index);
         self.snapshots.applied(e.data.len());
         match e.kind {
             EntryKind::Normal if e.data.is_empty() => {} // a new leader's no-op

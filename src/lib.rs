@@ -11,6 +11,7 @@
 //! - [`kv`]: the replicated key-value state machine, with [`sessions`]:
 //!   client sessions, which make retried writes apply at most once;
 //! - [`shared`]: the little state that crosses threads;
+//! - [`metrics`]: counters for Prometheus, served on `--metrics-addr`;
 //! - [`error`]: why a node could not start, or had to stop;
 //! - [`client`]: a client library (failover, sessions, safe retries), used
 //!   by `raftctl`.
@@ -31,6 +32,7 @@ pub mod debug;
 pub mod discovery;
 pub mod error;
 pub mod kv;
+pub mod metrics;
 pub mod node;
 pub mod policy;
 pub mod protocol;
@@ -42,7 +44,6 @@ pub mod server;
 pub mod sessions;
 pub mod shared;
 pub mod snapshots;
-pub mod stats;
 pub mod tls;
 pub mod transport;
 
@@ -78,6 +79,8 @@ pub struct NodeConfig {
     /// `--session-ttl-ms` and `--max-sessions`.
     pub session_limits: sessions::SessionLimits,
     pub security: Security,
+    /// `--metrics-addr`: where `GET /metrics` is served; off when `None`.
+    pub metrics_addr: Option<String>,
 }
 
 /// Who may talk to the node, and how.
@@ -224,7 +227,12 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
     // fails on the address (or on the WAL lock) without side effects.
     let client_listener = bind("clients", &cfg.client_addr)?;
     let peer_listener = bind("peers", &own)?;
+    let metrics_listener = match &cfg.metrics_addr {
+        Some(addr) => Some(bind("metrics", addr)?),
+        None => None,
+    };
     let shared = Arc::new(Shared::default());
+    let metrics = Arc::new(metrics::Metrics::new());
     // Request ids never repeat across restarts (etcd's idutil does the
     // same): milliseconds since the epoch in the high bits; a previous run
     // would have needed 4 million requests per millisecond it lived to
@@ -242,6 +250,7 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
             id: cfg.id,
             tls: peer_tls.clone(),
             listed: cfg.peers.keys().copied().collect(),
+            metrics: metrics.network.clone(),
         },
         peer_listener,
         inbound_tx,
@@ -292,6 +301,7 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
         },
         cfg.peers.clone(),
         cfg.snapshot_entries,
+        &metrics,
     );
     let ready = thread::Builder::new()
         .name("ready".into())
@@ -313,7 +323,7 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
             status: status_rx,
             stop: stop_rx,
         },
-        policy::Policy::new(shared.clone(), reads_tx),
+        policy::Policy::new(shared.clone(), reads_tx, metrics.server.clone()),
         shared.clone(),
         Duration::from_millis(cfg.tick_ms),
         cfg.election_ticks as u32,
@@ -326,6 +336,25 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
             source,
         })?;
 
+    if let Some(listener) = metrics_listener {
+        let shared = shared.clone();
+        let data_dir = cfg.data_dir.clone();
+        let scraped = move || {
+            let mut s = metrics::Scraped {
+                has_leader: shared.has_leader(),
+                proposals_pending: shared.pending().len() as u64,
+                ..Default::default()
+            };
+            s.disk_usage(&data_dir);
+            s
+        };
+        metrics::http::serve(listener, metrics.clone(), scraped).map_err(|source| {
+            StartError::Thread {
+                name: "metrics",
+                source,
+            }
+        })?;
+    }
     let server = server::serve(
         client_listener,
         server::Config {
@@ -334,6 +363,7 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
             status: status_tx,
             snapshots: snap_tx,
             shared,
+            metrics: metrics.clients.clone(),
             timeout: Duration::from_millis(cfg.request_timeout_ms),
             tls: client_tls,
             auth_token,

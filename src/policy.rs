@@ -39,6 +39,7 @@ use crossbeam_channel::{Receiver, Sender};
 use log::{debug, info};
 
 use crate::kv::{encode_command, encode_conf_context, Command, RequestId};
+use crate::metrics::ServerMetrics;
 use crate::protocol::{ErrorCode, Reply};
 use crate::raft::{
     ConfChange, ConfChangeKind, ConfState, DropReason, Error as RaftError, MemStorage, NodeId,
@@ -114,6 +115,7 @@ pub struct Policy {
     cluster_id_proposed: Option<Instant>,
     /// When this node last proposed a clock entry.
     clock_proposed: Option<Instant>,
+    metrics: Arc<ServerMetrics>,
 }
 
 /// A random id, never 0 (a cluster ID, a recovery id). Not a secret: it
@@ -163,8 +165,13 @@ pub fn refusal(e: &RaftError) -> Reply {
 }
 
 impl Policy {
-    pub fn new(shared: Arc<Shared>, read_notices: Sender<ReadNotice>) -> Policy {
+    pub fn new(
+        shared: Arc<Shared>,
+        read_notices: Sender<ReadNotice>,
+        metrics: Arc<ServerMetrics>,
+    ) -> Policy {
         Policy {
+            metrics,
             shared,
             read_notices,
             read_seq: 0,
@@ -304,6 +311,7 @@ impl Policy {
     /// stop waits for them to apply.
     pub fn soft_state_changed(&mut self, ss: SoftState, term: u64, stopping: bool) {
         self.shared.set_leader(ss.leader);
+        self.metrics.set_leader(ss.role == Role::Leader);
         self.transfers.retain(|t| {
             if t.target != ss.leader {
                 return true;
@@ -319,6 +327,7 @@ impl Policy {
             return;
         }
         let had_leader = self.leader != NO_NODE;
+        self.metrics.leader_changed();
         self.leader = ss.leader;
         self.leader_term = term;
         if had_leader && !stopping {

@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver};
@@ -29,6 +29,7 @@ use log::{info, warn};
 use crate::datadir::to_wal_meta;
 use crate::error::Fatal;
 use crate::kv::KvStore;
+use crate::metrics::DiskMetrics;
 use crate::protocol::Reply;
 use crate::raft::{ConfState, MemStorage, NodeId, Snapshot, SnapshotMeta, Storage};
 use crate::reply::ReplyTx;
@@ -155,6 +156,7 @@ pub type Written = Result<wal::SnapshotWriter, Fatal>;
 struct Writing {
     meta: SnapshotMeta,
     done: Receiver<Written>,
+    started: Instant,
 }
 
 /// The node's snapshots: the policy for taking them and their state.
@@ -169,11 +171,13 @@ pub struct Snapshots {
     writing: Option<Writing>,
     /// `SNAPSHOT` requests waiting for the next snapshot to commit.
     waiters: Vec<ReplyTx>,
+    metrics: Arc<DiskMetrics>,
 }
 
 impl Snapshots {
-    pub fn new(every: u64, index: u64) -> Snapshots {
+    pub fn new(every: u64, index: u64, metrics: Arc<DiskMetrics>) -> Snapshots {
         Snapshots {
+            metrics,
             every,
             index,
             prev_index: 0,
@@ -270,7 +274,11 @@ impl Snapshots {
             warn!("cannot start the snapshot thread: {e}");
             return Ok(());
         }
-        self.writing = Some(Writing { meta, done: rx });
+        self.writing = Some(Writing {
+            meta,
+            done: rx,
+            started: Instant::now(),
+        });
         Ok(())
     }
 
@@ -317,6 +325,7 @@ impl Snapshots {
             warn!("releasing WAL segments: {e}");
         }
         let t3 = Instant::now();
+        self.metrics.snapshot_taken(t3 - s.started);
         info!("snapshot at {index}");
         if t3 - t0 > SLOW_COMMIT {
             warn!(

@@ -198,6 +198,7 @@ fn a_wal_write_error_is_returned_to_the_caller_not_swallowed() {
         snapshot_entries: 0,
         request_timeout_ms: 2000,
         session_limits: Default::default(),
+        metrics_addr: None,
         security: raftnode::Security::default(),
     };
     let connect = |addr: &str| {

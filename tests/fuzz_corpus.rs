@@ -132,6 +132,11 @@ fn client_reply_corpus() {
 }
 
 #[test]
+fn http_request_corpus() {
+    replay("http_request");
+}
+
+#[test]
 fn wal_recovery_corpus() {
     replay("wal_recovery");
     wal_recovery::cleanup();
@@ -152,6 +157,7 @@ fn every_target_has_a_test_here() {
             "client_line",
             "client_frames",
             "client_reply",
+            "http_request",
             "wal_recovery",
             "snapshot_payload"
         ]

@@ -24,6 +24,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use rustls::ServerConnection;
 
+use crate::metrics::{ClientMetrics, Cmd};
 use crate::protocol::{Framed, LineFramer, Reply};
 
 /// Unanswered requests of one connection, at most.
@@ -44,6 +45,9 @@ pub struct Slot {
     pub write: bool,
     /// A `SESSION` open: its reply sets the connection's session.
     pub opens_session: bool,
+    /// The request's command and when it was read, for the metrics; set
+    /// by [`Conn::open_slot`] from [`Conn::begin`].
+    pub meta: Option<(Cmd, Instant)>,
 }
 
 /// A request waiting: a `GET` for this connection's earlier writes to be
@@ -53,6 +57,8 @@ pub struct Deferred {
     pub deadline: Instant,
     /// Waits for the session open rather than for the writes.
     pub for_session: bool,
+    /// When the `GET` was read.
+    pub started: Instant,
 }
 
 pub struct Conn {
@@ -80,6 +86,8 @@ pub struct Conn {
     pub session: Option<u64>,
     /// A `SESSION` open is in flight: session requests wait for it.
     pub opening_session: bool,
+    /// The request being started: its command and when it was read.
+    current: Option<(Cmd, Instant)>,
 }
 
 /// What one read from the socket gave.
@@ -115,6 +123,7 @@ impl Conn {
             close_when_flushed: false,
             session: None,
             opening_session: false,
+            current: None,
         }
     }
 
@@ -125,6 +134,11 @@ impl Conn {
             Some(d) if d.for_session => !self.opening_session,
             Some(_) => self.writes_in_flight == 0,
         }
+    }
+
+    /// Names the request whose slot is opened next, for the metrics.
+    pub fn begin(&mut self, cmd: Cmd, read_at: Instant) {
+        self.current = Some((cmd, read_at));
     }
 
     /// Whether this connection may take another request now.
@@ -197,7 +211,8 @@ impl Conn {
     }
 
     /// Opens a slot for the next request; returns its sequence number.
-    pub fn open_slot(&mut self, slot: Slot) -> u64 {
+    pub fn open_slot(&mut self, mut slot: Slot) -> u64 {
+        slot.meta = self.current.take();
         if slot.write && slot.reply.is_none() {
             self.writes_in_flight += 1;
         }
@@ -267,7 +282,8 @@ impl Conn {
     /// socket signals room again (edge-triggered) only after a write that
     /// did not fit, so stopping at [`OUTPUT_LIMIT`] with everything written
     /// would leave the rest owed for good.
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub fn flush(&mut self, metrics: &ClientMetrics) -> io::Result<()> {
+        let mut now = None;
         loop {
             while self.outbuf.len() - self.out_pos < OUTPUT_LIMIT {
                 match self.slots.front() {
@@ -275,9 +291,15 @@ impl Conn {
                     _ => break,
                 }
                 if let Some(Slot {
-                    reply: Some(reply), ..
+                    reply: Some(reply),
+                    meta,
+                    ..
                 }) = self.slots.pop_front()
                 {
+                    if let Some((cmd, read_at)) = meta {
+                        let now = *now.get_or_insert_with(Instant::now);
+                        metrics.replied(cmd, &reply, now.saturating_duration_since(read_at));
+                    }
                     // Drop what was written: the buffer holds at most the
                     // unsent bytes, OUTPUT_LIMIT of written ones and a reply.
                     if self.out_pos == self.outbuf.len() || self.out_pos >= OUTPUT_LIMIT {

@@ -48,6 +48,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::kv::{encode_command, encode_conf_context, Command, RequestId};
+use crate::metrics::{ClientMetrics, Cmd};
 use crate::policy::NodeRequest;
 use crate::protocol::{self, ErrorCode, Framed, Reply, Request, MAX_LINE};
 use crate::raft::{ConfChange, ConfChangeKind, NodeId};
@@ -73,6 +74,8 @@ pub struct Config {
     /// SNAPSHOT requests for the ready thread.
     pub snapshots: Sender<ReplyTx>,
     pub shared: Arc<Shared>,
+    /// Where requests and connections are counted.
+    pub metrics: Arc<ClientMetrics>,
     /// `--request-timeout-ms`.
     pub timeout: Duration,
     /// `--cert-file`/`--key-file` (and client certificates).
@@ -243,6 +246,7 @@ impl IoThread {
                     debug!("the node thread is gone");
                 }
             }
+            self.cfg.metrics.set_connections(self.conns.len());
             if let Some(done) = &self.closing {
                 if self.conns.is_empty() {
                     let _ = done.send(());
@@ -338,7 +342,7 @@ impl IoThread {
         // session open goes first.
         if c.deferred_ready() {
             if let Some(d) = c.deferred.take() {
-                self.start_deferred(&mut c, token, &d.line, d.deadline);
+                self.start_deferred(&mut c, token, &d.line, d.started, d.deadline);
             }
         }
         loop {
@@ -351,6 +355,7 @@ impl IoThread {
                 match c.next_input() {
                     Ok(Some(Framed::Line(line))) => self.start(&mut c, token, &line, now),
                     Ok(Some(Framed::TooLong)) => {
+                        c.begin(Cmd::Invalid, now);
                         let msg =
                             format!("line longer than {MAX_LINE} bytes; closing the connection");
                         c.open_slot(answered(Reply::error(ErrorCode::BadRequest, msg)));
@@ -365,7 +370,7 @@ impl IoThread {
                 }
             }
             if !broken {
-                if let Err(e) = c.flush() {
+                if let Err(e) = c.flush(&self.cfg.metrics) {
                     debug!("client {}: {e}", c.peer);
                     broken = true;
                 }
@@ -439,6 +444,7 @@ impl IoThread {
             pending_id: None,
             write,
             opens_session: false,
+            meta: None,
         });
         self.deadlines.push(Reverse((deadline, token, seq)));
         (seq, self.reply_to(token, seq))
@@ -446,7 +452,9 @@ impl IoThread {
 
     /// Starts one request line.
     fn start(&mut self, c: &mut Conn, token: usize, line: &[u8], now: Instant) {
-        let req = match protocol::parse(line) {
+        let parsed = protocol::parse(line);
+        c.begin(parsed.as_ref().map_or(Cmd::Invalid, Cmd::of), now);
+        let req = match parsed {
             Ok(r) => r,
             Err(e) if c.authed => {
                 c.open_slot(answered(Reply::error(ErrorCode::BadRequest, e.to_string())));
@@ -509,6 +517,7 @@ impl IoThread {
                     line: line.to_vec(),
                     deadline,
                     for_session: true,
+                    started: now,
                 });
             }
             Request::OpenSession | Request::ResumeSession { .. } | Request::Tagged { .. } => {
@@ -519,6 +528,7 @@ impl IoThread {
                     line: line.to_vec(),
                     deadline,
                     for_session: false,
+                    started: now,
                 });
             }
             Request::Get { key } => self.read(c, token, key, deadline),
@@ -604,8 +614,17 @@ impl IoThread {
     }
 
     /// Starts a deferred request once what it waits for is done.
-    fn start_deferred(&mut self, c: &mut Conn, token: usize, line: &[u8], deadline: Instant) {
-        match protocol::parse(line) {
+    fn start_deferred(
+        &mut self,
+        c: &mut Conn,
+        token: usize,
+        line: &[u8],
+        started: Instant,
+        deadline: Instant,
+    ) {
+        let parsed = protocol::parse(line);
+        c.begin(parsed.as_ref().map_or(Cmd::Invalid, Cmd::of), started);
+        match parsed {
             Ok(Request::Get { key }) => self.read(c, token, key, deadline),
             Ok(
                 req @ (Request::OpenSession
@@ -673,6 +692,7 @@ fn answered(reply: Reply) -> Slot {
         pending_id: None,
         write: false,
         opens_session: false,
+        meta: None,
     }
 }
 

@@ -34,7 +34,8 @@ use super::codec::{
     self, read_frame, DecodeError, FrameError, ProbeReply, SnapshotHeader, Verdict,
 };
 use super::HANDSHAKE_TIMEOUT;
-use crate::raft::{Message, NodeId};
+use crate::metrics::{NetworkMetrics, PeerMetrics};
+use crate::raft::{Message, MessageBody, NodeId};
 use crate::shared::{Membership, Shared};
 use crate::snapshots::{Inbox, ReceivedSnapshot};
 use crate::tls::{PeerStream, PeerTls};
@@ -61,6 +62,7 @@ pub struct Context {
     pub inbox: Arc<Inbox>,
     pub shared: Arc<Shared>,
     pub open: Counts,
+    pub metrics: Arc<NetworkMetrics>,
 }
 
 /// Inbound connections open, and those of them still authenticating.
@@ -565,8 +567,27 @@ fn admit_snapshot(h: &SnapshotHeader, from: NodeId, ctx: &Context) -> Result<(),
     Ok(())
 }
 
+/// Counts the bytes read from a peer's connection.
+struct Counted {
+    stream: PeerStream,
+    peer: Arc<PeerMetrics>,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.stream.read(buf)?;
+        self.peer.received(n as u64);
+        Ok(n)
+    }
+}
+
 fn read_loop(stream: PeerStream, from: NodeId, ctx: &Context) -> Result<(), Refusal> {
-    let mut r = BufReader::with_capacity(64 << 10, stream);
+    let peer = ctx.metrics.peer(from);
+    let counted = Counted {
+        stream,
+        peer: peer.clone(),
+    };
+    let mut r = BufReader::with_capacity(64 << 10, counted);
     let mut buf = Vec::new();
     let mut receiving: Option<Receiving> = None;
     let mut generation = ctx.shared.membership_generation();
@@ -622,6 +643,9 @@ fn read_loop(stream: PeerStream, from: NodeId, ctx: &Context) -> Result<(), Refu
             k => return Err(Refusal::SnapshotFrame(k)),
         };
         if let Some(m) = msg {
+            if let MessageBody::HeartbeatResponse { .. } = m.body {
+                peer.heartbeat_answered();
+            }
             if m.from != from || m.to != ctx.me {
                 return Err(Refusal::Misrouted {
                     from: m.from,

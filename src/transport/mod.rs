@@ -51,6 +51,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use log::{debug, info, warn};
 
 use crate::datadir::from_wal_meta;
+use crate::metrics::{NetworkMetrics, PeerMetrics};
 use crate::raft::{Message, MessageBody, NodeId};
 use crate::shared::Shared;
 use crate::snapshots::Inbox;
@@ -82,12 +83,15 @@ pub struct Config {
     /// The ids named in `--peers`: always let in (unless removed), so that a
     /// node whose configuration has not arrived yet can hear its cluster.
     pub listed: BTreeSet<NodeId>,
+    /// Where the traffic of each peer is counted.
+    pub metrics: Arc<NetworkMetrics>,
 }
 
 struct Peer {
     queue: Sender<Outgoing>,
     addr: Arc<Mutex<String>>,
     link: Arc<Link>,
+    metrics: Arc<PeerMetrics>,
 }
 
 /// What the sender thread of a peer is handed.
@@ -132,6 +136,7 @@ pub struct Transport {
     shared: Arc<Shared>,
     /// Nodes we were asked to message but have no address for (warned once).
     unknown: Mutex<std::collections::HashSet<NodeId>>,
+    metrics: Arc<NetworkMetrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -165,6 +170,7 @@ impl Transport {
             reports,
             shared: shared.clone(),
             unknown: Mutex::default(),
+            metrics: cfg.metrics.clone(),
         });
         let ctx = Arc::new(listener::Context {
             me: cfg.id,
@@ -174,6 +180,7 @@ impl Transport {
             inbox,
             shared,
             open: Default::default(),
+            metrics: cfg.metrics,
         });
         thread::Builder::new()
             .name("peer-listener".into())
@@ -194,7 +201,9 @@ impl Transport {
         let (tx, rx) = bounded(QUEUE);
         let addr = Arc::new(Mutex::new(addr.to_string()));
         let link = Arc::new(Link::default());
+        let metrics = self.metrics.peer(id);
         let sender = PeerSender {
+            metrics: metrics.clone(),
             me: self.id,
             to: id,
             addr: addr.clone(),
@@ -214,6 +223,7 @@ impl Transport {
                         queue: tx,
                         addr,
                         link,
+                        metrics,
                     },
                 );
             }
@@ -280,12 +290,18 @@ impl Transport {
             return Err(msgs);
         }
         st.scratch.clear();
+        let mut heartbeat = false;
         for m in &msgs {
+            heartbeat |= matches!(m.body, MessageBody::Heartbeat { .. });
             codec::encode_message(&mut st.scratch, m);
         }
+        if heartbeat {
+            p.metrics.heartbeat_sent();
+        }
         match write_some(sock, &st.scratch) {
-            Ok(n) if n == st.scratch.len() => {}
+            Ok(n) if n == st.scratch.len() => p.metrics.sent(n as u64),
             Ok(n) => {
+                p.metrics.sent(n as u64);
                 let rest = Outgoing::Rest {
                     generation: st.generation,
                     bytes: st.scratch[n..].to_vec(),
@@ -295,6 +311,8 @@ impl Transport {
             Err(e) => {
                 warn!("lost connection to peer {to}: {e}");
                 st.conn = None;
+                p.metrics.failed(msgs.len() as u64);
+                p.metrics.heartbeats_lost();
                 let _ = self.reports.try_send(Report::Unreachable(to));
             }
         }
@@ -308,6 +326,7 @@ impl Transport {
         p.link.queued.fetch_add(1, Ordering::AcqRel);
         if let Err(e) = p.queue.try_send(item) {
             p.link.queued.fetch_sub(1, Ordering::AcqRel);
+            p.metrics.failed(1);
             let (TrySendError::Full(item) | TrySendError::Disconnected(item)) = e;
             let report = match item {
                 Outgoing::Message(m) => {
@@ -399,6 +418,7 @@ struct PeerSender {
     reports: Sender<Report>,
     shared: Arc<Shared>,
     link: Arc<Link>,
+    metrics: Arc<PeerMetrics>,
 }
 
 impl PeerSender {
@@ -487,7 +507,9 @@ impl PeerSender {
                 }
             }
             let mut unreachable = false;
+            let mut heartbeat = false;
             buf.clear();
+            let mut in_buf = 0u64;
             for item in batch.drain(..) {
                 let m = match item {
                     Outgoing::Message(m) => m,
@@ -500,43 +522,63 @@ impl PeerSender {
                     }
                 };
                 let MessageBody::Snapshot { .. } = m.body else {
+                    heartbeat |= matches!(m.body, MessageBody::Heartbeat { .. });
                     codec::encode_message(&mut buf, &m);
+                    in_buf += 1;
                     continue;
                 };
                 // Flush what came before, then stream the snapshot.
                 let ok = match st.conn.as_mut() {
                     Some(stream) => {
-                        let r = blocking(stream, |s| {
-                            s.write_all(&buf)?;
-                            stream_snapshot(s, &m, &self.shared)
+                        let r = blocking(stream, |s| match s.write_all(&buf) {
+                            Ok(()) => {
+                                self.metrics.sent(buf.len() as u64);
+                                stream_snapshot(s, &m, &self.shared)
+                            }
+                            Err(e) => {
+                                self.metrics.failed(in_buf);
+                                Err(e)
+                            }
                         });
                         buf.clear();
+                        in_buf = 0;
                         match r {
                             Ok(bytes) => {
+                                self.metrics.sent(bytes);
                                 info!("sent snapshot to peer {to} ({bytes} bytes)");
                                 true
                             }
                             Err(e) => {
                                 warn!("sending a snapshot to peer {to} failed: {e}");
                                 st.conn = None;
+                                self.metrics.heartbeats_lost();
                                 false
                             }
                         }
                     }
                     None => false,
                 };
+                if !ok {
+                    self.metrics.failed(1);
+                }
                 let _ = self.reports.try_send(Report::Snapshot(to, ok));
             }
             if !buf.is_empty() {
                 match st.conn.as_mut() {
                     Some(stream) => {
-                        if let Err(e) = blocking(stream, |s| {
+                        if heartbeat {
+                            self.metrics.heartbeat_sent();
+                        }
+                        match blocking(stream, |s| {
                             s.write_all(&buf)?;
                             s.flush()
                         }) {
-                            warn!("lost connection to peer {to}: {e}");
-                            st.conn = None;
-                            unreachable = true;
+                            Ok(()) => self.metrics.sent(buf.len() as u64),
+                            Err(e) => {
+                                warn!("lost connection to peer {to}: {e}");
+                                st.conn = None;
+                                unreachable = true;
+                            }
                         }
                     }
                     None => unreachable = true,
@@ -546,6 +588,8 @@ impl PeerSender {
             self.link.queued.fetch_sub(items, Ordering::AcqRel);
             drop(guard);
             if unreachable {
+                self.metrics.failed(in_buf);
+                self.metrics.heartbeats_lost();
                 let _ = self.reports.try_send(Report::Unreachable(to));
             }
             if buf.capacity() > (8 << 20) {

@@ -25,6 +25,7 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::damage::{self, DamageReason, DamageRecord};
 use crate::format::{self, Marker, Version, SEGMENT_HEADER_LEN};
@@ -110,6 +111,12 @@ pub struct Wal {
     terms: TermRuns,
     prealloc: Preallocator,
     broken: Option<String>,
+    /// Bytes appended to segments by this `Wal` (records only, not the
+    /// preallocation), for the node's metrics.
+    bytes_written: u64,
+    /// How long the last `fdatasync` of a save or [`Wal::sync`] took, until
+    /// [`Wal::take_fsync_time`] takes it.
+    last_fsync: Option<Duration>,
 }
 
 impl std::fmt::Debug for Wal {
@@ -212,6 +219,8 @@ impl Wal {
                     terms,
                     prealloc,
                     broken: None,
+                    bytes_written: 0,
+                    last_fsync: None,
                 };
                 if let Some(finish) = r.finish {
                     wal.finish_salvage(finish)?;
@@ -272,6 +281,8 @@ impl Wal {
                     terms: TermRuns::default(),
                     prealloc,
                     broken: None,
+                    bytes_written: 0,
+                    last_fsync: None,
                 };
                 // A marker without segments: the caller recorded damage (a
                 // wiped log) and the segments are gone again.
@@ -359,12 +370,27 @@ impl Wal {
         self.usable()?;
         if self.unsynced {
             let path = self.tail_path().to_path_buf();
+            let start = Instant::now();
             if let Err(e) = fsutil::sync_data(&self.file, &path) {
                 return Err(self.fail(e));
             }
+            self.last_fsync = Some(start.elapsed());
             self.unsynced = false;
         }
         Ok(())
+    }
+
+    /// Bytes of records this `Wal` appended since it was opened.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    /// How long the last `fdatasync` of a synced [`save`](Wal::save) or of
+    /// [`sync`](Wal::sync) took, once: `None` if there was none since the
+    /// last call. (The syncs of a segment roll and of snapshots are not
+    /// counted.)
+    pub fn take_fsync_time(&mut self) -> Option<Duration> {
+        self.last_fsync.take()
     }
 
     /// Starts a snapshot file for `meta`; write the data into the returned
@@ -700,6 +726,7 @@ impl Wal {
             return Err(self.fail(e));
         }
         self.cursor += need;
+        self.bytes_written += need;
         self.unsynced = true;
         self.maybe_prepare_next();
         if sync {
@@ -707,9 +734,11 @@ impl Wal {
             failpoint::crash::crash_point("before_wal_fsync", || {
                 format!("segment={} offset={at} len={need}", path.display())
             });
+            let start = Instant::now();
             if let Err(e) = fsutil::sync_data(&self.file, &path) {
                 return Err(self.fail(e));
             }
+            self.last_fsync = Some(start.elapsed());
             self.unsynced = false;
         }
         Ok(())

@@ -45,6 +45,31 @@ fn entries_and_hard_state_come_back_after_reopen() {
 }
 
 #[test]
+fn bytes_written_and_fsync_times_are_reported_for_the_metrics() {
+    let d = TempDir::new("io-figures");
+    let mut rng = Rng::new(2);
+    let (mut w, _) = Wal::open(d.path(), opts(SEG)).unwrap();
+    let _ = w.take_fsync_time();
+    let before = w.bytes_written();
+    w.save(None, &[entry(&mut rng, 1, 1, 100)], false).unwrap();
+    let after_one = w.bytes_written();
+    assert!(after_one > before + 100, "{before} -> {after_one}");
+    assert_eq!(w.take_fsync_time(), None, "an unsynced save did no fsync");
+    w.save(None, &[entry(&mut rng, 2, 1, 100)], true).unwrap();
+    assert!(w.bytes_written() > after_one);
+    assert!(w.take_fsync_time().is_some(), "a synced save fsyncs");
+    assert_eq!(w.take_fsync_time(), None, "taken once");
+    w.save(None, &[entry(&mut rng, 3, 1, 10)], false).unwrap();
+    w.sync().unwrap();
+    assert!(
+        w.take_fsync_time().is_some(),
+        "sync() fsyncs what is unsynced"
+    );
+    w.sync().unwrap();
+    assert_eq!(w.take_fsync_time(), None, "nothing to sync, no fsync");
+}
+
+#[test]
 fn a_batch_with_only_a_hard_state_is_saved_and_the_last_one_wins() {
     let d = TempDir::new("hs-only");
     {

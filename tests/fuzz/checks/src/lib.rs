@@ -21,6 +21,7 @@ pub mod alloc;
 pub mod client_frames;
 pub mod client_line;
 pub mod client_reply;
+pub mod http_request;
 pub mod peer_frame;
 pub mod snapshot_payload;
 pub mod wal_recovery;
@@ -61,6 +62,12 @@ pub const TARGETS: &[Target] = &[
         check: client_reply::check,
         seeds: client_reply::seeds,
         alloc_limit: client_reply::ALLOC_LIMIT,
+    },
+    Target {
+        name: "http_request",
+        check: http_request::check,
+        seeds: http_request::seeds,
+        alloc_limit: http_request::ALLOC_LIMIT,
     },
     Target {
         name: "wal_recovery",
