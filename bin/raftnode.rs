@@ -71,6 +71,13 @@ struct Cli {
     #[arg(long, default_value_t = 10000, value_name = "N")]
     snapshot_entries: u64,
 
+    /// Where Redis clients connect (redis-cli, redis-benchmark, Redis client
+    /// libraries): RESP2 with the commands listed in the README, served
+    /// with the same guarantees as --client-addr (TLS and the auth token
+    /// apply to it too). Off when not given.
+    #[arg(long, value_name = "HOST:PORT")]
+    resp_addr: Option<String>,
+
     /// How long a client request may wait before ERR TIMEOUT.
     #[arg(long, default_value_t = 5000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     request_timeout_ms: u64,
@@ -223,6 +230,7 @@ fn main() -> ExitCode {
         heartbeat_ticks: cli.heartbeat_ticks as usize,
         snapshot_entries: cli.snapshot_entries,
         request_timeout_ms: cli.request_timeout_ms,
+        resp_addr: cli.resp_addr,
         security: Security {
             peer_tls: match (cli.peer_cert_file, cli.peer_key_file) {
                 (Some(cert), Some(key)) => Some(TlsFiles {

@@ -243,6 +243,7 @@ impl Applier {
         for e in rd.committed_entries {
             self.apply_entry(e);
         }
+        self.shared.publish_keys(self.kv.len() as u64);
         // 5. Reads, snapshots, advance.
         while let Ok(n) = self.ch.read_notices.try_recv() {
             self.reads.notice(n);

@@ -26,6 +26,17 @@
 //! entry of kind 4 (`origin, request id, cluster id u64`) sets the cluster
 //! ID once; the first leader proposes it right after the bootstrap.
 //!
+//! Kinds 16 to 18 carry the Redis commands that the line protocol has no
+//! word for (`--resp-addr`, `src/server/resp.rs`); each is one entry, so
+//! it applies atomically:
+//!
+//! ```text
+//! 16 put-if:      origin, request id, key: len u32 + bytes,
+//!                 condition u8 (0 only if absent, 1 only if present), value: the rest
+//! 17 put-many:    origin, request id, pairs u32, per pair key and value, each len u32 + bytes
+//! 18 delete-many: origin, request id, keys u32, per key len u32 + bytes
+//! ```
+//!
 //! Snapshots serialise the cluster record and the whole map:
 //!
 //! ```text
@@ -67,6 +78,21 @@ pub enum Command {
     SetClusterId {
         id: u64,
     },
+    /// Sets `key` only if it is absent (`present: false`, Redis's `SET NX`)
+    /// or only if it is there (`present: true`, `SET XX`).
+    PutIf {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        present: bool,
+    },
+    /// Sets every pair, in order, at once (`MSET`).
+    PutMany {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// Removes every key at once; answers how many were there (`DEL`).
+    DeleteMany {
+        keys: Vec<Vec<u8>>,
+    },
 }
 
 /// Who is waiting for a command's outcome.
@@ -80,6 +106,108 @@ const PUT: u8 = 1;
 const DELETE: u8 = 2;
 const CAS: u8 = 3;
 const CLUSTER_ID: u8 = 4;
+const PUT_IF: u8 = 16;
+const PUT_MANY: u8 = 17;
+const DELETE_MANY: u8 = 18;
+
+/// Appends `len u32 + bytes`.
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Encodes the commands of kinds 16 to 18 (called by [`encode_command`]
+/// for those only).
+fn encode_redis_command(id: RequestId, cmd: &Command) -> Vec<u8> {
+    let mut out = Vec::new();
+    let head = |out: &mut Vec<u8>, kind: u8| {
+        out.push(kind);
+        out.extend_from_slice(&id.node.to_le_bytes());
+        out.extend_from_slice(&id.seq.to_le_bytes());
+    };
+    match cmd {
+        Command::PutIf {
+            key,
+            value,
+            present,
+        } => {
+            out.reserve(22 + key.len() + value.len());
+            head(&mut out, PUT_IF);
+            put_bytes(&mut out, key);
+            out.push(u8::from(*present));
+            out.extend_from_slice(value);
+        }
+        Command::PutMany { pairs } => {
+            let size: usize = pairs.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
+            out.reserve(21 + size);
+            head(&mut out, PUT_MANY);
+            out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+            for (k, v) in pairs {
+                put_bytes(&mut out, k);
+                put_bytes(&mut out, v);
+            }
+        }
+        Command::DeleteMany { keys } => {
+            head(&mut out, DELETE_MANY);
+            out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
+            for k in keys {
+                put_bytes(&mut out, k);
+            }
+        }
+        Command::Put { .. }
+        | Command::Delete { .. }
+        | Command::Cas { .. }
+        | Command::SetClusterId { .. } => {}
+    }
+    out
+}
+
+/// Decodes the commands of kinds 16 to 18 from what follows the request
+/// id; `None` if malformed.
+fn decode_redis_command(kind: u8, mut rest: &[u8]) -> Option<Command> {
+    // A count is believed only as far as the bytes can hold its items
+    // (each at least 4 bytes), so it never sizes an allocation alone.
+    let count = |rest: &mut &[u8]| -> Option<usize> {
+        let (n, tail) = rest.split_first_chunk::<4>()?;
+        *rest = tail;
+        let n = u32::from_le_bytes(*n) as usize;
+        (n <= rest.len() / 4).then_some(n)
+    };
+    let cmd = match kind {
+        PUT_IF => {
+            let key = take_bytes(&mut rest)?.to_vec();
+            let (&cond, value) = rest.split_first()?;
+            if cond > 1 {
+                return None;
+            }
+            return Some(Command::PutIf {
+                key,
+                value: value.to_vec(),
+                present: cond == 1,
+            });
+        }
+        PUT_MANY => {
+            let n = count(&mut rest)?;
+            let mut pairs = Vec::with_capacity(n);
+            for _ in 0..n {
+                let k = take_bytes(&mut rest)?.to_vec();
+                let v = take_bytes(&mut rest)?.to_vec();
+                pairs.push((k, v));
+            }
+            Command::PutMany { pairs }
+        }
+        DELETE_MANY => {
+            let n = count(&mut rest)?;
+            let mut keys = Vec::with_capacity(n);
+            for _ in 0..n {
+                keys.push(take_bytes(&mut rest)?.to_vec());
+            }
+            Command::DeleteMany { keys }
+        }
+        _ => return None,
+    };
+    rest.is_empty().then_some(cmd)
+}
 
 /// Encodes a command with the id of the request waiting for it.
 pub fn encode_command(id: RequestId, cmd: &Command) -> Vec<u8> {
@@ -95,13 +223,16 @@ pub fn encode_command(id: RequestId, cmd: &Command) -> Vec<u8> {
             out.extend_from_slice(&cluster.to_le_bytes());
             return out;
         }
+        Command::PutIf { .. } | Command::PutMany { .. } | Command::DeleteMany { .. } => {
+            return encode_redis_command(id, cmd)
+        }
     };
     let extra = match cmd {
         Command::Put { value, .. } => value.len(),
-        Command::Delete { .. } | Command::SetClusterId { .. } => 0,
         Command::Cas {
             expected, value, ..
         } => 4 + expected.len() + value.len(),
+        _ => 0,
     };
     let mut out = Vec::with_capacity(21 + key.len() + extra);
     out.push(kind);
@@ -111,7 +242,6 @@ pub fn encode_command(id: RequestId, cmd: &Command) -> Vec<u8> {
     out.extend_from_slice(key);
     match cmd {
         Command::Put { value, .. } => out.extend_from_slice(value),
-        Command::Delete { .. } | Command::SetClusterId { .. } => {}
         Command::Cas {
             expected, value, ..
         } => {
@@ -119,6 +249,7 @@ pub fn encode_command(id: RequestId, cmd: &Command) -> Vec<u8> {
             out.extend_from_slice(expected);
             out.extend_from_slice(value);
         }
+        _ => {}
     }
     out
 }
@@ -178,6 +309,9 @@ pub fn decode_command(data: &[u8]) -> Option<(RequestId, Command)> {
     if kind == CLUSTER_ID {
         let id = u64::from_le_bytes(rest.try_into().ok()?);
         return Some((id_of(data), Command::SetClusterId { id }));
+    }
+    if matches!(kind, PUT_IF | PUT_MANY | DELETE_MANY) {
+        return Some((id, decode_redis_command(kind, rest)?));
     }
     let key = take_bytes(&mut rest)?.to_vec();
     let cmd = match kind {
@@ -376,6 +510,27 @@ impl KvStore {
                 }
                 Reply::Ok
             }
+            Command::PutIf {
+                key,
+                value,
+                present,
+            } => {
+                if self.map.get(&key).is_some() != present {
+                    return Reply::Unchanged;
+                }
+                self.map.put(key, value);
+                Reply::Ok
+            }
+            Command::PutMany { pairs } => {
+                for (k, v) in pairs {
+                    self.map.put(k, v);
+                }
+                Reply::Ok
+            }
+            Command::DeleteMany { keys } => {
+                let gone = keys.iter().filter(|k| self.map.remove(k).is_some());
+                Reply::Count(gone.count() as u64)
+            }
         }
     }
 
@@ -513,6 +668,91 @@ mod tests {
         for cmd in cmds {
             assert_eq!(decode_command(&encode_command(id, &cmd)), Some((id, cmd)));
         }
+    }
+
+    #[test]
+    fn redis_commands_round_trip_and_truncations_do_not_decode() {
+        let id = RequestId { node: 2, seq: 7 };
+        let cmds = [
+            Command::PutIf {
+                key: b"k".to_vec(),
+                value: b"v\r\n\0".to_vec(),
+                present: false,
+            },
+            Command::PutIf {
+                key: vec![],
+                value: vec![],
+                present: true,
+            },
+            Command::PutMany {
+                pairs: vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), vec![])],
+            },
+            Command::PutMany { pairs: vec![] },
+            Command::DeleteMany {
+                keys: vec![b"a".to_vec(), b"a".to_vec(), b"zz".to_vec()],
+            },
+        ];
+        for cmd in cmds {
+            let data = encode_command(id, &cmd);
+            assert_eq!(decode_command(&data), Some((id, cmd.clone())));
+            if matches!(cmd, Command::PutIf { .. }) {
+                continue; // the value is the rest: a cut inside it is a shorter value
+            }
+            for cut in 0..data.len() {
+                assert_eq!(decode_command(&data[..cut]), None, "{cmd:?} cut at {cut}");
+            }
+            let mut longer = data.clone();
+            longer.push(0);
+            assert_eq!(decode_command(&longer), None, "{cmd:?} with a byte more");
+        }
+        // A count the bytes cannot hold is refused without allocating for it.
+        let mut huge = encode_command(id, &Command::DeleteMany { keys: vec![] });
+        huge[17..21].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_command(&huge), None);
+        let mut bad_cond = encode_command(
+            id,
+            &Command::PutIf {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                present: true,
+            },
+        );
+        bad_cond[22] = 2;
+        assert_eq!(decode_command(&bad_cond), None);
+    }
+
+    #[test]
+    fn redis_commands_apply_atomically_with_their_replies() {
+        let mut kv = KvStore::new();
+        let put_if = |k: &[u8], v: &[u8], present| Command::PutIf {
+            key: k.to_vec(),
+            value: v.to_vec(),
+            present,
+        };
+        assert_eq!(kv.apply(put_if(b"k", b"1", true)), Reply::Unchanged);
+        assert_eq!(kv.get(b"k"), None);
+        assert_eq!(kv.apply(put_if(b"k", b"1", false)), Reply::Ok);
+        assert_eq!(kv.apply(put_if(b"k", b"2", false)), Reply::Unchanged);
+        assert_eq!(kv.get(b"k"), Some(&b"1"[..]));
+        assert_eq!(kv.apply(put_if(b"k", b"3", true)), Reply::Ok);
+        assert_eq!(kv.get(b"k"), Some(&b"3"[..]));
+        let pairs = vec![
+            (b"a".to_vec(), b"1".to_vec()),
+            (b"b".to_vec(), b"2".to_vec()),
+            (b"a".to_vec(), b"last".to_vec()),
+        ];
+        assert_eq!(kv.apply(Command::PutMany { pairs }), Reply::Ok);
+        assert_eq!(kv.get(b"a"), Some(&b"last"[..]));
+        assert_eq!(kv.len(), 3);
+        let keys = vec![
+            b"a".to_vec(),
+            b"a".to_vec(),
+            b"nope".to_vec(),
+            b"b".to_vec(),
+        ];
+        assert_eq!(kv.apply(Command::DeleteMany { keys }), Reply::Count(2));
+        assert_eq!(kv.len(), 1);
+        assert_eq!(kv.data_bytes(), 2);
     }
 
     #[test]

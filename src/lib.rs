@@ -7,7 +7,8 @@
 //!   `raftNode.start`), with [`snapshots`] and [`reads`];
 //! - [`datadir`]: recovery and bootstrap of the data dir;
 //! - [`transport`]: peer connections, one sender thread per peer;
-//! - [`server`], [`protocol`]: the client line protocol (`docs/PROTOCOL.md`);
+//! - [`server`], [`protocol`]: the client line protocol (`docs/PROTOCOL.md`),
+//!   and [`resp`]: the Redis protocol of `--resp-addr` in the same server;
 //! - [`kv`]: the replicated key-value state machine;
 //! - [`shared`]: the little state that crosses threads;
 //! - [`error`]: why a node could not start, or had to stop.
@@ -34,6 +35,7 @@ pub mod raft;
 pub mod ratelimit;
 pub mod reads;
 pub mod reply;
+pub mod resp;
 pub mod server;
 pub mod shared;
 pub mod snapshots;
@@ -71,6 +73,8 @@ pub struct NodeConfig {
     pub snapshot_entries: u64,
     pub request_timeout_ms: u64,
     pub security: Security,
+    /// `--resp-addr`: where Redis clients connect (RESP2); off when `None`.
+    pub resp_addr: Option<String>,
 }
 
 /// Who may talk to the node, and how.
@@ -216,6 +220,10 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
     // Bind both addresses before touching the disk, so a node started twice
     // fails on the address (or on the WAL lock) without side effects.
     let client_listener = bind("clients", &cfg.client_addr)?;
+    let resp_listener = match &cfg.resp_addr {
+        Some(addr) => Some(bind("Redis clients (--resp-addr)", addr)?),
+        None => None,
+    };
     let peer_listener = bind("peers", &own)?;
     let shared = Arc::new(Shared::default());
     // Request ids never repeat across restarts (etcd's idutil does the
@@ -331,6 +339,8 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
             tls: client_tls,
             auth_token,
             max_clients: sec.max_clients,
+            resp: resp_listener,
+            raft_addrs: Arc::new(cfg.peers.clone()),
         },
     )
     .map_err(|source| StartError::Thread {

@@ -26,9 +26,56 @@ pub enum ReadNotice {
     Local(Vec<ReadWaiter>),
 }
 
+/// Largest sum of value bytes one [`Query::MGet`] may answer with (4 MiB);
+/// over it, the read is refused rather than held and written out.
+pub const MAX_MGET_BYTES: usize = 4 << 20;
+
+/// What a linearizable read asks of the store. Several keys are read at
+/// one applied index, so `MGET` and `EXISTS` see one state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Query {
+    /// One key's value (`GET`).
+    Get(Vec<u8>),
+    /// Several keys' values, in order (RESP's `MGET`).
+    MGet(Vec<Vec<u8>>),
+    /// How many of the keys are held, a key named twice counting twice
+    /// (RESP's `EXISTS`).
+    Exists(Vec<Vec<u8>>),
+    /// How many keys the store holds (RESP's `DBSIZE`).
+    Len,
+}
+
+impl Query {
+    /// The answer from the store as it stands.
+    pub fn answer(&self, kv: &KvStore) -> Reply {
+        match self {
+            Query::Get(key) => match kv.get_shared(key) {
+                Some(v) => Reply::Value(v),
+                None => Reply::NotFound,
+            },
+            Query::MGet(keys) => {
+                let values: Vec<_> = keys.iter().map(|k| kv.get_shared(k)).collect();
+                let bytes: usize = values.iter().flatten().map(|v| v.len()).sum();
+                if bytes > MAX_MGET_BYTES {
+                    let msg = format!(
+                        "the values add up to {bytes} bytes, over the {MAX_MGET_BYTES}-byte \
+                         limit of one MGET; ask for fewer keys"
+                    );
+                    return Reply::error(ErrorCode::BadRequest, msg);
+                }
+                Reply::Values(values)
+            }
+            Query::Exists(keys) => {
+                Reply::Count(keys.iter().filter(|k| kv.get(k).is_some()).count() as u64)
+            }
+            Query::Len => Reply::Count(kv.len() as u64),
+        }
+    }
+}
+
 /// A read waiting for its read index to be applied.
 pub struct ReadWaiter {
-    pub key: Vec<u8>,
+    pub query: Query,
     pub reply: ReplyTx,
     pub deadline: Instant,
 }
@@ -74,11 +121,7 @@ impl ReadQueue {
             }
             for w in waiters {
                 if w.deadline > now {
-                    let reply = match kv.get_shared(&w.key) {
-                        Some(v) => Reply::Value(v),
-                        None => Reply::NotFound,
-                    };
-                    w.reply.send(reply);
+                    w.reply.send(w.query.answer(kv));
                 }
             }
             false

@@ -198,6 +198,7 @@ fn a_wal_write_error_is_returned_to_the_caller_not_swallowed() {
         snapshot_entries: 0,
         request_timeout_ms: 2000,
         security: raftnode::Security::default(),
+        resp_addr: None,
     };
     let connect = |addr: &str| {
         for _ in 0..200 {

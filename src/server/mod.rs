@@ -31,11 +31,17 @@
 //! When the node stops, new connections and requests are refused with
 //! `ERR UNAVAILABLE`, and [`Server::close`] stops reading every connection
 //! so the last answers can be written out.
+//!
+//! With `--resp-addr`, a second listener takes Redis clients into the same
+//! thread: their connections frame RESP2 requests instead of lines and map
+//! them onto the same requests (`resp.rs`), so that everything above holds
+//! for them too.
 
 mod conn;
+mod resp;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::io::{self, Write};
 use std::net::TcpListener as StdListener;
 use std::sync::Arc;
@@ -47,20 +53,24 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::kv::{encode_command, encode_conf_context, RequestId};
+use crate::kv::{encode_conf_context, RequestId};
 use crate::policy::NodeRequest;
 use crate::protocol::{self, ErrorCode, Framed, Reply, Request, MAX_LINE};
 use crate::raft::{ConfChange, ConfChangeKind, NodeId};
+use crate::reads::Query;
 use crate::reply::{Addressee, Outbox, ReplyTx};
 use crate::shared::Shared;
 use crate::tls::ClientTls;
-use conn::{Conn, Deferred, Slot};
+use conn::{Conn, Incoming, Slot};
+use resp::Shape;
 
 pub use conn::{MAX_IN_FLIGHT, OUTPUT_LIMIT};
+pub use resp::REDIS_VERSION;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
-const FIRST_CONN: usize = 2;
+const RESP_LISTENER: Token = Token(2);
+const FIRST_CONN: usize = 3;
 
 /// How the client server is set up.
 pub struct Config {
@@ -78,8 +88,12 @@ pub struct Config {
     pub tls: Option<Arc<ClientTls>>,
     /// `--auth-token-file`: the token `AUTH` must present.
     pub auth_token: Option<Vec<u8>>,
-    /// `--max-clients`.
+    /// `--max-clients` (line and RESP connections together).
     pub max_clients: usize,
+    /// `--resp-addr`, already bound: Redis clients (RESP2).
+    pub resp: Option<StdListener>,
+    /// Raft address of each member named in `--peers`, for RESP's `INFO`.
+    pub raft_addrs: Arc<BTreeMap<NodeId, String>>,
 }
 
 /// The running client server.
@@ -101,8 +115,9 @@ impl Server {
     }
 }
 
-/// Starts serving clients on an already bound listener.
-pub fn serve(listener: StdListener, cfg: Config) -> io::Result<Server> {
+/// Starts serving clients on an already bound listener (and Redis clients
+/// on `cfg.resp`).
+pub fn serve(listener: StdListener, mut cfg: Config) -> io::Result<Server> {
     info!(
         "serving clients on {} ({}{})",
         listener.local_addr()?,
@@ -122,6 +137,19 @@ pub fn serve(listener: StdListener, cfg: Config) -> io::Result<Server> {
     let poll = Poll::new()?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let mut resp_port = 0;
+    let resp_listener = match cfg.resp.take() {
+        Some(l) => {
+            info!("serving Redis clients (RESP2) on {}", l.local_addr()?);
+            resp_port = l.local_addr()?.port();
+            l.set_nonblocking(true)?;
+            let mut l = TcpListener::from_std(l);
+            poll.registry()
+                .register(&mut l, RESP_LISTENER, Interest::READABLE)?;
+            Some(l)
+        }
+        None => None,
+    };
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let outbox = Arc::new(Outbox::new(move || {
         let _ = waker.wake();
@@ -130,6 +158,9 @@ pub fn serve(listener: StdListener, cfg: Config) -> io::Result<Server> {
     let mut io = IoThread {
         poll,
         listener,
+        resp_listener,
+        resp_port,
+        started: Instant::now(),
         conns: HashMap::new(),
         next_token: FIRST_CONN,
         outbox: outbox.clone(),
@@ -166,6 +197,10 @@ fn same_token(given: &[u8], expected: &[u8]) -> bool {
 struct IoThread {
     poll: Poll,
     listener: TcpListener,
+    /// `--resp-addr`: Redis clients.
+    resp_listener: Option<TcpListener>,
+    resp_port: u16,
+    started: Instant,
     conns: HashMap<usize, Conn>,
     next_token: usize,
     outbox: Arc<Outbox>,
@@ -198,7 +233,8 @@ impl IoThread {
             let mut touched = Vec::new();
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(false),
+                    RESP_LISTENER => self.accept(true),
                     WAKER => {}
                     Token(t) => {
                         if let Some(c) = self.conns.get_mut(&t) {
@@ -248,10 +284,16 @@ impl IoThread {
         }
     }
 
-    /// Accepts every waiting connection.
-    fn accept(&mut self) {
+    /// Accepts every waiting connection, of the line port or (`resp`) the
+    /// RESP port.
+    fn accept(&mut self, resp: bool) {
         loop {
-            let (mut sock, addr) = match self.listener.accept() {
+            let accepted = match (resp, &self.resp_listener) {
+                (false, _) => self.listener.accept(),
+                (true, Some(l)) => l.accept(),
+                (true, None) => return,
+            };
+            let (mut sock, addr) = match accepted {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -261,7 +303,7 @@ impl IoThread {
             };
             let plain = self.cfg.tls.is_none();
             if self.closing.is_some() || self.cfg.shared.stopping() {
-                refuse(&mut sock, plain, &shutting_down());
+                refuse(&mut sock, plain, resp, &shutting_down());
                 continue;
             }
             if self.conns.len() >= self.cfg.max_clients {
@@ -274,7 +316,7 @@ impl IoThread {
                     "too many clients ({} connected, --max-clients)",
                     self.conns.len()
                 );
-                refuse(&mut sock, plain, &Reply::error(ErrorCode::Busy, msg));
+                refuse(&mut sock, plain, resp, &Reply::error(ErrorCode::Busy, msg));
                 continue;
             }
             let _ = sock.set_nodelay(true);
@@ -305,7 +347,7 @@ impl IoThread {
             debug!("client {addr} connected");
             let authed = self.cfg.auth_token.is_none();
             self.conns
-                .insert(token, Conn::new(sock, tls, addr.to_string(), authed));
+                .insert(token, Conn::new(sock, tls, addr.to_string(), authed, resp));
         }
     }
 
@@ -330,10 +372,10 @@ impl IoThread {
         };
         let now = Instant::now();
         let mut broken = false;
-        // A GET waiting for this connection's writes goes first.
+        // A read waiting for this connection's writes goes first.
         if c.writes_in_flight == 0 {
             if let Some(d) = c.deferred.take() {
-                self.start_get(&mut c, token, &d.line, d.deadline);
+                self.read(&mut c, token, d.query, d.shape, d.deadline);
             }
         }
         loop {
@@ -344,11 +386,19 @@ impl IoThread {
                     break;
                 }
                 match c.next_input() {
-                    Ok(Some(Framed::Line(line))) => self.start(&mut c, token, &line, now),
-                    Ok(Some(Framed::TooLong)) => {
+                    Ok(Some(Incoming::Line(Framed::Line(line)))) => {
+                        self.start(&mut c, token, &line, now)
+                    }
+                    Ok(Some(Incoming::Line(Framed::TooLong))) => {
                         let msg =
                             format!("line longer than {MAX_LINE} bytes; closing the connection");
                         c.open_slot(answered(Reply::error(ErrorCode::BadRequest, msg)));
+                        c.close_when_flushed = true;
+                    }
+                    Ok(Some(Incoming::Resp(Ok(args)))) => self.start_resp(&mut c, token, args, now),
+                    Ok(Some(Incoming::Resp(Err(e)))) => {
+                        debug!("client {}: {e}", c.peer);
+                        c.open_slot(resp::protocol_error(&e));
                         c.close_when_flushed = true;
                     }
                     Ok(None) => break,
@@ -421,18 +471,21 @@ impl IoThread {
         ReplyTx::new(self.outbox.clone(), Addressee { conn: token, seq })
     }
 
-    /// Opens a slot that a later reply fills, due by `deadline`.
+    /// Opens a slot that a later reply fills, due by `deadline`, written
+    /// as `shape` says.
     fn await_reply(
         &mut self,
         c: &mut Conn,
         token: usize,
         write: bool,
+        shape: Shape,
         deadline: Instant,
     ) -> (u64, ReplyTx) {
         let seq = c.open_slot(Slot {
             reply: None,
             pending_id: None,
             write,
+            shape,
         });
         self.deadlines.push(Reverse((deadline, token, seq)));
         (seq, self.reply_to(token, seq))
@@ -488,31 +541,15 @@ impl IoThread {
             }
             Request::Auth { .. } => {} // handled above
             Request::Status => {
-                let (seq, tx) = self.await_reply(c, token, false, deadline);
+                let (seq, tx) = self.await_reply(c, token, false, Shape::Line, deadline);
                 if self.cfg.status.send(tx).is_err() {
                     c.fill(seq, shutting_down());
                 }
             }
-            Request::Write(cmd) => {
-                let (seq, tx) = self.await_reply(c, token, true, deadline);
-                let id = self.cfg.shared.pending().register(tx);
-                c.set_pending_id(seq, id);
-                let data = encode_command(
-                    RequestId {
-                        node: self.cfg.id,
-                        seq: id,
-                    },
-                    &cmd,
-                );
-                self.batch.push(NodeRequest::Propose { data, id, deadline });
+            Request::Write(cmd) => self.propose(c, token, &cmd, Shape::Line, deadline),
+            Request::Get { key } => {
+                self.read_after_writes(c, token, Query::Get(key), Shape::Line, deadline)
             }
-            Request::Get { .. } if c.writes_in_flight > 0 => {
-                c.deferred = Some(Deferred {
-                    line: line.to_vec(),
-                    deadline,
-                });
-            }
-            Request::Get { key } => self.read(c, token, key, deadline),
             Request::AddNode { id, addr } => {
                 // Joins as a learner; the leader promotes it once it caught
                 // up, and the reply comes when the promotion is applied.
@@ -522,7 +559,7 @@ impl IoThread {
                 self.conf_change(c, token, ConfChangeKind::RemoveNode, id, "", deadline)
             }
             Request::TransferLeader { id } => {
-                let (_, tx) = self.await_reply(c, token, false, deadline);
+                let (_, tx) = self.await_reply(c, token, false, Shape::Line, deadline);
                 self.batch.push(NodeRequest::Transfer {
                     target: id,
                     reply: tx,
@@ -530,7 +567,7 @@ impl IoThread {
                 });
             }
             Request::Snapshot => {
-                let (seq, tx) = self.await_reply(c, token, false, deadline);
+                let (seq, tx) = self.await_reply(c, token, false, Shape::Line, deadline);
                 if self.cfg.snapshots.send(tx).is_err() {
                     c.fill(seq, shutting_down());
                 }
@@ -538,23 +575,10 @@ impl IoThread {
         }
     }
 
-    /// Starts a deferred `GET` once the connection's writes are answered.
-    fn start_get(&mut self, c: &mut Conn, token: usize, line: &[u8], deadline: Instant) {
-        match protocol::parse(line) {
-            Ok(Request::Get { key }) => self.read(c, token, key, deadline),
-            _ => {
-                c.open_slot(answered(Reply::error(
-                    ErrorCode::Internal,
-                    "lost a deferred read",
-                )));
-            }
-        }
-    }
-
-    fn read(&mut self, c: &mut Conn, token: usize, key: Vec<u8>, deadline: Instant) {
-        let (_, tx) = self.await_reply(c, token, false, deadline);
+    fn read(&mut self, c: &mut Conn, token: usize, query: Query, shape: Shape, deadline: Instant) {
+        let (_, tx) = self.await_reply(c, token, false, shape, deadline);
         self.batch.push(NodeRequest::Read {
-            key,
+            query,
             reply: tx,
             deadline,
         });
@@ -569,7 +593,7 @@ impl IoThread {
         addr: &str,
         deadline: Instant,
     ) {
-        let (seq, tx) = self.await_reply(c, token, false, deadline);
+        let (seq, tx) = self.await_reply(c, token, false, Shape::Line, deadline);
         let id = self.cfg.shared.pending().register(tx);
         c.set_pending_id(seq, id);
         let context = encode_conf_context(
@@ -596,22 +620,29 @@ fn noauth() -> Reply {
     )
 }
 
-/// A slot answered on the spot.
+/// A slot of the line protocol answered on the spot.
 fn answered(reply: Reply) -> Slot {
     Slot {
         reply: Some(reply),
         pending_id: None,
         write: false,
+        shape: Shape::Line,
     }
 }
 
-/// Answers a connection that will not be served with one line (a TLS
-/// client could not read it, so it is just closed), and closes it; never
-/// waits for the client.
-fn refuse(sock: &mut TcpStream, plain: bool, reply: &Reply) {
+/// Answers a connection that will not be served with one line or RESP
+/// error (a TLS client could not read it, so it is just closed), and
+/// closes it; never waits for the client.
+fn refuse(sock: &mut TcpStream, plain: bool, resp: bool, reply: &Reply) {
     if plain {
         let mut line = Vec::new();
-        reply.write_line(&mut line);
+        match (resp, reply) {
+            (true, Reply::Error(ErrorCode::Busy, _)) => {
+                crate::resp::write_error(&mut line, "ERR max number of clients reached")
+            }
+            (true, _) => resp::write_reply(&Shape::Ok, reply, &mut line),
+            (false, _) => reply.write_line(&mut line),
+        }
         let _ = sock.write(&line);
     }
     let _ = sock.shutdown(std::net::Shutdown::Both);

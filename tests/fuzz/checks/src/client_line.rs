@@ -182,6 +182,9 @@ fn check_request(req: &Request) {
         Request::Write(Command::SetClusterId { .. }) => {
             panic!("a client line parsed into the internal cluster-ID command")
         }
+        Request::Write(
+            Command::PutIf { .. } | Command::PutMany { .. } | Command::DeleteMany { .. },
+        ) => panic!("a client line parsed into a RESP-only command"),
     }
 }
 
@@ -201,7 +204,10 @@ fn answer(req: Request) -> Reply {
                     Command::Put { key, .. }
                     | Command::Delete { key }
                     | Command::Cas { key, .. } => key.clone(),
-                    Command::SetClusterId { .. } => unreachable!("refused by check_request"),
+                    Command::SetClusterId { .. }
+                    | Command::PutIf { .. }
+                    | Command::PutMany { .. }
+                    | Command::DeleteMany { .. } => unreachable!("refused by check_request"),
                 };
                 let before = kv.get(&key).map(<[u8]>::to_vec);
                 let reply = kv.apply(cmd);
