@@ -127,6 +127,11 @@ fn client_frames_corpus() {
 }
 
 #[test]
+fn resp_frames_corpus() {
+    replay("resp_frames");
+}
+
+#[test]
 fn wal_recovery_corpus() {
     replay("wal_recovery");
     wal_recovery::cleanup();
@@ -137,6 +142,12 @@ fn every_target_has_a_test_here() {
     let names: Vec<_> = TARGETS.iter().map(|t| t.name).collect();
     assert_eq!(
         names,
-        ["peer_frame", "client_line", "client_frames", "wal_recovery"]
+        [
+            "peer_frame",
+            "client_line",
+            "client_frames",
+            "resp_frames",
+            "wal_recovery"
+        ]
     );
 }

@@ -21,6 +21,7 @@ pub mod alloc;
 pub mod client_frames;
 pub mod client_line;
 pub mod peer_frame;
+pub mod resp_frames;
 pub mod wal_recovery;
 
 /// One fuzz target: its name (the fuzz binary and the corpus directory),
@@ -53,6 +54,12 @@ pub const TARGETS: &[Target] = &[
         check: client_frames::check,
         seeds: client_frames::seeds,
         alloc_limit: client_frames::ALLOC_LIMIT,
+    },
+    Target {
+        name: "resp_frames",
+        check: resp_frames::check,
+        seeds: resp_frames::seeds,
+        alloc_limit: resp_frames::ALLOC_LIMIT,
     },
     Target {
         name: "wal_recovery",
