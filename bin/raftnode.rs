@@ -21,8 +21,9 @@ use raftnode::{NodeConfig, Security, Stopper};
 ///
 /// Clients connect to --client-addr and speak a line protocol (PUT, GET, DEL,
 /// CAS, STATUS, ADD_NODE, REMOVE_NODE, TRANSFER_LEADER, SNAPSHOT, PING,
-/// AUTH). On a network, turn on peer TLS and client TLS or a token (see
-/// the Security options and the README).
+/// AUTH); with --resp-addr, Redis clients (redis-cli, redis-benchmark,
+/// client libraries) connect too. On a network, turn on peer TLS and client
+/// TLS or a token (see the Security options and the README).
 /// With no flags, starts a one-node cluster: raft on 127.0.0.1:7001, clients
 /// on 127.0.0.1:8001, data in data/node-1. SIGTERM or Ctrl-C stop it
 /// gracefully (a leader hands over its leadership first); a second signal

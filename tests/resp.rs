@@ -22,7 +22,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use raftnode_testkit::process::attack::Certs;
-use raftnode_testkit::process::{free_port, serial, Client, Cluster, TempDir};
+use raftnode_testkit::process::{free_port, serial, Cluster, TempDir};
 
 const FAST: &[&str] = &["--tick-ms", "20"];
 const LONG: Duration = Duration::from_secs(20);
