@@ -8,6 +8,8 @@
 //! as new as anything committed when the read arrived.
 
 use std::collections::HashMap;
+#[cfg(test)]
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::kv::KvStore;
@@ -147,6 +149,47 @@ impl ReadQueue {
             for w in ws {
                 w.reply.send(reply.clone());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::Command;
+
+    #[test]
+    fn queries_read_one_state_and_mget_is_bounded() {
+        let mut kv = KvStore::new();
+        for (k, v) in [
+            ("a", vec![b'1']),
+            ("big1", vec![0; 3 << 20]),
+            ("big2", vec![0; 2 << 20]),
+        ] {
+            kv.apply(Command::Put {
+                key: k.as_bytes().to_vec(),
+                value: v,
+            });
+        }
+        let keys = |ks: &[&str]| ks.iter().map(|k| k.as_bytes().to_vec()).collect::<Vec<_>>();
+        assert_eq!(
+            Query::MGet(keys(&["a", "nope"])).answer(&kv),
+            Reply::Values(vec![Some(Arc::from(&b"1"[..])), None])
+        );
+        assert_eq!(
+            Query::Exists(keys(&["a", "a", "nope"])).answer(&kv),
+            Reply::Count(2)
+        );
+        assert_eq!(Query::Len.answer(&kv), Reply::Count(3));
+        assert_eq!(Query::Get(b"nope".to_vec()).answer(&kv), Reply::NotFound);
+        // 3 MiB fits; 5 MiB is refused rather than held.
+        assert!(matches!(
+            Query::MGet(keys(&["big1", "a"])).answer(&kv),
+            Reply::Values(_)
+        ));
+        match Query::MGet(keys(&["big1", "big2"])).answer(&kv) {
+            Reply::Error(ErrorCode::BadRequest, msg) => assert!(msg.contains("ask for fewer keys")),
+            other => panic!("{other:?}"),
         }
     }
 }

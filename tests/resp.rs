@@ -22,7 +22,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use raftnode_testkit::process::attack::Certs;
-use raftnode_testkit::process::{free_port, serial, Cluster, TempDir};
+use raftnode_testkit::process::{free_port, serial, Client, Cluster, TempDir};
 
 const FAST: &[&str] = &["--tick-ms", "20"];
 const LONG: Duration = Duration::from_secs(20);
@@ -417,9 +417,44 @@ fn malformed_frames_from_redis_tests_get_protocol_errors_and_close() {
     s.write_all(b"$1\r\nk\r\n").unwrap();
     let want = "+OK\r\n$2\r\nv1\r\n$2\r\nv1\r\n";
     assert_eq!(read_exactly(&mut s, want.len()), want);
+    // QUIT answers, then closes; nothing after it runs.
+    let (got, closed) = send_and_read(addr, b"QUIT\r\nSET k v2\r\n");
+    assert_eq!((got.as_str(), closed), ("+OK\r\n", true));
     // The node still serves new connections.
     let mut line = c.node(1).client().unwrap();
     assert_eq!(line.request("GET k").unwrap(), "VALUE v1");
+}
+
+#[test]
+fn max_clients_counts_resp_connections_and_refuses_in_resp() {
+    let _g = serial();
+    let (c, resp) = resp_cluster(1, &["--max-clients", "1"]);
+    c.wait_leader(LONG).expect("a leader");
+    let addr = &resp[0];
+    // wait_leader's STATUS connections are closed; hold the one slot.
+    let deadline = Instant::now() + LONG;
+    let mut held = loop {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(LONG)).unwrap();
+        s.write_all(b"PING\r\n").unwrap();
+        let mut got = [0u8; 7];
+        if s.read_exact(&mut got).is_ok() && &got == b"+PONG\r\n" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the one slot never came free");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (got, closed) = send_and_read(addr, b"PING\r\n");
+    assert_eq!(
+        (got.as_str(), closed),
+        ("-ERR max number of clients reached\r\n", true)
+    );
+    // The line port shares the limit.
+    let mut line = Client::connect(&c.node(1).client_addr).unwrap();
+    let refused = line.read_line().unwrap();
+    assert!(refused.starts_with("ERR BUSY"), "{refused}");
+    held.write_all(b"PING\r\n").unwrap();
+    assert_eq!(read_exactly(&mut held, 7), "+PONG\r\n");
 }
 
 #[test]

@@ -753,6 +753,13 @@ mod tests {
         }
     }
 
+    fn answer_of(a: Action) -> Slot {
+        match a {
+            Action::Answer(slot) => slot,
+            _ => panic!("not refused"),
+        }
+    }
+
     fn args(words: &[&str]) -> Vec<Vec<u8>> {
         words.iter().map(|w| w.as_bytes().to_vec()).collect()
     }
@@ -783,10 +790,19 @@ mod tests {
             }
         }
         let long_key = "k".repeat(MAX_KEY + 1);
-        assert!(matches!(
+        let refused = |a: Action, want: &str| {
+            let t = text(answer_of(a));
+            assert!(t.starts_with(want), "{t}");
+        };
+        refused(
             set(args(&["SET", &long_key, "v"])),
-            Action::Answer(_)
-        ));
+            "-ERR key is 1025 bytes",
+        );
+        let long_value = "v".repeat(MAX_VALUE + 1);
+        refused(set(args(&["SET", "k", &long_value])), "-ERR value is");
+        refused(mset(args(&["MSET", "k", "v", "", "w"])), "-ERR empty key");
+        refused(mset(args(&["MSET", "k", &long_value])), "-ERR value is");
+        assert!(check_keys(&args(&["a", &long_key])).is_err());
         match set(args(&["SET", "k", "v", "nx"])) {
             Action::Write(Command::PutIf { present: false, .. }, Shape::SetIf) => {}
             _ => panic!("SET NX is not a put-if"),
