@@ -6,7 +6,8 @@
 #   bin/cluster.sh stop     stop the nodes started by this script
 #   bin/cluster.sh clean    stop and delete their data dirs
 #
-# Node i listens for peers on 127.0.0.1:700i and for clients on 127.0.0.1:800i,
+# Node i listens for peers on 127.0.0.1:700i, for line clients on 127.0.0.1:800i
+# and for Redis clients (RESP2, e.g. redis-cli -p 6380) on 127.0.0.1:<6379+i>,
 # serves Prometheus metrics on http://127.0.0.1:900i/metrics, keeps its data
 # in data/cluster/node-i and logs to data/cluster/node-i.log.
 # Environment: NODES (default 3), RAFTNODE_ARGS (extra flags for every node),
@@ -56,10 +57,10 @@ case "${1:-}" in
       fi
       # shellcheck disable=SC2086
       "$BIN" --id "$i" --peers "$(peers)" --data-dir "$DIR/node-$i" \
-        --metrics-addr "127.0.0.1:$((9000 + i))" "${tls[@]}" ${RAFTNODE_ARGS:-} \
+        --metrics-addr "127.0.0.1:$((9000 + i))" --resp-addr "127.0.0.1:$((6379 + i))" "${tls[@]}" ${RAFTNODE_ARGS:-} \
         >"$DIR/node-$i.log" 2>&1 &
       echo $! >"$DIR/node-$i.pid"
-      echo "node $i: pid $!, clients on 127.0.0.1:$((8000 + i)), metrics on http://127.0.0.1:$((9000 + i))/metrics, log $DIR/node-$i.log"
+      echo "node $i: pid $!, clients on 127.0.0.1:$((8000 + i)), Redis clients on 127.0.0.1:$((6379 + i)), metrics on http://127.0.0.1:$((9000 + i))/metrics, log $DIR/node-$i.log"
     done
     sleep 2
     "$0" status

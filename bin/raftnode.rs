@@ -21,8 +21,10 @@ use raftnode::{NodeConfig, Security, Stopper};
 ///
 /// Clients connect to --client-addr and speak a line protocol (PUT, GET, DEL,
 /// CAS, INCR, APPEND, STATUS, ADD_NODE, REMOVE_NODE, TRANSFER_LEADER,
-/// SNAPSHOT, PING, AUTH, SESSION and #<seq> tags). On a network, turn on peer TLS and client TLS or a token (see
-/// the Security options and the README).
+/// SNAPSHOT, PING, AUTH, SESSION and #<seq> tags); with --resp-addr, Redis
+/// clients (redis-cli, redis-benchmark, client libraries) connect too. On a
+/// network, turn on peer TLS and client TLS or a token (see the Security
+/// options and the README).
 /// With no flags, starts a one-node cluster: raft on 127.0.0.1:7001, clients
 /// on 127.0.0.1:8001, data in data/node-1. SIGTERM or Ctrl-C stop it
 /// gracefully (a leader hands over its leadership first); a second signal
@@ -70,6 +72,13 @@ struct Cli {
     /// last one (0 disables automatic snapshots).
     #[arg(long, default_value_t = 10000, value_name = "N")]
     snapshot_entries: u64,
+
+    /// Where Redis clients connect (redis-cli, redis-benchmark, Redis client
+    /// libraries): RESP2 with the commands listed in the README, served
+    /// with the same guarantees as --client-addr (TLS and the auth token
+    /// apply to it too). Off when not given.
+    #[arg(long, value_name = "HOST:PORT")]
+    resp_addr: Option<String>,
 
     /// How long a client request may wait before ERR TIMEOUT.
     #[arg(long, default_value_t = 5000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -245,6 +254,7 @@ fn main() -> ExitCode {
             max: cli.max_sessions,
         },
         metrics_addr: cli.metrics_addr,
+        resp_addr: cli.resp_addr,
         security: Security {
             peer_tls: match (cli.peer_cert_file, cli.peer_key_file) {
                 (Some(cert), Some(key)) => Some(TlsFiles {

@@ -259,6 +259,7 @@ impl Applier {
             self.apply_entry(e);
         }
         self.shared.publish_sessions(self.kv.sessions().len());
+        self.shared.publish_keys(self.kv.len() as u64);
         // 5. Reads, snapshots, advance.
         while let Ok(n) = self.ch.read_notices.try_recv() {
             self.reads.notice(n);

@@ -34,6 +34,17 @@
 //! entry of kind 4 (`origin, request id, cluster id u64`) sets the cluster
 //! ID once; the first leader proposes it right after the bootstrap.
 //!
+//! Kinds 16 to 18 carry the Redis commands that the line protocol has no
+//! word for (`--resp-addr`, `src/server/resp.rs`); each is one entry, so
+//! it applies atomically:
+//!
+//! ```text
+//! 16 put-if:      origin, request id, key: len u32 + bytes,
+//!                 condition u8 (0 only if absent, 1 only if present), value: the rest
+//! 17 put-many:    origin, request id, pairs u32, per pair key and value, each len u32 + bytes
+//! 18 delete-many: origin, request id, keys u32, per key len u32 + bytes
+//! ```
+//!
 //! Snapshots serialise the cluster record and the whole map:
 //!
 //! ```text
@@ -87,6 +98,21 @@ pub enum Command {
     SetClusterId {
         id: u64,
     },
+    /// Sets `key` only if it is absent (`present: false`, Redis's `SET NX`)
+    /// or only if it is there (`present: true`, `SET XX`).
+    PutIf {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        present: bool,
+    },
+    /// Sets every pair, in order, at once (`MSET`).
+    PutMany {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// Removes every key at once; answers how many were there (`DEL`).
+    DeleteMany {
+        keys: Vec<Vec<u8>>,
+    },
     /// Registers a session; its id is the index of this entry. Carries the
     /// registering node's session settings (see `sessions.rs`).
     OpenSession {
@@ -135,6 +161,10 @@ const PUT: u8 = 1;
 const DELETE: u8 = 2;
 const CAS: u8 = 3;
 const CLUSTER_ID: u8 = 4;
+const PUT_IF: u8 = 16;
+const PUT_MANY: u8 = 17;
+const DELETE_MANY: u8 = 18;
+
 const INCR: u8 = 5;
 const APPEND: u8 = 6;
 const OPEN_SESSION: u8 = 7;
@@ -154,6 +184,9 @@ fn kind_of(cmd: &Command) -> u8 {
         Command::ResumeSession { .. } => RESUME_SESSION,
         Command::Clock { .. } => CLOCK,
         Command::Tagged { .. } => TAGGED,
+        Command::PutIf { .. } => PUT_IF,
+        Command::PutMany { .. } => PUT_MANY,
+        Command::DeleteMany { .. } => DELETE_MANY,
     }
 }
 
@@ -170,6 +203,14 @@ fn body_len(cmd: &Command) -> usize {
         Command::SetClusterId { .. } | Command::ResumeSession { .. } | Command::Clock { .. } => 8,
         Command::OpenSession { .. } => 16,
         Command::Tagged { cmd, .. } => 17 + body_len(cmd),
+        Command::PutIf { key, value, .. } => 5 + key.len() + value.len(),
+        Command::PutMany { pairs } => {
+            4 + pairs
+                .iter()
+                .map(|(k, v)| 8 + k.len() + v.len())
+                .sum::<usize>()
+        }
+        Command::DeleteMany { keys } => 4 + keys.iter().map(|k| 4 + k.len()).sum::<usize>(),
     }
 }
 
@@ -208,7 +249,76 @@ fn write_body(cmd: &Command, out: &mut Vec<u8>) {
             out.push(kind_of(cmd));
             write_body(cmd, out);
         }
+        Command::PutIf {
+            key,
+            value,
+            present,
+        } => {
+            put_bytes(out, key);
+            out.push(u8::from(*present));
+            out.extend_from_slice(value);
+        }
+        Command::PutMany { pairs } => {
+            out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+            for (k, v) in pairs {
+                put_bytes(out, k);
+                put_bytes(out, v);
+            }
+        }
+        Command::DeleteMany { keys } => {
+            out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
+            for k in keys {
+                put_bytes(out, k);
+            }
+        }
     }
+}
+
+/// Decodes the body of a command of kinds 16 to 18 (the Redis protocol's
+/// writes); `None` if malformed.
+fn decode_redis_command(kind: u8, mut rest: &[u8]) -> Option<Command> {
+    // A count is believed only as far as the bytes can hold its items
+    // (each at least 4 bytes), so it never sizes an allocation alone.
+    let count = |rest: &mut &[u8]| -> Option<usize> {
+        let (n, tail) = rest.split_first_chunk::<4>()?;
+        *rest = tail;
+        let n = u32::from_le_bytes(*n) as usize;
+        (n <= rest.len() / 4).then_some(n)
+    };
+    let cmd = match kind {
+        PUT_IF => {
+            let key = take_bytes(&mut rest)?.to_vec();
+            let (&cond, value) = rest.split_first()?;
+            if cond > 1 {
+                return None;
+            }
+            return Some(Command::PutIf {
+                key,
+                value: value.to_vec(),
+                present: cond == 1,
+            });
+        }
+        PUT_MANY => {
+            let n = count(&mut rest)?;
+            let mut pairs = Vec::with_capacity(n);
+            for _ in 0..n {
+                let k = take_bytes(&mut rest)?.to_vec();
+                let v = take_bytes(&mut rest)?.to_vec();
+                pairs.push((k, v));
+            }
+            Command::PutMany { pairs }
+        }
+        DELETE_MANY => {
+            let n = count(&mut rest)?;
+            let mut keys = Vec::with_capacity(n);
+            for _ in 0..n {
+                keys.push(take_bytes(&mut rest)?.to_vec());
+            }
+            Command::DeleteMany { keys }
+        }
+        _ => return None,
+    };
+    rest.is_empty().then_some(cmd)
 }
 
 /// Encodes a command with the id of the request waiting for it.
@@ -312,6 +422,7 @@ fn decode_body(kind: u8, mut rest: &[u8]) -> Option<Command> {
                 cmd: Box::new(cmd),
             }
         }
+        PUT_IF | PUT_MANY | DELETE_MANY => decode_redis_command(kind, rest)?,
         PUT | DELETE | CAS | INCR | APPEND => {
             let key = take_bytes(&mut rest)?.to_vec();
             match kind {
@@ -554,6 +665,27 @@ impl KvStore {
                 Err(None) => Reply::NotFound,
                 Err(Some(current)) => Reply::Mismatch(current),
             },
+            Command::PutIf {
+                key,
+                value,
+                present,
+            } => {
+                if self.map.get(&key).is_some() != present {
+                    return Reply::Unchanged;
+                }
+                self.map.put(key, value);
+                Reply::Ok
+            }
+            Command::PutMany { pairs } => {
+                for (k, v) in pairs {
+                    self.map.put(k, v);
+                }
+                Reply::Ok
+            }
+            Command::DeleteMany { keys } => {
+                let gone = keys.iter().filter(|k| self.map.remove(k).is_some());
+                Reply::Count(gone.count() as u64)
+            }
             Command::Incr { key } => self.incr(key),
             Command::Append { key, value } => self.append(key, value),
             other => Reply::error(
@@ -769,6 +901,91 @@ mod tests {
         for cmd in cmds {
             assert_eq!(decode_command(&encode_command(id, &cmd)), Some((id, cmd)));
         }
+    }
+
+    #[test]
+    fn redis_commands_round_trip_and_truncations_do_not_decode() {
+        let id = RequestId { node: 2, seq: 7 };
+        let cmds = [
+            Command::PutIf {
+                key: b"k".to_vec(),
+                value: b"v\r\n\0".to_vec(),
+                present: false,
+            },
+            Command::PutIf {
+                key: vec![],
+                value: vec![],
+                present: true,
+            },
+            Command::PutMany {
+                pairs: vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), vec![])],
+            },
+            Command::PutMany { pairs: vec![] },
+            Command::DeleteMany {
+                keys: vec![b"a".to_vec(), b"a".to_vec(), b"zz".to_vec()],
+            },
+        ];
+        for cmd in cmds {
+            let data = encode_command(id, &cmd);
+            assert_eq!(decode_command(&data), Some((id, cmd.clone())));
+            if matches!(cmd, Command::PutIf { .. }) {
+                continue; // the value is the rest: a cut inside it is a shorter value
+            }
+            for cut in 0..data.len() {
+                assert_eq!(decode_command(&data[..cut]), None, "{cmd:?} cut at {cut}");
+            }
+            let mut longer = data.clone();
+            longer.push(0);
+            assert_eq!(decode_command(&longer), None, "{cmd:?} with a byte more");
+        }
+        // A count the bytes cannot hold is refused without allocating for it.
+        let mut huge = encode_command(id, &Command::DeleteMany { keys: vec![] });
+        huge[17..21].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_command(&huge), None);
+        let mut bad_cond = encode_command(
+            id,
+            &Command::PutIf {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                present: true,
+            },
+        );
+        bad_cond[22] = 2;
+        assert_eq!(decode_command(&bad_cond), None);
+    }
+
+    #[test]
+    fn redis_commands_apply_atomically_with_their_replies() {
+        let mut kv = KvStore::new();
+        let put_if = |k: &[u8], v: &[u8], present| Command::PutIf {
+            key: k.to_vec(),
+            value: v.to_vec(),
+            present,
+        };
+        assert_eq!(kv.apply(put_if(b"k", b"1", true)), Reply::Unchanged);
+        assert_eq!(kv.get(b"k"), None);
+        assert_eq!(kv.apply(put_if(b"k", b"1", false)), Reply::Ok);
+        assert_eq!(kv.apply(put_if(b"k", b"2", false)), Reply::Unchanged);
+        assert_eq!(kv.get(b"k"), Some(&b"1"[..]));
+        assert_eq!(kv.apply(put_if(b"k", b"3", true)), Reply::Ok);
+        assert_eq!(kv.get(b"k"), Some(&b"3"[..]));
+        let pairs = vec![
+            (b"a".to_vec(), b"1".to_vec()),
+            (b"b".to_vec(), b"2".to_vec()),
+            (b"a".to_vec(), b"last".to_vec()),
+        ];
+        assert_eq!(kv.apply(Command::PutMany { pairs }), Reply::Ok);
+        assert_eq!(kv.get(b"a"), Some(&b"last"[..]));
+        assert_eq!(kv.len(), 3);
+        let keys = vec![
+            b"a".to_vec(),
+            b"a".to_vec(),
+            b"nope".to_vec(),
+            b"b".to_vec(),
+        ];
+        assert_eq!(kv.apply(Command::DeleteMany { keys }), Reply::Count(2));
+        assert_eq!(kv.len(), 1);
+        assert_eq!(kv.data_bytes(), 2);
     }
 
     #[test]

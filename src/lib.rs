@@ -7,7 +7,8 @@
 //!   `raftNode.start`), with [`snapshots`] and [`reads`];
 //! - [`datadir`]: recovery and bootstrap of the data dir;
 //! - [`transport`]: peer connections, one sender thread per peer;
-//! - [`server`], [`protocol`]: the client line protocol (`docs/PROTOCOL.md`);
+//! - [`server`], [`protocol`]: the client line protocol (`docs/PROTOCOL.md`),
+//!   and [`resp`]: the Redis protocol of `--resp-addr` in the same server;
 //! - [`kv`]: the replicated key-value state machine, with [`sessions`]:
 //!   client sessions, which make retried writes apply at most once;
 //! - [`shared`]: the little state that crosses threads;
@@ -40,6 +41,7 @@ pub mod raft;
 pub mod ratelimit;
 pub mod reads;
 pub mod reply;
+pub mod resp;
 pub mod server;
 pub mod sessions;
 pub mod shared;
@@ -81,6 +83,8 @@ pub struct NodeConfig {
     pub security: Security,
     /// `--metrics-addr`: where `GET /metrics` is served; off when `None`.
     pub metrics_addr: Option<String>,
+    /// `--resp-addr`: where Redis clients connect (RESP2); off when `None`.
+    pub resp_addr: Option<String>,
 }
 
 /// Who may talk to the node, and how.
@@ -226,6 +230,10 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
     // Bind both addresses before touching the disk, so a node started twice
     // fails on the address (or on the WAL lock) without side effects.
     let client_listener = bind("clients", &cfg.client_addr)?;
+    let resp_listener = match &cfg.resp_addr {
+        Some(addr) => Some(bind("Redis clients (--resp-addr)", addr)?),
+        None => None,
+    };
     let peer_listener = bind("peers", &own)?;
     let metrics_listener = match &cfg.metrics_addr {
         Some(addr) => Some(bind("metrics", addr)?),
@@ -369,6 +377,8 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
             auth_token,
             max_clients: sec.max_clients,
             session_limits: cfg.session_limits,
+            resp: resp_listener,
+            raft_addrs: Arc::new(cfg.peers.clone()),
         },
     )
     .map_err(|source| StartError::Thread {

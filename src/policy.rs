@@ -45,7 +45,7 @@ use crate::raft::{
     ConfChange, ConfChangeKind, ConfState, DropReason, Error as RaftError, MemStorage, NodeId,
     ProgressState, RawNode, Role, SoftState, NO_NODE,
 };
-use crate::reads::{ReadNotice, ReadWaiter};
+use crate::reads::{Query, ReadNotice, ReadWaiter};
 use crate::reply::ReplyTx;
 use crate::shared::Shared;
 
@@ -71,9 +71,9 @@ pub enum NodeRequest {
         id: u64,
         deadline: Instant,
     },
-    /// A linearizable read of `key`.
+    /// A linearizable read.
     Read {
-        key: Vec<u8>,
+        query: Query,
         reply: ReplyTx,
         deadline: Instant,
     },
@@ -223,13 +223,13 @@ impl Policy {
                     ids.push(id);
                 }
                 NodeRequest::Read {
-                    key,
+                    query,
                     reply,
                     deadline,
                 } => {
                     if deadline > now {
                         reads.push(ReadWaiter {
-                            key,
+                            query,
                             reply,
                             deadline,
                         });

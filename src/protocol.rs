@@ -78,6 +78,13 @@ pub enum Reply {
     /// `SESSION <id>`: a session was opened or resumed.
     Session(u64),
     Error(ErrorCode, String),
+    /// A count (keys removed, keys present, keys held): only RESP requests
+    /// get one.
+    Count(u64),
+    /// The values of several keys, in request order (RESP's `MGET`).
+    Values(Vec<Option<Arc<[u8]>>>),
+    /// A conditional write that did not apply (RESP's `SET NX`/`XX`).
+    Unchanged,
 }
 
 /// The error codes of the client protocol.
@@ -144,6 +151,10 @@ impl ErrorCode {
     }
 }
 
+/// The answer, on the line protocol, to a read of a value with a `\n`.
+const NEWLINE_IN_VALUE: &[u8] = b"ERR BAD_REQUEST the value holds a newline byte, which the \
+    line protocol cannot carry; read it over RESP (--resp-addr)";
+
 impl Reply {
     pub fn error(code: ErrorCode, msg: impl Into<String>) -> Reply {
         Reply::Error(code, msg.into())
@@ -156,6 +167,9 @@ impl Reply {
             Reply::OkIndex(i) => {
                 let _ = write!(out, "OK {i}");
             }
+            // Written over RESP, which is binary-safe; one line cannot carry it.
+            Reply::Value(v) if v.contains(&b'\n') => out.extend_from_slice(NEWLINE_IN_VALUE),
+            Reply::Mismatch(v) if v.contains(&b'\n') => out.extend_from_slice(NEWLINE_IN_VALUE),
             Reply::Value(v) => {
                 out.extend_from_slice(b"VALUE ");
                 out.extend_from_slice(v);
@@ -165,6 +179,13 @@ impl Reply {
             Reply::Mismatch(v) => {
                 out.extend_from_slice(b"MISMATCH ");
                 out.extend_from_slice(v);
+            }
+            Reply::Count(n) => {
+                let _ = write!(out, "VALUE {n}");
+            }
+            Reply::Values(_) | Reply::Unchanged => {
+                // No line request is answered with these.
+                out.extend_from_slice(b"ERR INTERNAL a RESP reply on the line protocol");
             }
             Reply::Pong => out.extend_from_slice(b"PONG"),
             Reply::Status(s) => out.extend_from_slice(s.as_bytes()),
@@ -711,6 +732,20 @@ mod tests {
         assert_eq!(f.held(), 0);
         let took = started.elapsed();
         assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    }
+
+    #[test]
+    fn a_value_with_a_newline_is_refused_on_the_line_not_split() {
+        let mut out = Vec::new();
+        Reply::Value(Arc::from(&b"two\nlines"[..])).write_line(&mut out);
+        Reply::Mismatch(b"a\nb".to_vec()).write_line(&mut out);
+        Reply::Value(Arc::from(&b"one\rline"[..])).write_line(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text:?}");
+        assert!(lines[0].starts_with("ERR BAD_REQUEST the value holds a newline"));
+        assert!(lines[1].starts_with("ERR BAD_REQUEST the value holds a newline"));
+        assert_eq!(lines[2], "VALUE one\rline");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! as new as anything committed when the read arrived.
 
 use std::collections::HashMap;
+#[cfg(test)]
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::kv::KvStore;
@@ -26,9 +28,56 @@ pub enum ReadNotice {
     Local(Vec<ReadWaiter>),
 }
 
+/// Largest sum of value bytes one [`Query::MGet`] may answer with (4 MiB);
+/// over it, the read is refused rather than held and written out.
+pub const MAX_MGET_BYTES: usize = 4 << 20;
+
+/// What a linearizable read asks of the store. Several keys are read at
+/// one applied index, so `MGET` and `EXISTS` see one state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Query {
+    /// One key's value (`GET`).
+    Get(Vec<u8>),
+    /// Several keys' values, in order (RESP's `MGET`).
+    MGet(Vec<Vec<u8>>),
+    /// How many of the keys are held, a key named twice counting twice
+    /// (RESP's `EXISTS`).
+    Exists(Vec<Vec<u8>>),
+    /// How many keys the store holds (RESP's `DBSIZE`).
+    Len,
+}
+
+impl Query {
+    /// The answer from the store as it stands.
+    pub fn answer(&self, kv: &KvStore) -> Reply {
+        match self {
+            Query::Get(key) => match kv.get_shared(key) {
+                Some(v) => Reply::Value(v),
+                None => Reply::NotFound,
+            },
+            Query::MGet(keys) => {
+                let values: Vec<_> = keys.iter().map(|k| kv.get_shared(k)).collect();
+                let bytes: usize = values.iter().flatten().map(|v| v.len()).sum();
+                if bytes > MAX_MGET_BYTES {
+                    let msg = format!(
+                        "the values add up to {bytes} bytes, over the {MAX_MGET_BYTES}-byte \
+                         limit of one MGET; ask for fewer keys"
+                    );
+                    return Reply::error(ErrorCode::BadRequest, msg);
+                }
+                Reply::Values(values)
+            }
+            Query::Exists(keys) => {
+                Reply::Count(keys.iter().filter(|k| kv.get(k).is_some()).count() as u64)
+            }
+            Query::Len => Reply::Count(kv.len() as u64),
+        }
+    }
+}
+
 /// A read waiting for its read index to be applied.
 pub struct ReadWaiter {
-    pub key: Vec<u8>,
+    pub query: Query,
     pub reply: ReplyTx,
     pub deadline: Instant,
 }
@@ -74,11 +123,7 @@ impl ReadQueue {
             }
             for w in waiters {
                 if w.deadline > now {
-                    let reply = match kv.get_shared(&w.key) {
-                        Some(v) => Reply::Value(v),
-                        None => Reply::NotFound,
-                    };
-                    w.reply.send(reply);
+                    w.reply.send(w.query.answer(kv));
                 }
             }
             false
@@ -104,6 +149,47 @@ impl ReadQueue {
             for w in ws {
                 w.reply.send(reply.clone());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::Command;
+
+    #[test]
+    fn queries_read_one_state_and_mget_is_bounded() {
+        let mut kv = KvStore::new();
+        for (k, v) in [
+            ("a", vec![b'1']),
+            ("big1", vec![0; 3 << 20]),
+            ("big2", vec![0; 2 << 20]),
+        ] {
+            kv.apply(Command::Put {
+                key: k.as_bytes().to_vec(),
+                value: v,
+            });
+        }
+        let keys = |ks: &[&str]| ks.iter().map(|k| k.as_bytes().to_vec()).collect::<Vec<_>>();
+        assert_eq!(
+            Query::MGet(keys(&["a", "nope"])).answer(&kv),
+            Reply::Values(vec![Some(Arc::from(&b"1"[..])), None])
+        );
+        assert_eq!(
+            Query::Exists(keys(&["a", "a", "nope"])).answer(&kv),
+            Reply::Count(2)
+        );
+        assert_eq!(Query::Len.answer(&kv), Reply::Count(3));
+        assert_eq!(Query::Get(b"nope".to_vec()).answer(&kv), Reply::NotFound);
+        // 3 MiB fits; 5 MiB is refused rather than held.
+        assert!(matches!(
+            Query::MGet(keys(&["big1", "a"])).answer(&kv),
+            Reply::Values(_)
+        ));
+        match Query::MGet(keys(&["big1", "big2"])).answer(&kv) {
+            Reply::Error(ErrorCode::BadRequest, msg) => assert!(msg.contains("ask for fewer keys")),
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -401,6 +401,11 @@ fn encode_reply(reply: &Reply, w: &mut impl Write) -> io::Result<()> {
             w.write_u8(R_OK_INDEX)?;
             w.write_u64::<LittleEndian>(*i)
         }
+        // Replies of the Redis port's commands: those are never tagged
+        // (`Command::is_client_write`), so no session keeps one.
+        Reply::Count(_) | Reply::Values(_) | Reply::Unchanged => {
+            Err(bad("a Redis-protocol reply is never kept in a session"))
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! | removed | ready thread, transport | client server (`ERR REMOVED`) |
 //! | persisted term and last index | ready thread | transport (answers probes) |
 //! | how many client sessions are open | ready thread | node thread (a leader stamps log time while any are) |
+//! | keys held | ready thread | RESP `INFO keyspace` |
 //!
 //! Everything else belongs to one thread: the core and the request policy
 //! to the node thread, the WAL, the KV store and reads to the ready thread.
@@ -48,6 +49,7 @@ pub struct Shared {
     persisted_term: AtomicU64,
     persisted_last: AtomicU64,
     sessions: AtomicU64,
+    keys: AtomicU64,
 }
 
 impl Shared {
@@ -132,6 +134,16 @@ impl Shared {
         self.persisted_term.store(term, Ordering::Relaxed);
         self.persisted_last.store(last_index, Ordering::Relaxed);
         self.running.store(true, Ordering::Release);
+    }
+
+    /// How many keys the store held after the last Ready applied (a local
+    /// view, for RESP's `INFO`; `DBSIZE` reads linearizably instead).
+    pub fn keys(&self) -> u64 {
+        self.keys.load(Ordering::Relaxed)
+    }
+
+    pub fn publish_keys(&self, n: u64) {
+        self.keys.store(n, Ordering::Relaxed);
     }
 
     /// `(term, last index)` once the data dir is open, `None` before.

@@ -200,6 +200,7 @@ fn a_wal_write_error_is_returned_to_the_caller_not_swallowed() {
         session_limits: Default::default(),
         metrics_addr: None,
         security: raftnode::Security::default(),
+        resp_addr: None,
     };
     let connect = |addr: &str| {
         for _ in 0..200 {

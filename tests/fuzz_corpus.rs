@@ -137,6 +137,11 @@ fn http_request_corpus() {
 }
 
 #[test]
+fn resp_frames_corpus() {
+    replay("resp_frames");
+}
+
+#[test]
 fn wal_recovery_corpus() {
     replay("wal_recovery");
     wal_recovery::cleanup();
@@ -158,6 +163,7 @@ fn every_target_has_a_test_here() {
             "client_frames",
             "client_reply",
             "http_request",
+            "resp_frames",
             "wal_recovery",
             "snapshot_payload"
         ]

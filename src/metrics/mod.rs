@@ -504,6 +504,10 @@ impl Cmd {
                 | Command::OpenSession { .. }
                 | Command::ResumeSession { .. }
                 | Command::Clock { .. } => Cmd::Invalid,
+                // The Redis port's writes; its requests are not counted.
+                Command::PutIf { .. } | Command::PutMany { .. } | Command::DeleteMany { .. } => {
+                    Cmd::Invalid
+                }
                 Command::Tagged { cmd, .. } => write(cmd),
             }
         }
@@ -559,7 +563,7 @@ impl Cmd {
 
 /// Reply codes, as the `code` label names them: the reply's first word,
 /// or the error code of an `ERR` reply.
-const CODES: [&str; 18] = [
+const CODES: [&str; 21] = [
     "OK",
     "VALUE",
     "NOT_FOUND",
@@ -578,6 +582,9 @@ const CODES: [&str; 18] = [
     "REMOVED",
     "SESSION",
     "SESSION_EXPIRED",
+    "COUNT",
+    "VALUES",
+    "UNCHANGED",
 ];
 
 fn code_index(reply: &Reply) -> usize {
@@ -590,6 +597,9 @@ fn code_index(reply: &Reply) -> usize {
         Reply::Pong => 5,
         Reply::Status(_) => 6,
         Reply::Session(_) => 16,
+        Reply::Count(_) => 18,
+        Reply::Values(_) => 19,
+        Reply::Unchanged => 20,
         Reply::Error(code, _) => match code {
             ErrorCode::BadRequest => 7,
             ErrorCode::Timeout => 8,

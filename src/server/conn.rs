@@ -1,12 +1,15 @@
-//! One client connection as the I/O thread sees it: bytes in, request
-//! lines out of them, replies in request order, bytes out.
+//! One client connection as the I/O thread sees it: bytes in, requests
+//! out of them (lines, or RESP2 requests on the `--resp-addr` port),
+//! replies in request order, bytes out, each encoded as its request's
+//! [`Shape`] says.
 //!
 //! Every resource a client can make the node hold is bounded:
 //! - **input**: a line is executed only once its `\n` has arrived; the
 //!   partial line held is at most
 //!   [`MAX_LINE`](crate::protocol::MAX_LINE) bytes, and a longer one is
 //!   answered `ERR BAD_REQUEST` and closes the connection (the
-//!   [`LineFramer`] cuts the lines);
+//!   [`LineFramer`] cuts the lines; a RESP request is bounded the same
+//!   way by the [`RespFramer`]);
 //! - **requests in flight**: at most [`MAX_IN_FLIGHT`] unanswered;
 //! - **output**: replies are serialised only while fewer than
 //!   [`OUTPUT_LIMIT`] bytes wait to be sent. Values are shared with the
@@ -24,8 +27,11 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use rustls::ServerConnection;
 
+use super::resp::{write_reply, Shape};
 use crate::metrics::{ClientMetrics, Cmd};
-use crate::protocol::{Framed, LineFramer, Reply};
+use crate::protocol::{Framed, LineFramer, Reply, Request};
+use crate::reads::Query;
+use crate::resp::{ProtocolError, RespFramer};
 
 /// Unanswered requests of one connection, at most.
 pub const MAX_IN_FLIGHT: usize = 1024;
@@ -48,17 +54,39 @@ pub struct Slot {
     /// The request's command and when it was read, for the metrics; set
     /// by [`Conn::open_slot`] from [`Conn::begin`].
     pub meta: Option<(Cmd, Instant)>,
+    /// How the reply is written.
+    pub shape: Shape,
 }
 
 /// A request waiting: a `GET` for this connection's earlier writes to be
 /// answered, or a session request for the connection's `SESSION` open.
 pub struct Deferred {
-    pub line: Vec<u8>,
+    pub waiting: Waiting,
+    pub shape: Shape,
     pub deadline: Instant,
-    /// Waits for the session open rather than for the writes.
-    pub for_session: bool,
-    /// When the `GET` was read.
+    /// When the request was read.
     pub started: Instant,
+}
+
+/// What a deferred request is.
+pub enum Waiting {
+    /// A read, for the connection's writes.
+    Read(Query),
+    /// `SESSION`, `SESSION <id>` or a tagged write, for the session open.
+    Session(Request),
+}
+
+/// The request stream of one connection, by the port it came in on.
+enum Input {
+    Line(LineFramer),
+    Resp(RespFramer),
+}
+
+/// What [`Conn::next_input`] found.
+pub enum Incoming {
+    Line(Framed),
+    /// A RESP request's arguments, or the error that ends the stream.
+    Resp(Result<Vec<Vec<u8>>, ProtocolError>),
 }
 
 pub struct Conn {
@@ -67,8 +95,10 @@ pub struct Conn {
     pub peer: String,
     /// Whether `AUTH` succeeded (or no token is configured).
     pub authed: bool,
-    /// Bytes read and not yet cut into request lines.
-    lines: LineFramer,
+    /// Bytes read and not yet cut into requests.
+    input: Input,
+    /// RESP's `CLIENT SETNAME`.
+    pub name: Option<Vec<u8>>,
     outbuf: Vec<u8>,
     out_pos: usize,
     /// Replies owed, in request order: `slots[0]` is request `first_seq`.
@@ -105,13 +135,19 @@ impl Conn {
         tls: Option<Box<ServerConnection>>,
         peer: String,
         authed: bool,
+        resp: bool,
     ) -> Conn {
         Conn {
             sock,
             tls,
             peer,
             authed,
-            lines: LineFramer::new(),
+            input: if resp {
+                Input::Resp(RespFramer::new())
+            } else {
+                Input::Line(LineFramer::new())
+            },
+            name: None,
             outbuf: Vec::new(),
             out_pos: 0,
             slots: VecDeque::new(),
@@ -131,7 +167,10 @@ impl Conn {
     pub fn deferred_ready(&self) -> bool {
         match &self.deferred {
             None => false,
-            Some(d) if d.for_session => !self.opening_session,
+            Some(Deferred {
+                waiting: Waiting::Session(_),
+                ..
+            }) => !self.opening_session,
             Some(_) => self.writes_in_flight == 0,
         }
     }
@@ -150,12 +189,17 @@ impl Conn {
             && self.outbuf.len() - self.out_pos < OUTPUT_LIMIT
     }
 
-    /// The next complete line (or the news that it is too long), reading
-    /// from the socket as needed; `None` when there is nothing more for now.
-    pub fn next_input(&mut self) -> io::Result<Option<Framed>> {
+    /// The next complete request (or the news that the stream is bad),
+    /// reading from the socket as needed; `None` when there is nothing
+    /// more for now.
+    pub fn next_input(&mut self) -> io::Result<Option<Incoming>> {
         loop {
-            if let Some(line) = self.lines.next_line() {
-                return Ok(Some(line));
+            let next = match &mut self.input {
+                Input::Line(f) => f.next_line().map(Incoming::Line),
+                Input::Resp(f) => f.next_request().map(Incoming::Resp),
+            };
+            if next.is_some() {
+                return Ok(next);
             }
             if self.read_closed || !self.maybe_readable {
                 return Ok(None);
@@ -167,9 +211,12 @@ impl Conn {
                     return Ok(None);
                 }
                 ReadOutcome::End => {
-                    // An unterminated last line is never executed.
+                    // An unterminated last request is never executed.
                     self.read_closed = true;
-                    self.lines.clear();
+                    match &mut self.input {
+                        Input::Line(f) => f.clear(),
+                        Input::Resp(f) => f.clear(),
+                    }
                     return Ok(None);
                 }
             }
@@ -200,7 +247,10 @@ impl Conn {
                     ReadOutcome::End
                 });
             }
-            self.lines.push(&chunk[..n]);
+            match &mut self.input {
+                Input::Line(f) => f.push(&chunk[..n]),
+                Input::Resp(f) => f.push(&chunk[..n]),
+            }
             total += n;
         }
         Ok(if total > 0 {
@@ -293,6 +343,7 @@ impl Conn {
                 if let Some(Slot {
                     reply: Some(reply),
                     meta,
+                    shape,
                     ..
                 }) = self.slots.pop_front()
                 {
@@ -306,7 +357,7 @@ impl Conn {
                         self.outbuf.drain(..self.out_pos);
                         self.out_pos = 0;
                     }
-                    reply.write_line(&mut self.outbuf);
+                    write_reply(&shape, &reply, &mut self.outbuf);
                     self.first_seq += 1;
                 }
             }

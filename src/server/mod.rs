@@ -31,11 +31,17 @@
 //! When the node stops, new connections and requests are refused with
 //! `ERR UNAVAILABLE`, and [`Server::close`] stops reading every connection
 //! so the last answers can be written out.
+//!
+//! With `--resp-addr`, a second listener takes Redis clients into the same
+//! thread: their connections frame RESP2 requests instead of lines and map
+//! them onto the same requests (`resp.rs`), so that everything above holds
+//! for them too.
 
 mod conn;
+mod resp;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::io::{self, Write};
 use std::net::TcpListener as StdListener;
 use std::sync::Arc;
@@ -52,17 +58,21 @@ use crate::metrics::{ClientMetrics, Cmd};
 use crate::policy::NodeRequest;
 use crate::protocol::{self, ErrorCode, Framed, Reply, Request, MAX_LINE};
 use crate::raft::{ConfChange, ConfChangeKind, NodeId};
+use crate::reads::Query;
 use crate::reply::{Addressee, Outbox, ReplyTx};
 use crate::sessions::SessionLimits;
 use crate::shared::Shared;
 use crate::tls::ClientTls;
-use conn::{Conn, Deferred, Slot};
+use conn::{Conn, Deferred, Incoming, Slot, Waiting};
+use resp::Shape;
 
 pub use conn::{MAX_IN_FLIGHT, OUTPUT_LIMIT};
+pub use resp::REDIS_VERSION;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
-const FIRST_CONN: usize = 2;
+const RESP_LISTENER: Token = Token(2);
+const FIRST_CONN: usize = 3;
 
 /// How the client server is set up.
 pub struct Config {
@@ -82,11 +92,15 @@ pub struct Config {
     pub tls: Option<Arc<ClientTls>>,
     /// `--auth-token-file`: the token `AUTH` must present.
     pub auth_token: Option<Vec<u8>>,
-    /// `--max-clients`.
+    /// `--max-clients` (line and RESP connections together).
     pub max_clients: usize,
     /// `--session-ttl-ms` and `--max-sessions`, put into every session
     /// this node registers.
     pub session_limits: SessionLimits,
+    /// `--resp-addr`, already bound: Redis clients (RESP2).
+    pub resp: Option<StdListener>,
+    /// Raft address of each member named in `--peers`, for RESP's `INFO`.
+    pub raft_addrs: Arc<BTreeMap<NodeId, String>>,
 }
 
 /// The running client server.
@@ -108,8 +122,9 @@ impl Server {
     }
 }
 
-/// Starts serving clients on an already bound listener.
-pub fn serve(listener: StdListener, cfg: Config) -> io::Result<Server> {
+/// Starts serving clients on an already bound listener (and Redis clients
+/// on `cfg.resp`).
+pub fn serve(listener: StdListener, mut cfg: Config) -> io::Result<Server> {
     info!(
         "serving clients on {} ({}{})",
         listener.local_addr()?,
@@ -129,6 +144,19 @@ pub fn serve(listener: StdListener, cfg: Config) -> io::Result<Server> {
     let poll = Poll::new()?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let mut resp_port = 0;
+    let resp_listener = match cfg.resp.take() {
+        Some(l) => {
+            info!("serving Redis clients (RESP2) on {}", l.local_addr()?);
+            resp_port = l.local_addr()?.port();
+            l.set_nonblocking(true)?;
+            let mut l = TcpListener::from_std(l);
+            poll.registry()
+                .register(&mut l, RESP_LISTENER, Interest::READABLE)?;
+            Some(l)
+        }
+        None => None,
+    };
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let outbox = Arc::new(Outbox::new(move || {
         let _ = waker.wake();
@@ -137,6 +165,9 @@ pub fn serve(listener: StdListener, cfg: Config) -> io::Result<Server> {
     let mut io = IoThread {
         poll,
         listener,
+        resp_listener,
+        resp_port,
+        started: Instant::now(),
         conns: HashMap::new(),
         next_token: FIRST_CONN,
         outbox: outbox.clone(),
@@ -173,6 +204,10 @@ fn same_token(given: &[u8], expected: &[u8]) -> bool {
 struct IoThread {
     poll: Poll,
     listener: TcpListener,
+    /// `--resp-addr`: Redis clients.
+    resp_listener: Option<TcpListener>,
+    resp_port: u16,
+    started: Instant,
     conns: HashMap<usize, Conn>,
     next_token: usize,
     outbox: Arc<Outbox>,
@@ -205,7 +240,8 @@ impl IoThread {
             let mut touched = Vec::new();
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(false),
+                    RESP_LISTENER => self.accept(true),
                     WAKER => {}
                     Token(t) => {
                         if let Some(c) = self.conns.get_mut(&t) {
@@ -256,10 +292,16 @@ impl IoThread {
         }
     }
 
-    /// Accepts every waiting connection.
-    fn accept(&mut self) {
+    /// Accepts every waiting connection, of the line port or (`resp`) the
+    /// RESP port.
+    fn accept(&mut self, resp: bool) {
         loop {
-            let (mut sock, addr) = match self.listener.accept() {
+            let accepted = match (resp, &self.resp_listener) {
+                (false, _) => self.listener.accept(),
+                (true, Some(l)) => l.accept(),
+                (true, None) => return,
+            };
+            let (mut sock, addr) = match accepted {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -269,7 +311,7 @@ impl IoThread {
             };
             let plain = self.cfg.tls.is_none();
             if self.closing.is_some() || self.cfg.shared.stopping() {
-                refuse(&mut sock, plain, &shutting_down());
+                refuse(&mut sock, plain, resp, &shutting_down());
                 continue;
             }
             if self.conns.len() >= self.cfg.max_clients {
@@ -282,7 +324,7 @@ impl IoThread {
                     "too many clients ({} connected, --max-clients)",
                     self.conns.len()
                 );
-                refuse(&mut sock, plain, &Reply::error(ErrorCode::Busy, msg));
+                refuse(&mut sock, plain, resp, &Reply::error(ErrorCode::Busy, msg));
                 continue;
             }
             let _ = sock.set_nodelay(true);
@@ -313,7 +355,7 @@ impl IoThread {
             debug!("client {addr} connected");
             let authed = self.cfg.auth_token.is_none();
             self.conns
-                .insert(token, Conn::new(sock, tls, addr.to_string(), authed));
+                .insert(token, Conn::new(sock, tls, addr.to_string(), authed, resp));
         }
     }
 
@@ -338,11 +380,11 @@ impl IoThread {
         };
         let now = Instant::now();
         let mut broken = false;
-        // A request waiting for this connection's writes (a GET) or its
+        // A request waiting for this connection's writes (a read) or its
         // session open goes first.
         if c.deferred_ready() {
             if let Some(d) = c.deferred.take() {
-                self.start_deferred(&mut c, token, &d.line, d.started, d.deadline);
+                self.start_deferred(&mut c, token, d);
             }
         }
         loop {
@@ -353,12 +395,20 @@ impl IoThread {
                     break;
                 }
                 match c.next_input() {
-                    Ok(Some(Framed::Line(line))) => self.start(&mut c, token, &line, now),
-                    Ok(Some(Framed::TooLong)) => {
+                    Ok(Some(Incoming::Line(Framed::Line(line)))) => {
+                        self.start(&mut c, token, &line, now)
+                    }
+                    Ok(Some(Incoming::Line(Framed::TooLong))) => {
                         c.begin(Cmd::Invalid, now);
                         let msg =
                             format!("line longer than {MAX_LINE} bytes; closing the connection");
                         c.open_slot(answered(Reply::error(ErrorCode::BadRequest, msg)));
+                        c.close_when_flushed = true;
+                    }
+                    Ok(Some(Incoming::Resp(Ok(args)))) => self.start_resp(&mut c, token, args, now),
+                    Ok(Some(Incoming::Resp(Err(e)))) => {
+                        debug!("client {}: {e}", c.peer);
+                        c.open_slot(resp::protocol_error(&e));
                         c.close_when_flushed = true;
                     }
                     Ok(None) => break,
@@ -431,12 +481,14 @@ impl IoThread {
         ReplyTx::new(self.outbox.clone(), Addressee { conn: token, seq })
     }
 
-    /// Opens a slot that a later reply fills, due by `deadline`.
+    /// Opens a slot that a later reply fills, due by `deadline`, written
+    /// as `shape` says.
     fn await_reply(
         &mut self,
         c: &mut Conn,
         token: usize,
         write: bool,
+        shape: Shape,
         deadline: Instant,
     ) -> (u64, ReplyTx) {
         let seq = c.open_slot(Slot {
@@ -445,6 +497,7 @@ impl IoThread {
             write,
             opens_session: false,
             meta: None,
+            shape,
         });
         self.deadlines.push(Reverse((deadline, token, seq)));
         (seq, self.reply_to(token, seq))
@@ -502,36 +555,30 @@ impl IoThread {
             }
             Request::Auth { .. } => {} // handled above
             Request::Status => {
-                let (seq, tx) = self.await_reply(c, token, false, deadline);
+                let (seq, tx) = self.await_reply(c, token, false, Shape::Line, deadline);
                 if self.cfg.status.send(tx).is_err() {
                     c.fill(seq, shutting_down());
                 }
             }
             Request::Write(cmd) => {
-                self.propose(c, token, &cmd, deadline);
+                self.propose(c, token, &cmd, Shape::Line, deadline);
             }
             Request::OpenSession | Request::ResumeSession { .. } | Request::Tagged { .. }
                 if c.opening_session =>
             {
                 c.deferred = Some(Deferred {
-                    line: line.to_vec(),
+                    waiting: Waiting::Session(req),
+                    shape: Shape::Line,
                     deadline,
-                    for_session: true,
                     started: now,
                 });
             }
             Request::OpenSession | Request::ResumeSession { .. } | Request::Tagged { .. } => {
                 self.session_request(c, token, req, deadline)
             }
-            Request::Get { .. } if c.writes_in_flight > 0 => {
-                c.deferred = Some(Deferred {
-                    line: line.to_vec(),
-                    deadline,
-                    for_session: false,
-                    started: now,
-                });
+            Request::Get { key } => {
+                self.read_after_writes(c, token, Query::Get(key), Shape::Line, deadline)
             }
-            Request::Get { key } => self.read(c, token, key, deadline),
             Request::AddNode { id, addr } => {
                 // Joins as a learner; the leader promotes it once it caught
                 // up, and the reply comes when the promotion is applied.
@@ -541,7 +588,7 @@ impl IoThread {
                 self.conf_change(c, token, ConfChangeKind::RemoveNode, id, "", deadline)
             }
             Request::TransferLeader { id } => {
-                let (_, tx) = self.await_reply(c, token, false, deadline);
+                let (_, tx) = self.await_reply(c, token, false, Shape::Line, deadline);
                 self.batch.push(NodeRequest::Transfer {
                     target: id,
                     reply: tx,
@@ -549,7 +596,7 @@ impl IoThread {
                 });
             }
             Request::Snapshot => {
-                let (seq, tx) = self.await_reply(c, token, false, deadline);
+                let (seq, tx) = self.await_reply(c, token, false, Shape::Line, deadline);
                 if self.cfg.snapshots.send(tx).is_err() {
                     c.fill(seq, shutting_down());
                 }
@@ -557,9 +604,17 @@ impl IoThread {
         }
     }
 
-    /// Proposes a write; its reply comes when it applies.
-    fn propose(&mut self, c: &mut Conn, token: usize, cmd: &Command, deadline: Instant) -> u64 {
-        let (seq, tx) = self.await_reply(c, token, true, deadline);
+    /// Proposes a write; its reply comes when it applies, written as
+    /// `shape` says.
+    pub(super) fn propose(
+        &mut self,
+        c: &mut Conn,
+        token: usize,
+        cmd: &Command,
+        shape: Shape,
+        deadline: Instant,
+    ) -> u64 {
+        let (seq, tx) = self.await_reply(c, token, true, shape, deadline);
         let id = self.cfg.shared.pending().register(tx);
         c.set_pending_id(seq, id);
         let data = encode_command(
@@ -580,14 +635,26 @@ impl IoThread {
         match req {
             Request::OpenSession => {
                 let limits = self.cfg.session_limits;
-                let seq = self.propose(c, token, &Command::OpenSession { limits }, deadline);
+                let seq = self.propose(
+                    c,
+                    token,
+                    &Command::OpenSession { limits },
+                    Shape::Line,
+                    deadline,
+                );
                 c.mark_session_open(seq);
                 c.session = None;
                 c.opening_session = true;
             }
             Request::ResumeSession { id } => {
                 c.session = Some(id);
-                self.propose(c, token, &Command::ResumeSession { id }, deadline);
+                self.propose(
+                    c,
+                    token,
+                    &Command::ResumeSession { id },
+                    Shape::Line,
+                    deadline,
+                );
             }
             Request::Tagged { seq, cmd } => {
                 let Some(session) = c.session else {
@@ -596,7 +663,7 @@ impl IoThread {
                     return;
                 };
                 if crate::debug::ignore_sessions() {
-                    self.propose(c, token, &cmd, deadline);
+                    self.propose(c, token, &cmd, Shape::Line, deadline);
                     return;
                 }
                 let cmd = Command::Tagged {
@@ -604,7 +671,7 @@ impl IoThread {
                     seq,
                     cmd: Box::new(cmd),
                 };
-                self.propose(c, token, &cmd, deadline);
+                self.propose(c, token, &cmd, Shape::Line, deadline);
             }
             _ => {
                 let msg = "not a session request";
@@ -614,36 +681,23 @@ impl IoThread {
     }
 
     /// Starts a deferred request once what it waits for is done.
-    fn start_deferred(
-        &mut self,
-        c: &mut Conn,
-        token: usize,
-        line: &[u8],
-        started: Instant,
-        deadline: Instant,
-    ) {
-        let parsed = protocol::parse(line);
-        c.begin(parsed.as_ref().map_or(Cmd::Invalid, Cmd::of), started);
-        match parsed {
-            Ok(Request::Get { key }) => self.read(c, token, key, deadline),
-            Ok(
-                req @ (Request::OpenSession
-                | Request::ResumeSession { .. }
-                | Request::Tagged { .. }),
-            ) => self.session_request(c, token, req, deadline),
-            _ => {
-                c.open_slot(answered(Reply::error(
-                    ErrorCode::Internal,
-                    "lost a deferred read",
-                )));
+    fn start_deferred(&mut self, c: &mut Conn, token: usize, d: Deferred) {
+        match d.waiting {
+            Waiting::Read(query) => {
+                c.begin(Cmd::Get, d.started);
+                self.read(c, token, query, d.shape, d.deadline);
+            }
+            Waiting::Session(req) => {
+                c.begin(Cmd::of(&req), d.started);
+                self.session_request(c, token, req, d.deadline);
             }
         }
     }
 
-    fn read(&mut self, c: &mut Conn, token: usize, key: Vec<u8>, deadline: Instant) {
-        let (_, tx) = self.await_reply(c, token, false, deadline);
+    fn read(&mut self, c: &mut Conn, token: usize, query: Query, shape: Shape, deadline: Instant) {
+        let (_, tx) = self.await_reply(c, token, false, shape, deadline);
         self.batch.push(NodeRequest::Read {
-            key,
+            query,
             reply: tx,
             deadline,
         });
@@ -658,7 +712,7 @@ impl IoThread {
         addr: &str,
         deadline: Instant,
     ) {
-        let (seq, tx) = self.await_reply(c, token, false, deadline);
+        let (seq, tx) = self.await_reply(c, token, false, Shape::Line, deadline);
         let id = self.cfg.shared.pending().register(tx);
         c.set_pending_id(seq, id);
         let context = encode_conf_context(
@@ -685,7 +739,7 @@ fn noauth() -> Reply {
     )
 }
 
-/// A slot answered on the spot.
+/// A slot of the line protocol answered on the spot.
 fn answered(reply: Reply) -> Slot {
     Slot {
         reply: Some(reply),
@@ -693,16 +747,23 @@ fn answered(reply: Reply) -> Slot {
         write: false,
         opens_session: false,
         meta: None,
+        shape: Shape::Line,
     }
 }
 
-/// Answers a connection that will not be served with one line (a TLS
-/// client could not read it, so it is just closed), and closes it; never
-/// waits for the client.
-fn refuse(sock: &mut TcpStream, plain: bool, reply: &Reply) {
+/// Answers a connection that will not be served with one line or RESP
+/// error (a TLS client could not read it, so it is just closed), and
+/// closes it; never waits for the client.
+fn refuse(sock: &mut TcpStream, plain: bool, resp: bool, reply: &Reply) {
     if plain {
         let mut line = Vec::new();
-        reply.write_line(&mut line);
+        match (resp, reply) {
+            (true, Reply::Error(ErrorCode::Busy, _)) => {
+                crate::resp::write_error(&mut line, "ERR max number of clients reached")
+            }
+            (true, _) => resp::write_reply(&Shape::Ok, reply, &mut line),
+            (false, _) => reply.write_line(&mut line),
+        }
         let _ = sock.write(&line);
     }
     let _ = sock.shutdown(std::net::Shutdown::Both);

@@ -92,7 +92,7 @@ fn ops(mut data: &[u8], limit: usize) -> impl Iterator<Item = Op<'_>> {
 
 /// Decodes the input: the limit, the stream, and where each chunk of it
 /// ends.
-fn decode(data: &[u8]) -> (usize, Vec<u8>, Vec<usize>) {
+pub(crate) fn decode(data: &[u8]) -> (usize, Vec<u8>, Vec<usize>) {
     let Some((&limit, data)) = data.split_first() else {
         return (MAX_LINE, Vec::new(), Vec::new());
     };
@@ -260,7 +260,7 @@ pub fn check(data: &[u8]) {
 }
 
 /// Appends `bytes` as chunks of at most `piece` bytes.
-fn chunks(out: &mut Vec<u8>, bytes: &[u8], piece: usize) {
+pub(crate) fn chunks(out: &mut Vec<u8>, bytes: &[u8], piece: usize) {
     for c in bytes.chunks(piece.clamp(1, 255)) {
         out.push(c.len() as u8);
         out.extend_from_slice(c);
@@ -269,7 +269,7 @@ fn chunks(out: &mut Vec<u8>, bytes: &[u8], piece: usize) {
 
 /// Appends a run of `limit + d` copies of `byte`, in chunks of `p + 1`
 /// 256ths of the limit.
-fn run(out: &mut Vec<u8>, byte: u8, d: i8, p: u8) {
+pub(crate) fn run(out: &mut Vec<u8>, byte: u8, d: i8, p: u8) {
     out.extend_from_slice(&[0, byte, d as u8, p]);
 }
 

@@ -23,6 +23,7 @@ pub mod client_line;
 pub mod client_reply;
 pub mod http_request;
 pub mod peer_frame;
+pub mod resp_frames;
 pub mod snapshot_payload;
 pub mod wal_recovery;
 
@@ -68,6 +69,12 @@ pub const TARGETS: &[Target] = &[
         check: http_request::check,
         seeds: http_request::seeds,
         alloc_limit: http_request::ALLOC_LIMIT,
+    },
+    Target {
+        name: "resp_frames",
+        check: resp_frames::check,
+        seeds: resp_frames::seeds,
+        alloc_limit: resp_frames::ALLOC_LIMIT,
     },
     Target {
         name: "wal_recovery",
