@@ -50,7 +50,9 @@ pub fn start_with_env(
             .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         n.spawn();
     }
-    c.wait_leader(LONG).expect("a leader");
+    if c.wait_leader(LONG).is_none() {
+        panic!("no leader within {LONG:?}\n{}", c.logs());
+    }
     let ids: Vec<u64> = (1..=3)
         .map(|id| attack::cluster_id(c.node(id), LONG).expect("a cluster id in the log"))
         .collect();
