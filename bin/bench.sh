@@ -184,15 +184,14 @@ check_alive() {
   done
 }
 
-# HOOK(entries-per-fsync): the node does not log group-commit figures yet.
-# Once the ready thread logs a line such as
+# The ready thread logs its group commit in lines such as
 #   fsync stats: 1234 fsyncs, 5678 entries, 4.6 entries/fsync
 # fsync_stats prints the last "<X> entries/fsync" the leader logged during
-# the row (log lines after line $2). Until then the column shows n/a, or with
-# BENCH_PERF_FSYNC=1 an outside estimate: measured writes / the leader's
-# fdatasync+fsync calls over the measured interval, marked "~" ("-" for a
-# row without writes; wrong if leadership moves during the row, which the
-# table then says).
+# the row (log lines after line $2). Without such a line the column shows
+# n/a, or with BENCH_PERF_FSYNC=1 an outside estimate: measured writes / the
+# leader's fdatasync+fsync calls over the measured interval, marked "~" ("-"
+# for a row without writes; wrong if leadership moves during the row, which
+# the table then says).
 fsync_stats() { # leader-log first-line perf-output ops
   local x n
   x=$(tail -n +"$(($2 + 1))" "$1" | grep -o '[0-9.]\+ entries/fsync' | tail -n 1 | cut -d' ' -f1 || true)
