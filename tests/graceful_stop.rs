@@ -17,7 +17,7 @@ const FAST: &[&str] = &["--tick-ms", "20"];
 fn sigterm_exits_0_and_a_restart_finds_every_acknowledged_write() {
     let _g = serial();
     let mut c = Cluster::start(1, FAST);
-    c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    c.expect_leader(Duration::from_secs(10), "a leader");
     let mut cl = c.node(1).client().unwrap();
     for i in 0..100 {
         assert_eq!(cl.request(&format!("PUT k{i} v{i}")).unwrap(), "OK");
@@ -33,8 +33,7 @@ fn sigterm_exits_0_and_a_restart_finds_every_acknowledged_write() {
     // The connection was closed by the stop.
     assert!(cl.request("PING").is_err());
     c.node_mut(1).spawn();
-    c.wait_leader(Duration::from_secs(10))
-        .expect("a leader again");
+    c.expect_leader(Duration::from_secs(10), "a leader again");
     let mut cl = c.node(1).client().unwrap();
     for i in 0..100 {
         assert_eq!(
@@ -48,7 +47,7 @@ fn sigterm_exits_0_and_a_restart_finds_every_acknowledged_write() {
 fn a_follower_stops_cleanly_and_its_open_connection_sees_no_wrong_answer() {
     let _g = serial();
     let mut c = Cluster::start(3, FAST);
-    let leader = c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    let leader = c.expect_leader(Duration::from_secs(10), "a leader");
     let follower = if leader == 1 { 2 } else { 1 };
     // Hold a connection open to see what it is told once the node stops.
     let mut cl = c.node(follower).client().unwrap();
@@ -83,7 +82,7 @@ struct Seen {
 fn rolling_restart_under_load_never_leaves_clients_without_a_leader() {
     let _g = serial();
     let mut c = Cluster::start(3, FAST);
-    c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    c.expect_leader(Duration::from_secs(10), "a leader");
     let addrs: Vec<String> = c.nodes.values().map(|n| n.client_addr.clone()).collect();
     let seen: Arc<Mutex<Seen>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));

@@ -192,8 +192,7 @@ fn restart_all(c: &mut Cluster, ids: &[u64]) {
     for &id in ids {
         c.node_mut(id).spawn();
     }
-    c.wait_leader(LONG)
-        .expect("a leader after restarting everyone");
+    c.expect_leader(LONG, "a leader after restarting everyone");
 }
 
 /// Reference: Raft thesis §4.1 (single-server changes); the learner step is
@@ -202,7 +201,7 @@ fn restart_all(c: &mut Cluster, ids: &[u64]) {
 fn grow_3_to_5_then_shrink_to_3_removing_the_leader_under_load() {
     let _g = serial();
     let mut c = cluster_with_joiners(3, 5);
-    c.wait_leader(LONG).expect("a leader");
+    c.expect_leader(LONG, "a leader");
     let load = Load::start((1..=3).map(|id| c.node(id).client_addr.clone()).collect());
     let checked = checked_workload(&c, &[1, 2, 3], 11);
     thread::sleep(Duration::from_millis(300));
@@ -214,7 +213,7 @@ fn grow_3_to_5_then_shrink_to_3_removing_the_leader_under_load() {
     }
     wait_members(&c, &[1, 2, 3, 4, 5], "1,2,3,4,5");
 
-    let leader = c.wait_leader(LONG).expect("a leader");
+    let leader = c.expect_leader(LONG, "a leader");
     let via = if leader == 1 { 2 } else { 1 };
     request_ok(&c, via, &format!("REMOVE_NODE {leader}"));
     let other = (1..=3).find(|&id| id != leader && id != via).unwrap();
@@ -227,9 +226,7 @@ fn grow_3_to_5_then_shrink_to_3_removing_the_leader_under_load() {
         .collect::<Vec<_>>()
         .join(",");
     wait_members(&c, &remaining, &want);
-    let new_leader = c
-        .wait_leader(LONG)
-        .expect("a leader after removing the old one");
+    let new_leader = c.expect_leader(LONG, "a leader after removing the old one");
     assert!(remaining.contains(&new_leader));
     let acked = load.finish();
     assert_linearizable(checked, "grow/shrink");
@@ -251,7 +248,7 @@ fn grow_3_to_5_then_shrink_to_3_removing_the_leader_under_load() {
 fn replace_a_member_and_restart_everyone() {
     let _g = serial();
     let mut c = cluster_with_joiners(3, 4);
-    c.wait_leader(LONG).expect("a leader");
+    c.expect_leader(LONG, "a leader");
     let load = Load::start((1..=3).map(|id| c.node(id).client_addr.clone()).collect());
     let checked = checked_workload(&c, &[1, 2, 3], 12);
     c.node_mut(4).spawn();
@@ -272,7 +269,7 @@ fn replace_a_member_and_restart_everyone() {
 fn a_conf_change_commits_while_a_member_is_cut_off_and_it_catches_up_after() {
     let _g = serial();
     let mut c = cluster_with_joiners(3, 4);
-    let leader = c.wait_leader(LONG).expect("a leader");
+    let leader = c.expect_leader(LONG, "a leader");
     let cut = (1..=3).find(|&id| id != leader).unwrap();
     let via = (1..=3).find(|&id| id != leader && id != cut).unwrap();
     let load = Load::start(vec![
@@ -296,7 +293,7 @@ fn a_conf_change_commits_while_a_member_is_cut_off_and_it_catches_up_after() {
 fn transfer_leader_moves_leadership_and_a_removed_node_stays_quiet() {
     let _g = serial();
     let mut c = cluster_with_joiners(3, 3);
-    let leader = c.wait_leader(LONG).expect("a leader");
+    let leader = c.expect_leader(LONG, "a leader");
     let target = (1..=3).find(|&id| id != leader).unwrap();
     let via = (1..=3).find(|&id| id != leader && id != target).unwrap();
     request_ok(&c, via, &format!("TRANSFER_LEADER {target}"));

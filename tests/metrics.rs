@@ -311,9 +311,7 @@ fn scrapes_of_three_nodes_move_with_writes_and_a_leader_change() {
     );
     assert_eq!(after.v("raftnode_server_has_leader"), 1.0);
     assert!(after.v("raftnode_server_term") > term);
-    let new_leader = c
-        .wait_leader(Duration::from_secs(10))
-        .expect("a new leader");
+    let new_leader = c.expect_leader(Duration::from_secs(10), "a new leader");
     assert_ne!(new_leader, leader);
     let s = scrape_until(&addrs[&new_leader], Duration::from_secs(5), |s| {
         s.v("raftnode_server_is_leader") == 1.0
@@ -325,7 +323,7 @@ fn scrapes_of_three_nodes_move_with_writes_and_a_leader_change() {
 fn the_endpoint_refuses_what_is_not_a_scrape_and_keeps_serving() {
     let _g = serial();
     let (c, addrs) = cluster();
-    c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    c.expect_leader(Duration::from_secs(10), "a leader");
     let addr = &addrs[&1];
     let status = |req: &[u8]| {
         let resp = http(addr, req);

@@ -17,7 +17,7 @@ const FAST: &[&str] = &["--tick-ms", "20"];
 fn three_nodes_serve_1000_puts_spread_over_all_nodes_and_every_node_reads_them_back() {
     let _g = serial();
     let c = Cluster::start(3, FAST);
-    c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    c.expect_leader(Duration::from_secs(10), "a leader");
     let mut clients: Vec<Client> = (1..=3).map(|id| c.node(id).client().unwrap()).collect();
     for i in 0..1000 {
         let r = clients[i % 3]
@@ -42,7 +42,7 @@ fn three_nodes_serve_1000_puts_spread_over_all_nodes_and_every_node_reads_them_b
 fn killing_the_leader_elects_a_new_one_that_serves_writes_within_2s_and_the_old_one_catches_up() {
     let _g = serial();
     let mut c = Cluster::start(3, FAST);
-    let old = c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    let old = c.expect_leader(Duration::from_secs(10), "a leader");
     let mut cl = c.node(old).client().unwrap();
     for i in 0..50 {
         assert_eq!(cl.request(&format!("PUT before-{i} x")).unwrap(), "OK");
@@ -94,7 +94,7 @@ fn killing_the_leader_elects_a_new_one_that_serves_writes_within_2s_and_the_old_
 fn kill_9_of_all_nodes_mid_stream_loses_no_acknowledged_write() {
     let _g = serial();
     let mut c = Cluster::start(3, FAST);
-    c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    c.expect_leader(Duration::from_secs(10), "a leader");
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
@@ -136,8 +136,7 @@ fn kill_9_of_all_nodes_mid_stream_loses_no_acknowledged_write() {
     for id in 1..=3 {
         c.node_mut(id).spawn();
     }
-    c.wait_leader(Duration::from_secs(10))
-        .expect("a leader after restart");
+    c.expect_leader(Duration::from_secs(10), "a leader after restart");
     let mut cl = c.node(1).client().unwrap();
     for key in &acked {
         let r = cl.request(&format!("GET {key}")).unwrap();
@@ -158,7 +157,7 @@ fn kill_9_of_all_nodes_mid_stream_loses_no_acknowledged_write() {
 fn bad_client_input_gets_bad_request_and_the_connection_stays_usable() {
     let _g = serial();
     let c = Cluster::start(1, FAST);
-    c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    c.expect_leader(Duration::from_secs(10), "a leader");
     let mut cl = c.node(1).client().unwrap();
     let cases: &[&[u8]] = &[
         b"\x01\x02garbage\xff\n",
@@ -205,7 +204,7 @@ fn bad_client_input_gets_bad_request_and_the_connection_stays_usable() {
 fn random_bytes_on_the_peer_port_do_not_disturb_the_cluster() {
     let _g = serial();
     let c = Cluster::start(3, FAST);
-    let leader = c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    let leader = c.expect_leader(Duration::from_secs(10), "a leader");
     let mut rng = 0x1234_5678_9abc_def0u64;
     let mut next = || {
         rng ^= rng << 13;
@@ -260,7 +259,7 @@ fn run_expect_failure(args: &[&str]) -> String {
 fn a_second_raftnode_on_the_same_data_dir_fails_with_a_clear_error() {
     let _g = serial();
     let c = Cluster::start(1, FAST);
-    c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    c.expect_leader(Duration::from_secs(10), "a leader");
     let n = c.node(1);
     let data = n.data_dir.to_string_lossy().into_owned();
     let peers = format!("1=127.0.0.1:{}", free_port());

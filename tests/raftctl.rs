@@ -122,7 +122,7 @@ fn cluster_subcommands_status_members_snapshot_transfer_remove_and_add() {
             n.args.push("--join".into());
         }
     }
-    let leader = c.wait_leader(Duration::from_secs(10)).expect("leader");
+    let leader = c.expect_leader(Duration::from_secs(10), "leader");
     let all = endpoints(&c, &[1, 2, 3]);
     let eps = all.as_str();
 
@@ -196,7 +196,7 @@ fn cluster_subcommands_status_members_snapshot_transfer_remove_and_add() {
 fn with_an_endpoint_down_status_says_so_and_commands_go_through_the_others() {
     let _s = serial();
     let mut c = three_nodes();
-    let leader = c.wait_leader(Duration::from_secs(5)).expect("leader");
+    let leader = c.expect_leader(Duration::from_secs(5), "leader");
     let down = if leader == 2 { 3 } else { 2 };
     c.node_mut(down).kill();
     // The dead endpoint first: raftctl must move on to the next.
@@ -262,7 +262,7 @@ fn a_leader_killed_during_a_loop_of_raftctl_writes_leaves_exact_counters() {
     let mut kills = 0;
     for _ in 0..2 {
         thread::sleep(Duration::from_millis(1500));
-        let leader = c.wait_leader(Duration::from_secs(10)).expect("leader");
+        let leader = c.expect_leader(Duration::from_secs(10), "leader");
         c.node_mut(leader).kill();
         kills += 1;
         thread::sleep(Duration::from_millis(1500));

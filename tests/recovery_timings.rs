@@ -177,9 +177,7 @@ fn disk_fault_recovery_timings() {
             .map(|_| (b'a' + rng.below(26) as u8) as char)
             .collect(),
     );
-    let leader = cluster
-        .wait_leader(Duration::from_secs(10))
-        .expect("a leader");
+    let leader = cluster.expect_leader(Duration::from_secs(10), "a leader");
     let t = Instant::now();
     load(&cluster.node(leader).client_addr, keys, &filler);
     let load_secs = t.elapsed().as_secs_f64();
@@ -208,9 +206,7 @@ fn disk_fault_recovery_timings() {
     ];
     let mut rows = Vec::new();
     for (i, (name, kind)) in faults.into_iter().enumerate() {
-        let leader = cluster
-            .wait_leader(Duration::from_secs(30))
-            .expect("a leader");
+        let leader = cluster.expect_leader(Duration::from_secs(30), "a leader");
         // The followers take turns: a node repaired from a mid-log flip
         // lost its log before the newest snapshot, so a flip in that
         // snapshot would find no older one its log covers.

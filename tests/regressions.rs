@@ -22,7 +22,7 @@ use raftnode_testkit::process::{serial, Cluster};
 fn after_a_restart_entries_of_the_old_incarnation_do_not_answer_new_requests() {
     let _g = serial();
     let mut c = Cluster::start(5, &["--tick-ms", "100", "--election-ticks", "50"]);
-    let leader = c.wait_leader(Duration::from_secs(20)).expect("a leader");
+    let leader = c.expect_leader(Duration::from_secs(20), "a leader");
     let f = if leader == 1 { 2 } else { 1 };
     let others: Vec<u64> = (1..=5).filter(|&i| i != leader && i != f).collect();
     c.wait_converged(5, Duration::from_secs(10))

@@ -105,7 +105,7 @@ fn wait_writable(addr: &str) {
 
 /// The ids of a follower and of the leader.
 fn follower_and_leader(c: &Cluster) -> (u64, u64) {
-    let leader = c.wait_leader(LONG).expect("a leader");
+    let leader = c.expect_leader(LONG, "a leader");
     let follower = c.nodes.keys().copied().find(|&id| id != leader).unwrap();
     (follower, leader)
 }
@@ -357,7 +357,7 @@ fn read_exactly(s: &mut TcpStream, want: usize) -> String {
 fn malformed_frames_from_redis_tests_get_protocol_errors_and_close() {
     let _g = serial();
     let (c, resp) = resp_cluster(1, &[]);
-    c.wait_leader(LONG).expect("a leader");
+    c.expect_leader(LONG, "a leader");
     let addr = &resp[0];
     // Redis's tests/unit/protocol.tcl, and one request over the limit.
     let over = format!("*1\r\n${}\r\n", 1_050_624 + 1);
@@ -438,7 +438,7 @@ fn malformed_frames_from_redis_tests_get_protocol_errors_and_close() {
 fn max_clients_counts_resp_connections_and_refuses_in_resp() {
     let _g = serial();
     let (c, resp) = resp_cluster(1, &["--max-clients", "1"]);
-    c.wait_leader(LONG).expect("a leader");
+    c.expect_leader(LONG, "a leader");
     let addr = &resp[0];
     // wait_leader's STATUS connections are closed; hold the one slot.
     let deadline = Instant::now() + LONG;

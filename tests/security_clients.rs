@@ -24,7 +24,7 @@ const AT_ONCE: Duration = Duration::from_secs(1);
 /// One node with `extra` flags, leading.
 fn one_node(extra: &[&str]) -> Cluster {
     let c = one_node_started(extra);
-    c.wait_leader(LONG).expect("the node leads");
+    c.expect_leader(LONG, "the node leads");
     c
 }
 
@@ -323,7 +323,7 @@ fn client_tls_serves_and_client_cert_auth_refuses_clients_without_a_valid_certif
 fn remove_node_and_transfer_leader_refuse_what_is_certain_at_once() {
     let _g = serial();
     let c = Cluster::start(3, &["--tick-ms", "50"]);
-    let leader = c.wait_leader(LONG).expect("a leader");
+    let leader = c.expect_leader(LONG, "a leader");
     let followers: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
     let mut cl = c.node(leader).client().unwrap();
     let mut via_follower = c.node(followers[0]).client().unwrap();

@@ -52,7 +52,7 @@ fn open_session(cl: &mut Client) -> u64 {
 fn a_retry_gets_the_original_reply_on_any_node_after_a_leader_kill_a_snapshot_and_a_full_restart() {
     let _g = serial();
     let mut c = Cluster::start(3, FAST);
-    let leader = c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    let leader = c.expect_leader(Duration::from_secs(10), "a leader");
     let follower = if leader == 1 { 2 } else { 1 };
     let mut cl = c.node(follower).client().unwrap();
     let s = open_session(&mut cl);
@@ -86,8 +86,7 @@ fn a_retry_gets_the_original_reply_on_any_node_after_a_leader_kill_a_snapshot_an
     for id in 1..=3 {
         c.node_mut(id).spawn();
     }
-    c.wait_leader(Duration::from_secs(10))
-        .expect("a leader after the restart");
+    c.expect_leader(Duration::from_secs(10), "a leader after the restart");
     for id in 1..=3 {
         assert_eq!(until_definite(&c, id, Some(s), "#1 INCR c"), "VALUE 1");
         assert_eq!(until_definite(&c, id, Some(s), "#3 INCR c"), "VALUE 2");
@@ -101,7 +100,7 @@ fn a_retry_gets_the_original_reply_on_any_node_after_a_leader_kill_a_snapshot_an
 fn connection_rules_pipelining_and_unknown_sessions() {
     let _g = serial();
     let c = Cluster::start(1, FAST);
-    c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    c.expect_leader(Duration::from_secs(10), "a leader");
     let mut cl = c.node(1).client().unwrap();
     // A tag without a session; a tag on a read.
     let r = cl.request("#1 INCR x").unwrap();
@@ -135,7 +134,7 @@ fn connection_rules_pipelining_and_unknown_sessions() {
 fn an_idle_session_expires_in_log_time_and_a_used_one_does_not() {
     let _g = serial();
     let c = Cluster::start(1, &["--tick-ms", "20", "--session-ttl-ms", "1500"]);
-    c.wait_leader(Duration::from_secs(10)).expect("a leader");
+    c.expect_leader(Duration::from_secs(10), "a leader");
     let mut idle = c.node(1).client().unwrap();
     let mut busy = c.node(1).client().unwrap();
     open_session(&mut idle);

@@ -65,7 +65,7 @@ fn dir_size(p: &Path) -> u64 {
 fn a_follower_down_for_20000_writes_catches_up_by_snapshot() {
     let _g = serial();
     let mut c = Cluster::start(3, &["--tick-ms", "20", "--snapshot-entries", "1000"]);
-    let leader = c.wait_leader(LONG).expect("a leader");
+    let leader = c.expect_leader(LONG, "a leader");
     let down = if leader == 3 { 2 } else { 3 };
     c.node_mut(down).kill();
     let mut cl = c.node(leader).client().unwrap();
@@ -99,7 +99,7 @@ fn a_follower_down_for_20000_writes_catches_up_by_snapshot() {
 fn kill_9_during_snapshot_creation_and_install_loses_nothing() {
     let _g = serial();
     let mut c = Cluster::start(3, &["--tick-ms", "20", "--snapshot-entries", "200"]);
-    c.wait_leader(LONG).expect("a leader");
+    c.expect_leader(LONG, "a leader");
     // A fixed schedule of victims and kill times (the timing of real
     // processes still varies from run to run).
     let mut rng = Rng::new(1);
@@ -136,7 +136,7 @@ fn kill_9_during_snapshot_creation_and_install_loses_nothing() {
             c.node_mut(victim).kill();
         }
         c.node_mut(victim).spawn();
-        c.wait_leader(LONG).expect("a leader");
+        c.expect_leader(LONG, "a leader");
     }
     let applied = c
         .wait_converged(1, LONG)
@@ -172,7 +172,7 @@ fn the_data_dir_stays_bounded_during_a_long_write_stream() {
     std::env::set_var("RAFTNODE_WAL_SEGMENT_BYTES", (1u64 << 20).to_string());
     let c = Cluster::start(3, &["--tick-ms", "20", "--snapshot-entries", "1000"]);
     std::env::remove_var("RAFTNODE_WAL_SEGMENT_BYTES");
-    let leader = c.wait_leader(LONG).expect("a leader");
+    let leader = c.expect_leader(LONG, "a leader");
     let mut cl = c.node(leader).client().unwrap();
     let mut max = 0u64;
     let mut sizes = Vec::new();
@@ -215,7 +215,7 @@ fn the_data_dir_stays_bounded_during_a_long_write_stream() {
 fn measure_snapshot_transfer_rate_256mib() {
     let _g = serial();
     let mut c = Cluster::start(3, &["--tick-ms", "50", "--snapshot-entries", "5000"]);
-    let leader = c.wait_leader(LONG).expect("a leader");
+    let leader = c.expect_leader(LONG, "a leader");
     let down = if leader == 3 { 2 } else { 3 };
     c.node_mut(down).kill();
     let mut cl = c.node(leader).client().unwrap();
@@ -275,7 +275,7 @@ fn measure_add_node_with_1gib_of_data() {
         c.node_mut(id).spawn();
     }
     c.node_mut(4).args.push("--join".into());
-    let leader = c.wait_leader(LONG).expect("a leader");
+    let leader = c.expect_leader(LONG, "a leader");
     let mut cl = c.node(leader).client().unwrap();
     cl.set_timeout(Duration::from_secs(600));
     let t = Instant::now();

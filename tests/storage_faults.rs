@@ -124,7 +124,7 @@ fn files_named(dir: &Path, part: &str) -> Vec<PathBuf> {
 fn a_wiped_follower_recovers_instead_of_bootstrapping() {
     let _g = serial();
     let mut c = Cluster::start(3, FAST);
-    let leader = c.wait_leader(LONG).expect("a leader");
+    let leader = c.expect_leader(LONG, "a leader");
     load(&c, leader, "w", 500);
     let f = follower_of(&c, leader);
     c.node_mut(f).kill();
@@ -153,7 +153,7 @@ fn a_wiped_follower_recovers_instead_of_bootstrapping() {
 fn a_flipped_bit_mid_log_is_set_aside_and_repaired_from_the_leader() {
     let _g = serial();
     let mut c = Cluster::start(3, FAST);
-    let leader = c.wait_leader(LONG).expect("a leader");
+    let leader = c.expect_leader(LONG, "a leader");
     load(&c, leader, "m", 400);
     let f = follower_of(&c, leader);
     c.node_mut(f).kill();
@@ -182,7 +182,7 @@ fn two_followers_wiped_at_once_are_both_repaired_by_the_leader() {
     // followers restart (they count as active for CheckQuorum while
     // recovering, but not while they are down).
     let mut c = Cluster::start(3, &["--tick-ms", "20", "--election-ticks", "100"]);
-    let leader = c.wait_leader(LONG).expect("a leader");
+    let leader = c.expect_leader(LONG, "a leader");
     load(&c, leader, "t", 300);
     let commit = c.node(leader).status().unwrap().num("commit");
     let followers: Vec<u64> = c.nodes.keys().copied().filter(|&id| id != leader).collect();
@@ -206,7 +206,7 @@ fn two_followers_wiped_at_once_are_both_repaired_by_the_leader() {
 fn a_damaged_lone_voter_refuses_to_start_until_told_to_accept_the_loss() {
     let _g = serial();
     let mut c = Cluster::start(1, FAST);
-    c.wait_leader(LONG).expect("a leader");
+    c.expect_leader(LONG, "a leader");
     load(&c, 1, "s", 200);
     c.node_mut(1).kill();
     flip_mid_log(&c.node(1).data_dir);
@@ -218,8 +218,7 @@ fn a_damaged_lone_voter_refuses_to_start_until_told_to_accept_the_loss() {
     // The operator accepts the loss: the node starts with the good prefix.
     std::fs::remove_file(c.node(1).data_dir.join("wal").join("DAMAGE")).unwrap();
     c.node_mut(1).spawn();
-    c.wait_leader(LONG)
-        .expect("the node starts once DAMAGE is removed");
+    c.expect_leader(LONG, "the node starts once DAMAGE is removed");
     // What it kept is a prefix of the writes (they were applied in order),
     // shorter than all of them, and the node takes writes again.
     let mut cl = c.node(1).client().unwrap();
@@ -247,7 +246,7 @@ fn a_damaged_lone_voter_refuses_to_start_until_told_to_accept_the_loss() {
 fn an_empty_node_the_cluster_does_not_list_or_removed_refuses_to_start() {
     let _g = serial();
     let mut c = Cluster::start(3, FAST);
-    let leader = c.wait_leader(LONG).expect("a leader");
+    let leader = c.expect_leader(LONG, "a leader");
     load(&c, leader, "r", 50);
     // Removed: node 3 (or 2) is removed, then started again on an empty dir.
     let gone = follower_of(&c, leader);

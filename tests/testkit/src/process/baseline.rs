@@ -102,7 +102,7 @@ impl Baseline {
     /// Writes the base keys and waits until all nodes agree on one leader
     /// and term, and have applied the same index.
     pub fn take(c: &Cluster) -> Baseline {
-        let leader = c.wait_leader(LONG).expect("a leader");
+        let leader = c.expect_leader(LONG, "a leader");
         let keys: Vec<(String, String)> = (0..BASE_KEYS)
             .map(|i| (format!("base{i}"), format!("value {i}")))
             .collect();

@@ -41,12 +41,38 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago; see [`free_ports`].
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    free_ports(1)[0]
+}
+
+/// `n` distinct ports that were free a moment ago and that this test
+/// process has never handed out before.
+///
+/// The kernel's `bind(0)` may give back a port it gave a moment earlier,
+/// once that socket is closed: picking six ports one after the other that
+/// way, as a 3-node cluster did, gave two equal ones in 27 of 20,000 tries
+/// on the CI machine. Two nodes on one port means one of them cannot
+/// start, and a new cluster waits for every member in `--peers` to answer
+/// its start-up probe, so it then never elects a leader. Holding every
+/// picked port open until all `n` are known, and never handing a port out
+/// twice, rules that out within a test binary (cargo runs test binaries
+/// one at a time).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut held = Vec::new();
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        let l = TcpListener::bind("127.0.0.1:0").expect("free port");
+        let port = l.local_addr().expect("bound address").port();
+        if given.insert(port) {
+            ports.push(port);
+        }
+        held.push(l); // so that the next bind(0) cannot return it
+    }
+    ports
 }
 
 /// A fresh directory under the build's tmp dir, removed on drop.
@@ -401,7 +427,8 @@ impl Cluster {
     /// Prepares `n` nodes without starting them.
     pub fn new(n: u64, args: &[&str]) -> Cluster {
         let dir = TempDir::new("cluster");
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let all = free_ports(2 * n as usize);
+        let ports: Vec<(u16, u16)> = all.chunks(2).map(|p| (p[0], p[1])).collect();
         let peers = ports
             .iter()
             .enumerate()
@@ -460,6 +487,15 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// The leader, as [`Cluster::wait_leader`]; panics with `what` and every
+    /// node's log when there is none within `timeout`.
+    pub fn expect_leader(&self, timeout: Duration, what: &str) -> u64 {
+        match self.wait_leader(timeout) {
+            Some(id) => id,
+            None => panic!("{what}: no leader within {timeout:?}\n{}", self.logs()),
+        }
     }
 
     /// Waits until every running node has applied the same index, at least
@@ -529,4 +565,22 @@ impl Drop for Cluster {
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_never_handed_out_twice() {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            for p in free_ports(6) {
+                assert!(seen.insert(p), "port {p} handed out twice");
+                // Still free: a node could bind it.
+                TcpListener::bind(("127.0.0.1", p)).expect("a free port");
+            }
+        }
+        assert!(seen.insert(free_port()));
+    }
 }
