@@ -61,7 +61,9 @@ pub struct LinkProxy {
 
 impl LinkProxy {
     pub fn start(target: &str) -> LinkProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        // Not bind(0): that could return a node port that `free_ports` has
+        // picked and let go, before the node binds it.
+        let listener = TcpListener::bind(("127.0.0.1", super::free_port())).expect("bind proxy");
         listener.set_nonblocking(true).expect("nonblocking");
         let listen = listener.local_addr().expect("addr").to_string();
         let state = Arc::new(State {
