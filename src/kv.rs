@@ -67,7 +67,7 @@ use byteorder::{ByteOrder, LittleEndian, ReadBytesExt, WriteBytesExt};
 
 use crate::protocol::{ErrorCode, Reply, MAX_VALUE};
 use crate::raft::NodeId;
-use crate::sessions::{SessionLimits, Sessions};
+use crate::sessions::{read_bytes, SessionLimits, Sessions};
 
 /// A write command, as proposed to Raft.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -776,15 +776,6 @@ impl KvStore {
         fn bad(what: &str) -> io::Error {
             io::Error::new(io::ErrorKind::InvalidData, format!("snapshot data: {what}"))
         }
-        fn read_vec(r: &mut impl Read, max: u32) -> io::Result<Vec<u8>> {
-            let n = r.read_u32::<LittleEndian>()?;
-            if n > max {
-                return Err(bad("length out of range"));
-            }
-            let mut v = vec![0; n as usize];
-            r.read_exact(&mut v)?;
-            Ok(v)
-        }
         let mut magic = [0u8; 4];
         r.read_exact(&mut magic)?;
         let version = r.read_u32::<LittleEndian>()?;
@@ -800,7 +791,7 @@ impl KvStore {
         }
         for _ in 0..r.read_u64::<LittleEndian>()? {
             let id = r.read_u64::<LittleEndian>()?;
-            let addr = String::from_utf8(read_vec(r, 4096)?).map_err(|_| bad("address"))?;
+            let addr = String::from_utf8(read_bytes(r, 4096, bad)?).map_err(|_| bad("address"))?;
             cluster.members.insert(id, addr);
         }
         if version >= 2 {
@@ -811,8 +802,8 @@ impl KvStore {
         self.cluster = cluster;
         let n = r.read_u64::<LittleEndian>()?;
         for _ in 0..n {
-            let k = read_vec(r, 1 << 16)?;
-            let v = read_vec(r, 1 << 24)?;
+            let k = read_bytes(r, 1 << 16, bad)?;
+            let v = read_bytes(r, 1 << 24, bad)?;
             self.map.put(k, v);
         }
         if version >= 3 {

@@ -409,7 +409,14 @@ fn encode_reply(reply: &Reply, w: &mut impl Write) -> io::Result<()> {
     }
 }
 
-fn read_bytes(r: &mut impl Read, max: u32) -> io::Result<Vec<u8>> {
+/// Reads a `u32` length and that many bytes, refusing a length over `max`
+/// before allocating. `bad` makes the error, so that it says which part of
+/// a snapshot is damaged (the KV store's restore uses this too).
+pub(crate) fn read_bytes(
+    r: &mut impl Read,
+    max: u32,
+    bad: fn(&str) -> io::Error,
+) -> io::Result<Vec<u8>> {
     let n = r.read_u32::<LittleEndian>()?;
     if n > max {
         return Err(bad("length out of range"));
@@ -420,7 +427,7 @@ fn read_bytes(r: &mut impl Read, max: u32) -> io::Result<Vec<u8>> {
 }
 
 fn read_text(r: &mut impl Read) -> io::Result<String> {
-    String::from_utf8(read_bytes(r, MAX_MESSAGE)?).map_err(|_| bad("text is not UTF-8"))
+    String::from_utf8(read_bytes(r, MAX_MESSAGE, bad)?).map_err(|_| bad("text is not UTF-8"))
 }
 
 fn decode_reply(r: &mut impl Read) -> io::Result<Reply> {
@@ -429,8 +436,8 @@ fn decode_reply(r: &mut impl Read) -> io::Result<Reply> {
         R_DELETED => Reply::Deleted,
         R_NOT_FOUND => Reply::NotFound,
         R_PONG => Reply::Pong,
-        R_VALUE => Reply::Value(Arc::from(read_bytes(r, MAX_VALUE as u32)?)),
-        R_MISMATCH => Reply::Mismatch(read_bytes(r, MAX_VALUE as u32)?),
+        R_VALUE => Reply::Value(Arc::from(read_bytes(r, MAX_VALUE as u32, bad)?)),
+        R_MISMATCH => Reply::Mismatch(read_bytes(r, MAX_VALUE as u32, bad)?),
         R_STATUS => Reply::Status(read_text(r)?),
         R_ERROR => {
             let code = ErrorCode::from_u8(r.read_u8()?).ok_or_else(|| bad("error code"))?;
