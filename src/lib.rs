@@ -270,7 +270,35 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
         name: "peer listener",
         source,
     })?;
-    // The listener runs first: peers with an empty data dir may be asking
+    // Clients are served from here on. Until the data dir is open (a new
+    // cluster's member may wait a long time for its peers) they get PING,
+    // a STATUS that says `starting=1`, and `ERR NO_LEADER` for the rest.
+    let (req_tx, req_rx) = unbounded();
+    let (status_tx, status_rx) = unbounded();
+    let (snap_tx, snap_rx) = unbounded();
+    let server = server::serve(
+        client_listener,
+        server::Config {
+            id: cfg.id,
+            requests: req_tx,
+            status: status_tx,
+            snapshots: snap_tx,
+            shared: shared.clone(),
+            metrics: metrics.clients.clone(),
+            timeout: Duration::from_millis(cfg.request_timeout_ms),
+            tls: client_tls,
+            auth_token,
+            max_clients: sec.max_clients,
+            session_limits: cfg.session_limits,
+            resp: resp_listener,
+            raft_addrs: Arc::new(cfg.peers.clone()),
+        },
+    )
+    .map_err(|source| StartError::Thread {
+        name: "client listener",
+        source,
+    })?;
+    // The peer listener runs first: peers with an empty data dir may be asking
     // this node, as it may ask them, whether a cluster already runs.
     let rec = datadir::open(&cfg.data_dir, cfg.id, &cfg.peers, cfg.join, || {
         discovery::discover(cfg.id, &cfg.peers, peer_tls.as_deref())
@@ -285,13 +313,10 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
     rc.trust_every_peer = debug::trust_every_peer();
     let raw = RawNode::new(&rc, rec.storage.clone())?;
 
-    let (req_tx, req_rx) = unbounded();
     let (ready_tx, ready_rx) = bounded(1);
     let (advance_tx, advance_rx) = bounded(1);
     let (conf_tx, conf_rx) = bounded(1);
     let (reads_tx, reads_rx) = unbounded();
-    let (status_tx, status_rx) = unbounded();
-    let (snap_tx, snap_rx) = unbounded();
     let (stop_tx, stop_rx) = bounded(1);
 
     let applier = apply::Applier::new(
@@ -363,28 +388,6 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
             }
         })?;
     }
-    let server = server::serve(
-        client_listener,
-        server::Config {
-            id: cfg.id,
-            requests: req_tx,
-            status: status_tx,
-            snapshots: snap_tx,
-            shared,
-            metrics: metrics.clients.clone(),
-            timeout: Duration::from_millis(cfg.request_timeout_ms),
-            tls: client_tls,
-            auth_token,
-            max_clients: sec.max_clients,
-            session_limits: cfg.session_limits,
-            resp: resp_listener,
-            raft_addrs: Arc::new(cfg.peers.clone()),
-        },
-    )
-    .map_err(|source| StartError::Thread {
-        name: "client listener",
-        source,
-    })?;
     Ok(Running {
         node,
         ready,

@@ -146,6 +146,12 @@ impl Shared {
         self.keys.store(n, Ordering::Relaxed);
     }
 
+    /// Whether the data dir is open. Before, the node may be waiting for
+    /// its peers (a new cluster) or replaying its log, and runs no Raft.
+    pub fn started(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
     /// `(term, last index)` once the data dir is open, `None` before.
     pub fn persisted(&self) -> Option<(u64, u64)> {
         self.running.load(Ordering::Acquire).then(|| {

@@ -242,6 +242,72 @@ fn random_bytes_on_the_peer_port_do_not_disturb_the_cluster() {
     }
 }
 
+/// A member of a new cluster waits until every member in `--peers` has
+/// answered its start-up probe. Meanwhile it must still say that it lives
+/// and what it is doing, and refuse work at once instead of hanging.
+#[test]
+fn a_member_waiting_for_its_peers_answers_ping_and_status_and_refuses_the_rest() {
+    let _g = serial();
+    let mut c = Cluster::new(3, FAST);
+    let resp_addr = format!("127.0.0.1:{}", free_port());
+    let args = &mut c.node_mut(1).args;
+    args.extend(["--resp-addr".to_string(), resp_addr.clone()]);
+    c.node_mut(1).spawn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut cl = loop {
+        match c.node(1).client() {
+            Ok(cl) => break cl,
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("node 1 does not take clients: {e}\n{}", c.logs()),
+        }
+    };
+    cl.set_timeout(Duration::from_secs(2));
+    assert_eq!(cl.request("PING").unwrap(), "PONG");
+    assert_eq!(
+        cl.request("STATUS").unwrap(),
+        "STATUS id=1 role=follower term=0 leader=0 commit=0 applied=0 last=0 snapshot=0 \
+         members=1,2,3 starting=1"
+    );
+    for req in ["PUT k v", "GET k", "SESSION", "INCR n"] {
+        let r = cl.request(req).unwrap();
+        assert!(
+            r.starts_with("ERR NO_LEADER this node is starting"),
+            "{req}: {r}"
+        );
+    }
+    // The Redis port too: PING, INFO from the same local view, errors.
+    let mut redis = TcpStream::connect(&resp_addr).unwrap();
+    redis
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut ask = |req: &[u8]| -> String {
+        redis.write_all(req).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = redis.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(ask(b"*1\r\n$4\r\nPING\r\n"), "+PONG\r\n");
+    let set = ask(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n");
+    assert!(set.starts_with("-NO_LEADER this node is starting"), "{set}");
+    let info = ask(b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n");
+    assert!(info.contains("raft_term:0\r\n"), "{info}");
+    assert!(info.contains("raft_leader_id:0\r\n"), "{info}");
+
+    // Still waiting a second later: the cluster needs all three.
+    thread::sleep(Duration::from_secs(1));
+    assert!(cl.request("STATUS").unwrap().ends_with(" starting=1"));
+
+    // The others come, the cluster starts, and the same connection is served.
+    c.node_mut(2).spawn();
+    c.node_mut(3).spawn();
+    c.expect_leader(Duration::from_secs(10), "a leader once all three run");
+    assert_eq!(cl.request("PUT k v").unwrap(), "OK");
+    assert_eq!(cl.request("GET k").unwrap(), "VALUE v");
+    let status = cl.request("STATUS").unwrap();
+    assert!(!status.contains("starting"), "{status}");
+    assert!(!status.contains("term=0 "), "{status}");
+}
+
 fn run_expect_failure(args: &[&str]) -> String {
     let out = Command::new(binary())
         .args(args)

@@ -186,6 +186,11 @@ pub fn serve(listener: StdListener, mut cfg: Config) -> io::Result<Server> {
     })
 }
 
+/// Why a request gets `ERR NO_LEADER` before the data dir is open.
+const STARTING: &str = "this node is starting: it opens its data dir, or, as a member of a new \
+                        cluster, waits until every member in --peers has been started once \
+                        (its log says which); try again or ask another member";
+
 fn shutting_down() -> Reply {
     Reply::error(ErrorCode::Unavailable, "node is shutting down")
 }
@@ -503,6 +508,35 @@ impl IoThread {
         (seq, self.reply_to(token, seq))
     }
 
+    /// The answer to `req` before the data dir is open, when no Raft runs
+    /// yet: `PING` and `STATUS` are answered (liveness, and a local view
+    /// that says `starting=1`), everything else gets `ERR NO_LEADER` at once
+    /// instead of waiting, and nothing is queued for later.
+    fn while_starting(&self, req: &Request) -> Reply {
+        match req {
+            Request::Ping => Reply::Pong,
+            Request::Status => Reply::Status(self.starting_status()),
+            _ => Reply::error(ErrorCode::NoLeader, STARTING),
+        }
+    }
+
+    /// The STATUS line of a node that has not opened its data dir: no term,
+    /// no log, no leader; `members` are the ids of `--peers`.
+    fn starting_status(&self) -> String {
+        let peers: Vec<String> = self
+            .cfg
+            .raft_addrs
+            .keys()
+            .map(|id| id.to_string())
+            .collect();
+        format!(
+            "STATUS id={} role=follower term=0 leader=0 commit=0 applied=0 last=0 snapshot=0 \
+             members={} starting=1",
+            self.cfg.id,
+            peers.join(",")
+        )
+    }
+
     /// Starts one request line.
     fn start(&mut self, c: &mut Conn, token: usize, line: &[u8], now: Instant) {
         let parsed = protocol::parse(line);
@@ -536,6 +570,10 @@ impl IoThread {
         }
         if !c.authed {
             c.open_slot(answered(noauth()));
+            return;
+        }
+        if !self.cfg.shared.started() {
+            c.open_slot(answered(self.while_starting(&req)));
             return;
         }
         let local = matches!(req, Request::Ping | Request::Status);

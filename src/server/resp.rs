@@ -264,7 +264,18 @@ impl IoThread {
             action,
             Action::Answer(_) | Action::AnswerAndClose(_) | Action::Info(_)
         );
-        let action = if !local && self.cfg.shared.stopping() {
+        let action = if !self.cfg.shared.started() {
+            match action {
+                Action::Info(ctx) => {
+                    let deadline = now + self.cfg.timeout;
+                    let (seq, _) = self.await_reply(c, token, false, Shape::Info(ctx), deadline);
+                    c.fill(seq, Reply::Status(self.starting_status()));
+                    return;
+                }
+                a @ (Action::Answer(_) | Action::AnswerAndClose(_)) => a,
+                _ => Action::Answer(slot_for(Reply::error(ErrorCode::NoLeader, super::STARTING))),
+            }
+        } else if !local && self.cfg.shared.stopping() {
             Action::Answer(slot_for(shutting_down()))
         } else if !local && self.cfg.shared.removed() {
             let msg = "this node was removed from the cluster; use another member";

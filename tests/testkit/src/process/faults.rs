@@ -252,7 +252,15 @@ pub fn wait_serving_voter(
         match line {
             Ok(line) => {
                 let st = Status::parse(&line);
+                let starting = st
+                    .as_ref()
+                    .is_some_and(|st| st.fields.get("starting").is_some_and(|v| v == "1"));
                 out.last_status = line;
+                if starting {
+                    // Answered before the data dir is open: not yet.
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
                 if out.answering_after.is_none() {
                     out.answering_after = Some(since.elapsed());
                 }
