@@ -253,6 +253,9 @@ impl IoThread {
                             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                                 c.maybe_readable = true;
                             }
+                            if ev.is_read_closed() || ev.is_error() {
+                                c.peer_closed = true;
+                            }
                             touched.push(t);
                         }
                     }
