@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use log::{info, warn};
 
+use crate::bell::Waking;
 use crate::datadir::{to_wal_entry, to_wal_hard_state, Recovered};
 use crate::error::Fatal;
 use crate::kv::{decode_command, decode_conf_context, Command, KvStore};
@@ -53,10 +54,10 @@ const SLOW_READY: Duration = Duration::from_millis(100);
 /// Channels of the ready thread.
 pub struct ApplyChannels {
     pub ready: Receiver<Ready>,
-    pub advance: Sender<()>,
+    pub advance: Waking<()>,
     /// Conf changes to apply on the node thread, with where to send the
     /// resulting membership.
-    pub conf: Sender<(ConfChange, Sender<ConfState>)>,
+    pub conf: Waking<(ConfChange, Sender<ConfState>)>,
     pub read_notices: Receiver<ReadNotice>,
     pub snapshot_requests: Receiver<ReplyTx>,
 }

@@ -27,6 +27,7 @@
 //! ```
 
 pub mod apply;
+pub mod bell;
 pub mod client;
 pub mod datadir;
 pub mod debug;
@@ -56,7 +57,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, unbounded, Sender};
+use crossbeam_channel::{bounded, unbounded};
 
 pub use crate::error::{Fatal, StartError};
 use crate::raft::{Config, NodeId, RawNode};
@@ -145,13 +146,13 @@ fn read_token(path: &std::path::Path) -> Result<Vec<u8>, StartError> {
 pub struct Running {
     node: thread::JoinHandle<()>,
     ready: thread::JoinHandle<Result<(), Fatal>>,
-    stop: Sender<()>,
+    stop: bell::Waking<()>,
     server: server::Server,
 }
 
 /// Asks a running node to stop gracefully; cheap to clone and send.
 #[derive(Clone)]
-pub struct Stopper(Sender<()>);
+pub struct Stopper(bell::Waking<()>);
 
 impl Stopper {
     /// Starts a graceful stop (see `node.rs`); [`Running::wait`] returns
@@ -251,6 +252,8 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
         .unwrap_or(0);
     shared.pending().start_ids_at(now_ms << 22);
     let inbox = Arc::new(Inbox::new(cfg.data_dir.join(datadir::INCOMING_DIR)));
+    // Everything sent to the node thread rings its bell (`bell.rs`).
+    let bell = Arc::new(bell::Bell::default());
     let (inbound_tx, inbound_rx) = bounded(8192);
     let (report_tx, report_rx) = bounded(1024);
     let transport = transport::Transport::start(
@@ -261,8 +264,8 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
             metrics: metrics.network.clone(),
         },
         peer_listener,
-        inbound_tx,
-        report_tx,
+        bell.waking(inbound_tx),
+        bell.waking(report_tx),
         shared.clone(),
         inbox.clone(),
     )
@@ -280,8 +283,8 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
         client_listener,
         server::Config {
             id: cfg.id,
-            requests: req_tx,
-            status: status_tx,
+            requests: bell.waking(req_tx),
+            status: bell.waking(status_tx),
             snapshots: snap_tx,
             shared: shared.clone(),
             metrics: metrics.clients.clone(),
@@ -327,8 +330,8 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
         inbox,
         apply::ApplyChannels {
             ready: ready_rx,
-            advance: advance_tx,
-            conf: conf_tx,
+            advance: bell.waking(advance_tx),
+            conf: bell.waking(conf_tx),
             read_notices: reads_rx,
             snapshot_requests: snap_rx,
         },
@@ -355,6 +358,7 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
             conf: conf_rx,
             status: status_rx,
             stop: stop_rx,
+            bell: bell.clone(),
         },
         policy::Policy::new(shared.clone(), reads_tx, metrics.server.clone()),
         shared.clone(),
@@ -391,7 +395,7 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
     Ok(Running {
         node,
         ready,
-        stop: stop_tx,
+        stop: bell.waking(stop_tx),
         server,
     })
 }

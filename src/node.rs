@@ -3,16 +3,20 @@
 //!
 //! A single loop selects over
 //!
-//! - the tick channel (the only clock the core ever sees);
+//! - the clock (the only one the core ever sees), one tick per interval;
 //! - client requests. Like etcd's `propc = nil`, this arm is switched off
-//!   with `never()` while no leader is known, and while this node is handing
-//!   its leadership over, so requests wait in the channel rather than being
+//!   while no leader is known, and while this node is handing its
+//!   leadership over, so requests wait in the channel rather than being
 //!   refused;
 //! - inbound peer messages and transport reports;
 //! - advance, from the ready thread (`apply.rs`), armed only while a Ready
 //!   is out;
 //! - conf changes the ready thread is applying;
 //! - status requests and stop.
+//!
+//! The select is a sweep over the channels with `try_recv`, and the thread
+//! parks when all are empty; every sender rings the node's bell after it
+//! sends (`bell.rs` says why this beats crossbeam's `select!` here).
 //!
 //! At the top of every iteration, if the core has a Ready and none is out,
 //! it is handed to the ready thread, so there is at most one Ready in flight
@@ -28,11 +32,13 @@
 //! fails the rest with `ERR UNAVAILABLE`, and returns. The ready thread then
 //! finishes its Ready and closes the WAL.
 
+use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{never, select, tick, Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use log::{info, warn};
 
+use crate::bell::Bell;
 use crate::policy::{NodeRequest, Policy};
 use crate::protocol::{ErrorCode, Reply};
 use crate::raft::{
@@ -116,6 +122,8 @@ pub struct NodeChannels {
     /// STATUS requests, answered with the STATUS line.
     pub status: Receiver<ReplyTx>,
     pub stop: Receiver<()>,
+    /// Rung by every sender to the channels above (`bell.rs`).
+    pub bell: Arc<Bell>,
 }
 
 /// How many queued inbound messages one iteration steps at most before it
@@ -124,6 +132,14 @@ const MAX_INBOUND_BATCH: usize = 8192;
 
 /// How long a stopping node waits for requests in flight to be answered.
 const DRAIN: Duration = Duration::from_secs(2);
+
+/// What one look at every source found.
+enum Sweep {
+    Worked,
+    /// Nothing to do: park until a bell or the next tick.
+    Idle,
+    ReadyThreadGone,
+}
 
 /// Where a graceful stop is.
 enum Stopping {
@@ -168,9 +184,8 @@ impl NodeLoop {
     }
 
     pub fn run(mut self) {
-        let ticker = tick(self.tick);
-        let never_req = never::<Vec<NodeRequest>>();
-        let never_adv = never::<()>();
+        self.ch.bell.attach();
+        let mut next_tick = Instant::now() + self.tick;
         loop {
             if !self.outstanding && self.raw.has_ready() {
                 let rd = self.raw.ready();
@@ -187,64 +202,93 @@ impl NodeLoop {
             if self.stop_progressed() {
                 return;
             }
-            let accepting =
-                self.raw.soft_state().leader != NO_NODE && self.raw.lead_transferee() == NO_NODE;
-            let requests = if accepting {
-                &self.ch.requests
-            } else {
-                &never_req
-            };
-            let advance = if self.outstanding {
-                &self.ch.advance
-            } else {
-                &never_adv
-            };
-            select! {
-                recv(ticker) -> _ => {
-                    self.raw.tick();
-                    self.policy.tick(&mut self.raw);
+            match self.sweep(&mut next_tick) {
+                Sweep::Worked => {}
+                Sweep::Idle => {
+                    thread::park_timeout(next_tick.saturating_duration_since(Instant::now()))
                 }
-                recv(requests) -> r => {
-                    if let Ok(r) = r {
-                        self.policy.requests(&mut self.raw, r, &self.ch.requests);
-                    }
-                }
-                recv(self.ch.inbound) -> m => {
-                    if let Ok(m) = m {
-                        self.raw.step(m);
-                        // Take in everything already queued before building a Ready.
-                        for m in self.ch.inbound.try_iter().take(MAX_INBOUND_BATCH) {
-                            self.raw.step(m);
-                        }
-                    }
-                }
-                recv(self.ch.reports) -> r => match r {
-                    Ok(Report::Unreachable(id)) => self.raw.report_unreachable(id),
-                    Ok(Report::Snapshot(id, ok)) => self.raw.report_snapshot(id, ok),
-                    Err(_) => {}
-                },
-                recv(advance) -> r => {
-                    if r.is_err() {
-                        return; // the ready thread is gone
-                    }
+                Sweep::ReadyThreadGone => return,
+            }
+        }
+    }
+
+    /// Looks at every source once, in this order, and takes what it has:
+    /// the clock, advance, conf changes, inbound messages, transport
+    /// reports, client requests, STATUS and stop. This is etcd's
+    /// `node.run` select, with the same arms switched off: advance while
+    /// no Ready is out, requests while no leader is known or leadership is
+    /// being handed over (they wait in their channel, like etcd's
+    /// `propc = nil`). One sweep may take several arms, so what they all
+    /// produced goes into one Ready.
+    fn sweep(&mut self, next_tick: &mut Instant) -> Sweep {
+        let mut worked = false;
+        let now = Instant::now();
+        if now >= *next_tick {
+            self.raw.tick();
+            self.policy.tick(&mut self.raw);
+            *next_tick += self.tick;
+            if *next_tick <= now {
+                *next_tick = now + self.tick; // fell behind: no burst of ticks
+            }
+            worked = true;
+        }
+        if self.outstanding {
+            match self.ch.advance.try_recv() {
+                Ok(()) => {
                     self.raw.advance();
                     self.outstanding = false;
+                    worked = true;
                 }
-                recv(self.ch.conf) -> c => {
-                    if let Ok((cc, reply)) = c {
-                        let cs = self.raw.apply_conf_change(&cc);
-                        self.policy.conf_change_applied(&cc, &cs);
-                        let _ = reply.send(cs);
-                    }
-                }
-                recv(self.ch.status) -> s => {
-                    if let Ok(reply) = s {
-                        let line = self.status().line(self.shared.snapshot_index());
-                        reply.send(Reply::Status(line));
-                    }
-                }
-                recv(self.ch.stop) -> _ => self.begin_stop(),
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => return Sweep::ReadyThreadGone,
             }
+        }
+        if let Ok((cc, reply)) = self.ch.conf.try_recv() {
+            let cs = self.raw.apply_conf_change(&cc);
+            self.policy.conf_change_applied(&cc, &cs);
+            let _ = reply.send(cs);
+            worked = true;
+        }
+        let mut stepped = 0;
+        for m in self.ch.inbound.try_iter().take(MAX_INBOUND_BATCH) {
+            self.raw.step(m);
+            stepped += 1;
+        }
+        worked |= stepped > 0;
+        for r in self.ch.reports.try_iter() {
+            match r {
+                Report::Unreachable(id) => self.raw.report_unreachable(id),
+                Report::Snapshot(id, ok) => self.raw.report_snapshot(id, ok),
+            }
+            worked = true;
+        }
+        // After the inbound messages: they may have named a leader.
+        let accepting =
+            self.raw.soft_state().leader != NO_NODE && self.raw.lead_transferee() == NO_NODE;
+        if accepting {
+            if let Ok(r) = self.ch.requests.try_recv() {
+                self.policy.requests(&mut self.raw, r, &self.ch.requests);
+                worked = true;
+            }
+        }
+        for reply in self.ch.status.try_iter() {
+            let line = self.status().line(self.shared.snapshot_index());
+            reply.send(Reply::Status(line));
+            worked = true;
+        }
+        match self.ch.stop.try_recv() {
+            Ok(()) => {
+                self.begin_stop();
+                worked = true;
+            }
+            // Whoever could stop the node is gone: stop, as `select!` did.
+            Err(TryRecvError::Disconnected) => self.begin_stop(),
+            Err(TryRecvError::Empty) => {}
+        }
+        if worked {
+            Sweep::Worked
+        } else {
+            Sweep::Idle
         }
     }
 

@@ -53,6 +53,7 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::bell::Waking;
 use crate::kv::{encode_command, encode_conf_context, Command, RequestId};
 use crate::metrics::{ClientMetrics, Cmd};
 use crate::policy::NodeRequest;
@@ -78,9 +79,9 @@ const FIRST_CONN: usize = 3;
 pub struct Config {
     pub id: NodeId,
     /// Requests for the node thread, a batch at a time.
-    pub requests: Sender<Vec<NodeRequest>>,
+    pub requests: Waking<Vec<NodeRequest>>,
     /// STATUS requests for the node thread.
-    pub status: Sender<ReplyTx>,
+    pub status: Waking<ReplyTx>,
     /// SNAPSHOT requests for the ready thread.
     pub snapshots: Sender<ReplyTx>,
     pub shared: Arc<Shared>,

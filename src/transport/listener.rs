@@ -27,13 +27,13 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use log::{debug, info};
 
 use super::codec::{
     self, read_frame, DecodeError, FrameError, ProbeReply, SnapshotHeader, Verdict,
 };
 use super::HANDSHAKE_TIMEOUT;
+use crate::bell::Waking;
 use crate::metrics::{NetworkMetrics, PeerMetrics};
 use crate::raft::{Message, MessageBody, NodeId};
 use crate::shared::{Membership, Shared};
@@ -58,7 +58,7 @@ pub struct Context {
     pub me: NodeId,
     pub tls: Option<Arc<PeerTls>>,
     pub listed: BTreeSet<NodeId>,
-    pub inbound: Sender<Message>,
+    pub inbound: Waking<Message>,
     pub inbox: Arc<Inbox>,
     pub shared: Arc<Shared>,
     pub open: Counts,

@@ -50,6 +50,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use log::{debug, info, warn};
 
+use crate::bell::Waking;
 use crate::datadir::from_wal_meta;
 use crate::metrics::{NetworkMetrics, PeerMetrics};
 use crate::raft::{Message, MessageBody, NodeId};
@@ -131,7 +132,7 @@ pub struct Transport {
     id: NodeId,
     tls: Option<Arc<PeerTls>>,
     peers: Mutex<HashMap<NodeId, Peer>>,
-    reports: Sender<Report>,
+    reports: Waking<Report>,
     /// Where the current snapshot file and the cluster ID are published.
     shared: Arc<Shared>,
     /// Nodes we were asked to message but have no address for (warned once).
@@ -149,8 +150,8 @@ impl Transport {
     pub fn start(
         cfg: Config,
         listener: TcpListener,
-        inbound: Sender<Message>,
-        reports: Sender<Report>,
+        inbound: Waking<Message>,
+        reports: Waking<Report>,
         shared: Arc<Shared>,
         inbox: Arc<Inbox>,
     ) -> io::Result<Arc<Transport>> {
@@ -415,7 +416,7 @@ struct PeerSender {
     to: NodeId,
     addr: Arc<Mutex<String>>,
     tls: Option<Arc<PeerTls>>,
-    reports: Sender<Report>,
+    reports: Waking<Report>,
     shared: Arc<Shared>,
     link: Arc<Link>,
     metrics: Arc<PeerMetrics>,
