@@ -4,17 +4,19 @@
 //!
 //! 1. send `messages`: a leader's appends go out before its own disk write
 //!    (thesis §10.2.1);
-//! 2. persist: a received snapshot first, then entries and hard state in one
+//! 2. apply the committed entries this node had already persisted to the
+//!    KV store, answering this node's clients, and serve the reads this
+//!    unlocks: none of it waits for this Ready's fsync. Conf changes go to
+//!    the node thread, which owns the core, and their addresses to the
+//!    transport;
+//! 3. persist: a received snapshot first, then entries and hard state in one
 //!    WAL write with one fdatasync when `must_sync` (group commit: every
 //!    entry of the Ready shares that fsync); then make them visible in
 //!    `MemStorage`;
-//! 3. send `persisted_messages`: acknowledgements and votes, which promise
+//! 4. send `persisted_messages`: acknowledgements and votes, which promise
 //!    durability;
-//! 4. apply committed entries to the KV store, answering this node's
-//!    clients; conf changes go to the node thread, which owns the core, and
-//!    their addresses to the transport;
-//! 5. serve reads whose read index is now applied, maybe start a snapshot,
-//!    and signal advance.
+//! 5. apply committed entries that were persisted only in step 3, serve
+//!    reads, maybe start a snapshot, and signal advance.
 //!
 //! Between Readies the loop also commits snapshots written in the
 //! background and takes `SNAPSHOT` requests (`snapshots.rs`).
@@ -39,7 +41,8 @@ use crate::metrics::fsync_log::FsyncLog;
 use crate::metrics::{DiskMetrics, Metrics, ServerMetrics};
 use crate::protocol::{ErrorCode, Reply};
 use crate::raft::{
-    ConfChange, ConfChangeKind, ConfState, Entry, EntryKind, MemStorage, NodeId, Ready, Storage,
+    ConfChange, ConfChangeKind, ConfState, Entry, EntryKind, MemStorage, NodeId, ReadState, Ready,
+    Storage,
 };
 use crate::reads::{ReadNotice, ReadQueue};
 use crate::reply::ReplyTx;
@@ -179,9 +182,7 @@ impl Applier {
             }
         }
         let reply = Reply::error(ErrorCode::Unavailable, "node is shutting down");
-        while let Ok(n) = self.ch.read_notices.try_recv() {
-            self.reads.notice(n);
-        }
+        self.take_read_notices();
         self.reads.fail_all(&reply);
         info!("ready loop stopped; closing the WAL");
         Ok(())
@@ -192,7 +193,36 @@ impl Applier {
         let (n_entries, n_committed) = (rd.entries.len(), rd.committed_entries.len());
         // 1. A leader's messages do not wait for its own disk.
         self.transport.send(rd.messages);
-        // 2. Persist.
+        // 2. Committed entries this node had persisted before this Ready
+        //    are applied, and their clients answered, before its disk
+        //    write: etcd's raftNode hands them to the apply loop first,
+        //    too. The rest (entries that arrive and commit in one Ready: a
+        //    one-node cluster, a follower catching up, or anything after a
+        //    snapshot) wait for the write, so that the applied index never
+        //    passes what the WAL holds and a snapshot never covers an
+        //    entry the log could lose.
+        let mut committed = rd.committed_entries;
+        let after_write = if rd.snapshot.is_none() {
+            // In the WAL as they are: below this Ready's first entry, which
+            // may overwrite a conflicting tail.
+            let mut in_wal = self.storage.last_index();
+            if let Some(first) = rd.entries.first() {
+                in_wal = in_wal.min(first.index.saturating_sub(1));
+            }
+            let first_unstable = committed
+                .iter()
+                .position(|e| e.index > in_wal)
+                .unwrap_or(committed.len());
+            let later = committed.split_off(first_unstable);
+            self.apply_all(std::mem::take(&mut committed));
+            self.take_read_states(rd.read_states);
+            self.serve_reads();
+            later
+        } else {
+            self.take_read_states(rd.read_states);
+            committed
+        };
+        // 3. Persist.
         if let Some(snap) = &rd.snapshot {
             let file = self.inbox.take(&snap.data).ok_or_else(|| {
                 Fatal::new(
@@ -253,22 +283,11 @@ impl Applier {
             info!("recovery done: the damage marker is cleared");
         }
         let persisted = start.elapsed();
-        // 3. What promises durability goes out only now.
+        // 4. What promises durability goes out only now.
         self.transport.send(rd.persisted_messages);
-        // 4. Apply.
-        for e in rd.committed_entries {
-            self.apply_entry(e);
-        }
-        self.shared.publish_sessions(self.kv.sessions().len());
-        self.shared.publish_keys(self.kv.len() as u64);
-        // 5. Reads, snapshots, advance.
-        while let Ok(n) = self.ch.read_notices.try_recv() {
-            self.reads.notice(n);
-        }
-        for rs in rd.read_states {
-            self.reads.read_state(rs);
-        }
-        self.reads.serve(self.applied, &self.kv);
+        // 5. Apply the rest; reads, snapshots, advance.
+        self.apply_all(after_write);
+        self.serve_reads();
         if self.snapshots.due(self.applied, &self.kv) {
             self.start_snapshot()?;
         }
@@ -276,12 +295,45 @@ impl Applier {
         if took > SLOW_READY {
             warn!(
                 "a Ready took {took:?}: {persisted:?} to persist {n_entries} entries, \
-                 {:?} to apply {n_committed}; heartbeats wait meanwhile",
+                 {:?} to apply {n_committed} and serve reads; heartbeats wait meanwhile",
                 took - persisted
             );
         }
         let _ = self.ch.advance.send(());
         Ok(())
+    }
+
+    /// Applies committed entries, answering this node's clients.
+    fn apply_all(&mut self, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        for e in entries {
+            self.apply_entry(e);
+        }
+        self.shared.publish_sessions(self.kv.sessions().len());
+        self.shared.publish_keys(self.kv.len() as u64);
+    }
+
+    /// Takes the read indexes of a Ready. The node thread announced their
+    /// batches before it built the Ready, so the notices are read first.
+    fn take_read_states(&mut self, states: Vec<ReadState>) {
+        self.take_read_notices();
+        for rs in states {
+            self.reads.read_state(rs);
+        }
+    }
+
+    fn take_read_notices(&mut self) {
+        while let Ok(n) = self.ch.read_notices.try_recv() {
+            self.reads.notice(n);
+        }
+    }
+
+    /// Serves the reads whose read index is applied.
+    fn serve_reads(&mut self) {
+        self.take_read_notices();
+        self.reads.serve(self.applied, &self.kv);
     }
 
     fn start_snapshot(&mut self) -> Result<(), Fatal> {
