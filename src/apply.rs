@@ -45,7 +45,7 @@ use crate::raft::{
     Storage,
 };
 use crate::reads::{ReadNotice, ReadQueue};
-use crate::reply::ReplyTx;
+use crate::reply::{Outbox, ReplyTx};
 use crate::shared::{Membership, Shared};
 use crate::snapshots::{Inbox, Snapshots};
 use crate::transport::Transport;
@@ -63,6 +63,9 @@ pub struct ApplyChannels {
     pub conf: Waking<(ConfChange, Sender<ConfState>)>,
     pub read_notices: Receiver<ReadNotice>,
     pub snapshot_requests: Receiver<ReplyTx>,
+    /// Where client replies go: held while a batch is applied, so that its
+    /// replies leave together (`reply.rs`).
+    pub replies: Arc<Outbox>,
 }
 
 /// What the ready thread owns: the WAL, the state machine and the reads.
@@ -214,9 +217,11 @@ impl Applier {
                 .position(|e| e.index > in_wal)
                 .unwrap_or(committed.len());
             let later = committed.split_off(first_unstable);
+            self.ch.replies.hold();
             self.apply_all(std::mem::take(&mut committed));
             self.take_read_states(rd.read_states);
             self.serve_reads();
+            self.ch.replies.release();
             later
         } else {
             self.take_read_states(rd.read_states);
@@ -286,8 +291,10 @@ impl Applier {
         // 4. What promises durability goes out only now.
         self.transport.send(rd.persisted_messages);
         // 5. Apply the rest; reads, snapshots, advance.
+        self.ch.replies.hold();
         self.apply_all(after_write);
         self.serve_reads();
+        self.ch.replies.release();
         if self.snapshots.due(self.applied, &self.kv) {
             self.start_snapshot()?;
         }

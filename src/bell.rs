@@ -115,7 +115,10 @@ mod tests {
         Waking::new(tx, bell).send(7).expect("receiver alive");
         let (v, waited) = waiter.join().expect("waiter");
         assert_eq!(v, 7);
-        assert!(waited < Duration::from_secs(5), "woken only by the timeout: {waited:?}");
+        assert!(
+            waited < Duration::from_secs(5),
+            "woken only by the timeout: {waited:?}"
+        );
     }
 
     #[test]

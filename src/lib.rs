@@ -334,6 +334,7 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
             conf: bell.waking(conf_tx),
             read_notices: reads_rx,
             snapshot_requests: snap_rx,
+            replies: server.outbox(),
         },
         cfg.peers.clone(),
         cfg.snapshot_entries,

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::protocol::Reply;
 
@@ -34,7 +34,18 @@ pub struct Outbox {
     /// it drains, so a reply pushed after the drain wakes it again.
     woken: AtomicBool,
     wake: Box<dyn Fn() + Send + Sync>,
+    /// Set between [`Outbox::hold`] and [`Outbox::release`].
+    held: AtomicBool,
+    /// Writes the queued replies from the calling thread if the reader is
+    /// idle; false if it could not (see [`Outbox::set_direct`]).
+    direct: OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
 }
+
+/// At most this many replies, held and then released together, are written
+/// by the releasing thread itself; more go to the I/O thread, so that the
+/// ready thread does not spend a large batch's socket writes on its own
+/// path (those writes also wake each client).
+pub const DIRECT_MAX: usize = 4;
 
 impl Outbox {
     /// An outbox that calls `wake` to rouse its reader.
@@ -43,11 +54,48 @@ impl Outbox {
             queue: Mutex::default(),
             woken: AtomicBool::new(false),
             wake: Box::new(wake),
+            held: AtomicBool::new(false),
+            direct: OnceLock::new(),
         }
+    }
+
+    /// How a releasing thread may write replies itself: `direct` writes
+    /// everything queued and returns true, or returns false (the reader is
+    /// busy, or must still look at a connection) and the reader is woken.
+    pub fn set_direct(&self, direct: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.direct.set(Box::new(direct));
     }
 
     fn push(&self, to: Addressee, reply: Reply) {
         lock(&self.queue).push((to, reply));
+        if !self.held.load(Ordering::Acquire) && !self.woken.swap(true, Ordering::AcqRel) {
+            (self.wake)();
+        }
+    }
+
+    /// Replies pushed from now on (by any thread) wait for
+    /// [`Outbox::release`] instead of waking the reader: the ready thread
+    /// holds the outbox while it applies a batch.
+    pub fn hold(&self) {
+        self.held.store(true, Ordering::Release);
+    }
+
+    /// Ends a hold. Up to [`DIRECT_MAX`] queued replies are written by the
+    /// calling thread if the reader is idle; otherwise the reader is woken,
+    /// once.
+    pub fn release(&self) {
+        self.held.store(false, Ordering::Release);
+        let queued = lock(&self.queue).len();
+        if queued == 0 {
+            return;
+        }
+        if queued <= DIRECT_MAX {
+            if let Some(direct) = self.direct.get() {
+                if direct() {
+                    return;
+                }
+            }
+        }
         if !self.woken.swap(true, Ordering::AcqRel) {
             (self.wake)();
         }
@@ -149,6 +197,82 @@ impl Pending {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    /// An outbox whose wakes are counted and whose direct writer counts
+    /// its calls and answers `direct_ok`.
+    fn counted(direct_ok: bool) -> (Arc<Outbox>, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let w = wakes.clone();
+        let outbox = Arc::new(Outbox::new(move || {
+            w.fetch_add(1, Ordering::Relaxed);
+        }));
+        let directs = Arc::new(AtomicUsize::new(0));
+        let d = directs.clone();
+        let o = Arc::downgrade(&outbox);
+        outbox.set_direct(move || {
+            d.fetch_add(1, Ordering::Relaxed);
+            if direct_ok {
+                if let Some(o) = o.upgrade() {
+                    o.drain(&mut Vec::new());
+                }
+            }
+            direct_ok
+        });
+        (outbox, wakes, directs)
+    }
+
+    fn push_n(outbox: &Arc<Outbox>, n: u64) {
+        for seq in 0..n {
+            ReplyTx::new(outbox.clone(), Addressee { conn: 7, seq }).send(Reply::Ok);
+        }
+    }
+
+    #[test]
+    fn a_held_small_batch_is_written_by_the_releasing_thread_without_a_wake() {
+        let (outbox, wakes, directs) = counted(true);
+        outbox.hold();
+        push_n(&outbox, DIRECT_MAX as u64);
+        assert_eq!(wakes.load(Ordering::Relaxed), 0, "no wake while held");
+        outbox.release();
+        assert_eq!(directs.load(Ordering::Relaxed), 1);
+        assert_eq!(wakes.load(Ordering::Relaxed), 0);
+        // Not held: the next reply wakes the reader as before.
+        push_n(&outbox, 1);
+        assert_eq!(wakes.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_held_large_batch_or_a_busy_reader_gets_one_wake() {
+        let (outbox, wakes, directs) = counted(true);
+        outbox.hold();
+        push_n(&outbox, DIRECT_MAX as u64 + 1);
+        outbox.release();
+        assert_eq!(
+            directs.load(Ordering::Relaxed),
+            0,
+            "too many to write directly"
+        );
+        assert_eq!(wakes.load(Ordering::Relaxed), 1);
+
+        let (outbox, wakes, directs) = counted(false);
+        outbox.hold();
+        push_n(&outbox, 1);
+        outbox.release();
+        assert_eq!(directs.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            wakes.load(Ordering::Relaxed),
+            1,
+            "the reader could not be bypassed"
+        );
+        // An empty release does nothing.
+        let (outbox, wakes, directs) = counted(true);
+        outbox.hold();
+        outbox.release();
+        assert_eq!(
+            directs.load(Ordering::Relaxed) + wakes.load(Ordering::Relaxed),
+            0
+        );
+    }
 
     #[test]
     fn a_batch_of_replies_wakes_the_reader_once() {

@@ -418,3 +418,35 @@ fn start_up_errors_are_one_clear_line() {
         assert!(help.contains(flag), "--help does not mention {flag}");
     }
 }
+
+/// A `GET` pipelined behind a `PUT` on one connection waits for the `PUT`'s
+/// reply. That reply is written by the ready thread itself when few replies
+/// leave together (`reply.rs`, `Outbox::release`); the I/O thread must then
+/// still be told to start the waiting `GET`, or it would sit until its
+/// deadline (5 s by default). 300 rounds, each under a second, and one
+/// connection that pipelines 3 puts and a get.
+#[test]
+fn a_get_pipelined_behind_a_put_is_answered_at_once_when_the_put_reply_is_written_directly() {
+    let _g = serial();
+    let c = Cluster::start(3, FAST);
+    let leader = c.expect_leader(Duration::from_secs(10), "a leader");
+    let mut cl = c.node(leader).client().unwrap();
+    cl.set_timeout(Duration::from_secs(10));
+    let mut slowest = Duration::ZERO;
+    for i in 0..300 {
+        let start = Instant::now();
+        cl.send_raw(format!("PUT k{i} v{i}\nGET k{i}\n").as_bytes())
+            .unwrap();
+        assert_eq!(cl.read_line().unwrap(), "OK", "PUT k{i}");
+        assert_eq!(cl.read_line().unwrap(), format!("VALUE v{i}"), "GET k{i}");
+        slowest = slowest.max(start.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a pipelined PUT+GET took {slowest:?}\n{}",
+        c.logs()
+    );
+    cl.send_raw(b"PUT a 1\nPUT b 2\nPUT c 3\nGET b\n").unwrap();
+    let got: Vec<String> = (0..4).map(|_| cl.read_line().unwrap()).collect();
+    assert_eq!(got, ["OK", "OK", "OK", "VALUE 2"]);
+}

@@ -351,6 +351,11 @@ impl Conn {
         self.slots.is_empty() && self.out_pos == self.outbuf.len() && !self.tls_wants_write()
     }
 
+    /// Whether every serialised reply byte has been written.
+    pub fn output_empty(&self) -> bool {
+        self.out_pos == self.outbuf.len() && !self.tls_wants_write()
+    }
+
     fn tls_wants_write(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| t.wants_write())
     }

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::conn::{Conn, Deferred, Slot, Waiting};
-use super::{same_token, shutting_down, IoThread};
+use super::{same_token, shutting_down, IoState};
 use crate::kv::Command;
 use crate::protocol::{ErrorCode, Reply, MAX_KEY, MAX_VALUE};
 use crate::raft::NodeId;
@@ -243,7 +243,7 @@ enum Action {
     Info(Box<InfoCtx>),
 }
 
-impl IoThread {
+impl IoState {
     /// Starts one RESP request.
     pub(super) fn start_resp(
         &mut self,
