@@ -9,6 +9,11 @@
 //! The I/O thread puts each reply in its connection's slot and writes the
 //! slots out in request order (`server/conn.rs`); the first reply for a slot
 //! wins, so a late answer to a request that already timed out is dropped.
+//!
+//! The ready thread *holds* the outbox while it applies a batch. When it
+//! releases it with at most [`DIRECT_MAX`] replies queued and the I/O thread
+//! is idle, it writes them itself (`server::IoState::deliver`): the reply
+//! then leaves without any wake-up of the I/O thread.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -18,7 +18,11 @@
 //!
 //! No thread is woken per request: a burst of pipelined requests costs one
 //! read, one channel send and one write, and a Ready that answers many
-//! requests wakes this thread once.
+//! requests wakes this thread once. A Ready that answers only a few, while
+//! this thread sleeps in `epoll`, does not wake it at all: the ready thread
+//! writes those replies itself ([`IoState::deliver`]). Everything but the
+//! poll lives in [`IoState`] under one lock, which this thread holds for a
+//! whole round and another thread only ever tries.
 //!
 //! Before a connection may do anything else, it completes TLS (with
 //! `--cert-file`) and, with `--auth-token-file`, sends `AUTH <token>`: any
