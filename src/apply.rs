@@ -204,6 +204,7 @@ impl Applier {
         //    snapshot) wait for the write, so that the applied index never
         //    passes what the WAL holds and a snapshot never covers an
         //    entry the log could lose.
+        self.take_read_states(rd.read_states);
         let mut committed = rd.committed_entries;
         let after_write = if rd.snapshot.is_none() {
             // In the WAL as they are: below this Ready's first entry, which
@@ -217,14 +218,9 @@ impl Applier {
                 .position(|e| e.index > in_wal)
                 .unwrap_or(committed.len());
             let later = committed.split_off(first_unstable);
-            self.ch.replies.hold();
-            self.apply_all(std::mem::take(&mut committed));
-            self.take_read_states(rd.read_states);
-            self.serve_reads();
-            self.ch.replies.release();
+            self.apply_and_serve(committed);
             later
         } else {
-            self.take_read_states(rd.read_states);
             committed
         };
         // 3. Persist.
@@ -291,10 +287,7 @@ impl Applier {
         // 4. What promises durability goes out only now.
         self.transport.send(rd.persisted_messages);
         // 5. Apply the rest; reads, snapshots, advance.
-        self.ch.replies.hold();
-        self.apply_all(after_write);
-        self.serve_reads();
-        self.ch.replies.release();
+        self.apply_and_serve(after_write);
         if self.snapshots.due(self.applied, &self.kv) {
             self.start_snapshot()?;
         }
@@ -310,16 +303,19 @@ impl Applier {
         Ok(())
     }
 
-    /// Applies committed entries, answering this node's clients.
-    fn apply_all(&mut self, entries: Vec<Entry>) {
-        if entries.is_empty() {
-            return;
+    /// Applies committed entries and serves the reads they unlock, with the
+    /// client outbox held, so that all their replies leave together.
+    fn apply_and_serve(&mut self, entries: Vec<Entry>) {
+        self.ch.replies.hold();
+        if !entries.is_empty() {
+            for e in entries {
+                self.apply_entry(e);
+            }
+            self.shared.publish_sessions(self.kv.sessions().len());
+            self.shared.publish_keys(self.kv.len() as u64);
         }
-        for e in entries {
-            self.apply_entry(e);
-        }
-        self.shared.publish_sessions(self.kv.sessions().len());
-        self.shared.publish_keys(self.kv.len() as u64);
+        self.serve_reads();
+        self.ch.replies.release();
     }
 
     /// Takes the read indexes of a Ready. The node thread announced their

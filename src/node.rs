@@ -249,12 +249,10 @@ impl NodeLoop {
             let _ = reply.send(cs);
             worked = true;
         }
-        let mut stepped = 0;
         for m in self.ch.inbound.try_iter().take(MAX_INBOUND_BATCH) {
             self.raw.step(m);
-            stepped += 1;
+            worked = true;
         }
-        worked |= stepped > 0;
         for r in self.ch.reports.try_iter() {
             match r {
                 Report::Unreachable(id) => self.raw.report_unreachable(id),

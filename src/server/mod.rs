@@ -290,6 +290,20 @@ impl IoState {
             .map(|Reverse((t, _, _))| t.saturating_duration_since(Instant::now()))
     }
 
+    /// Puts the replies waiting in the outbox into their connections'
+    /// slots, and adds those connections to `answered`.
+    fn take_replies(&mut self, answered: &mut Vec<usize>) {
+        let mut replies = std::mem::take(&mut self.delivered);
+        self.outbox.drain(&mut replies);
+        for (to, reply) in replies.drain(..) {
+            if let Some(c) = self.conns.get_mut(&to.conn) {
+                c.fill(to.seq, reply);
+                answered.push(to.conn);
+            }
+        }
+        self.delivered = replies;
+    }
+
     /// Writes the replies in the outbox from the calling thread, while the
     /// I/O thread sleeps: a reply then costs no wake-up of the I/O thread,
     /// one thread hand-off fewer on every request's path. Returns false if
@@ -297,87 +311,78 @@ impl IoState {
     /// deferred request, has bytes it could not write, broke, or is to be
     /// closed; the caller then wakes it.
     fn deliver(&mut self) -> bool {
-        let mut replies = std::mem::take(&mut self.delivered);
-        self.outbox.drain(&mut replies);
+        let mut answered = Vec::new();
+        self.take_replies(&mut answered);
+        answered.sort_unstable();
+        answered.dedup();
         let mut done = true;
-        for (to, reply) in replies.drain(..) {
-            let Some(c) = self.conns.get_mut(&to.conn) else {
+        for t in answered {
+            let Some(c) = self.conns.get_mut(&t) else {
                 continue;
             };
-            c.fill(to.seq, reply);
             if c.flush(&self.cfg.metrics).is_err()
                 || c.deferred.is_some()
                 || c.close_when_flushed
                 || c.read_closed
                 || !c.output_empty()
             {
-                self.to_pump.push(to.conn);
+                self.to_pump.push(t);
                 done = false;
             }
         }
-        self.delivered = replies;
         done
     }
 
     /// One round after a poll; true when the server has closed.
     fn round(&mut self, events: &Events) -> bool {
-        let mut replies = std::mem::take(&mut self.delivered);
-        {
-            let mut touched = Vec::new();
-            for ev in events.iter() {
-                match ev.token() {
-                    LISTENER => self.accept(false),
-                    RESP_LISTENER => self.accept(true),
-                    WAKER => {}
-                    Token(t) => {
-                        if let Some(c) = self.conns.get_mut(&t) {
-                            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                                c.maybe_readable = true;
-                            }
-                            if ev.is_read_closed() || ev.is_error() {
-                                c.peer_closed = true;
-                            }
-                            touched.push(t);
+        let mut touched = Vec::new();
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => self.accept(false),
+                RESP_LISTENER => self.accept(true),
+                WAKER => {}
+                Token(t) => {
+                    if let Some(c) = self.conns.get_mut(&t) {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            c.maybe_readable = true;
                         }
+                        if ev.is_read_closed() || ev.is_error() {
+                            c.peer_closed = true;
+                        }
+                        touched.push(t);
                     }
                 }
             }
-            if self.closing.is_none() {
-                if let Ok(done) = self.close.try_recv() {
-                    self.begin_close(done);
-                }
+        }
+        if self.closing.is_none() {
+            if let Ok(done) = self.close.try_recv() {
+                self.begin_close(done);
             }
-            for t in touched {
-                self.pump(t);
+        }
+        for t in touched {
+            self.pump(t);
+        }
+        // Connections a direct delivery left, and those answered now.
+        let mut answered = std::mem::take(&mut self.to_pump);
+        self.take_replies(&mut answered);
+        self.expire(&mut answered);
+        answered.sort_unstable();
+        answered.dedup();
+        for t in answered {
+            // A deferred GET or a full connection may go on now.
+            self.pump(t);
+        }
+        if !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            if self.cfg.requests.send(batch).is_err() {
+                debug!("the node thread is gone");
             }
-            self.outbox.drain(&mut replies);
-            let mut answered: Vec<usize> = std::mem::take(&mut self.to_pump);
-            for (to, reply) in replies.drain(..) {
-                if let Some(c) = self.conns.get_mut(&to.conn) {
-                    c.fill(to.seq, reply);
-                    answered.push(to.conn);
-                }
-            }
-            self.expire(&mut answered);
-            answered.sort_unstable();
-            answered.dedup();
-            for t in answered {
-                // A deferred GET or a full connection may go on now.
-                self.pump(t);
-            }
-            if !self.batch.is_empty() {
-                let batch = std::mem::take(&mut self.batch);
-                if self.cfg.requests.send(batch).is_err() {
-                    debug!("the node thread is gone");
-                }
-            }
-            self.cfg.metrics.set_connections(self.conns.len());
-            self.delivered = replies;
-            if let Some(done) = &self.closing {
-                if self.conns.is_empty() {
-                    let _ = done.send(());
-                    return true;
-                }
+        }
+        self.cfg.metrics.set_connections(self.conns.len());
+        if let Some(done) = &self.closing {
+            if self.conns.is_empty() {
+                let _ = done.send(());
+                return true;
             }
         }
         false
