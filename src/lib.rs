@@ -313,6 +313,14 @@ pub fn start(cfg: NodeConfig) -> Result<Running, StartError> {
     rc.applied = rec.applied;
     rc.seed = election_seed(cfg.id);
     rc.recovery = rec.recovery;
+    // The operator's --peers, less the ids the state machine knows were
+    // removed (the core strikes later removals as it applies them).
+    rc.listed = cfg
+        .peers
+        .keys()
+        .copied()
+        .filter(|id| !rec.kv.cluster.removed.contains(id))
+        .collect();
     rc.trust_every_peer = debug::trust_every_peer();
     let raw = RawNode::new(&rc, rec.storage.clone())?;
 

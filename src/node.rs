@@ -159,6 +159,8 @@ pub struct NodeLoop {
     election_ticks: u32,
     /// A Ready is with the ready thread.
     outstanding: bool,
+    /// The core's vouched ids as last published to the transport.
+    vouched_generation: u64,
     stopping: Option<Stopping>,
 }
 
@@ -179,6 +181,7 @@ impl NodeLoop {
             tick,
             election_ticks,
             outstanding: false,
+            vouched_generation: 0,
             stopping: None,
         }
     }
@@ -252,6 +255,11 @@ impl NodeLoop {
         for m in self.ch.inbound.try_iter().take(MAX_INBOUND_BATCH) {
             self.raw.step(m);
             worked = true;
+        }
+        if self.raw.vouched_generation() != self.vouched_generation {
+            self.vouched_generation = self.raw.vouched_generation();
+            self.shared
+                .publish_vouched(self.raw.vouched().into_iter().collect());
         }
         for r in self.ch.reports.try_iter() {
             match r {

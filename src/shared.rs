@@ -7,6 +7,7 @@
 //! | requests waiting for their entry | client threads register, ready and node threads answer | |
 //! | stopping | node thread | client threads (refuse new requests) |
 //! | membership, cluster ID | ready thread | transport (who may connect) |
+//! | ids a member vouched for (`raft/strangers.rs`) | node thread | transport (who may connect) |
 //! | removed | ready thread, transport | client server (`ERR REMOVED`) |
 //! | persisted term and last index | ready thread | transport (answers probes) |
 //! | how many client sessions are open | ready thread | node thread (a leader stamps log time while any are) |
@@ -41,6 +42,7 @@ pub struct Shared {
     pending: Pending,
     stopping: AtomicBool,
     membership: Mutex<Arc<Membership>>,
+    vouched: Mutex<Arc<BTreeSet<NodeId>>>,
     /// Bumped whenever `membership` changes, so readers re-check cheaply.
     membership_generation: AtomicU64,
     removed: AtomicBool,
@@ -118,6 +120,19 @@ impl Shared {
             *cur = Arc::new(m);
             self.membership_generation.fetch_add(1, Ordering::Release);
         }
+    }
+
+    /// Ids outside the configuration that the core listens to because a
+    /// member vouched for them.
+    pub fn vouched(&self) -> Arc<BTreeSet<NodeId>> {
+        self.vouched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn publish_vouched(&self, ids: BTreeSet<NodeId>) {
+        *self.vouched.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(ids);
     }
 
     /// Whether this node was removed from the cluster.

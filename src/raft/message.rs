@@ -6,8 +6,9 @@
 //! any role-specific handling. Each variant then carries only the fields it
 //! needs, unlike etcd's single flat message struct.
 //!
-//! Forwarded client requests (`Propose`, `ReadIndex`, `TransferLeader`) and
-//! the term queries of a recovering node (`TermQuery`, `TermReport`) carry
+//! Forwarded client requests (`Propose`, `ReadIndex`, `TransferLeader`),
+//! the term queries of a recovering node (`TermQuery`, `TermReport`) and the
+//! membership questions about strangers (`MemberQuery`, `MemberReport`) carry
 //! term 0: they are not part of any term's conversation and skip the term
 //! rule, as local messages do in etcd.
 
@@ -120,6 +121,14 @@ pub enum MessageBody {
     /// recovery `id` is over; count me again. Also the answer to a repeated
     /// `RecoveryAck` once over, in case the first copy was lost.
     RecoveryDone { id: u64 },
+    /// A node that dropped messages from ids outside its configuration →
+    /// every voter it knows: are these members of yours? (term 0; see
+    /// `strangers.rs`).
+    MemberQuery { ids: Vec<NodeId> },
+    /// The answer to `MemberQuery`: the asked ids that are members of the
+    /// sender's configuration, and the leader the sender follows if it is
+    /// one (term 0).
+    MemberReport { members: Vec<NodeId> },
 }
 
 impl MessageBody {
@@ -145,6 +154,8 @@ impl MessageBody {
             MessageBody::Recovering { .. } => "recovering",
             MessageBody::RecoveryAck { .. } => "recovery_ack",
             MessageBody::RecoveryDone { .. } => "recovery_done",
+            MessageBody::MemberQuery { .. } => "member_query",
+            MessageBody::MemberReport { .. } => "member_report",
         }
     }
 
@@ -158,6 +169,8 @@ impl MessageBody {
                 | MessageBody::TransferLeader { .. }
                 | MessageBody::TermQuery
                 | MessageBody::TermReport { .. }
+                | MessageBody::MemberQuery { .. }
+                | MessageBody::MemberReport { .. }
         )
     }
 }

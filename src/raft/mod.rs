@@ -16,6 +16,7 @@
 //! - `progress`: per-follower replication state and quorum counting;
 //! - `read_only`: the ReadIndex protocol;
 //! - `recovery`: repairing a node that lost durable state, and why it is safe;
+//! - `strangers`: whom the node listens to, and how far one message moves its term;
 //! - `raft`: the role state machines and the term rule;
 //! - `rawnode`: the Ready/Advance contract the application programs against.
 //!
@@ -33,6 +34,7 @@ mod read_only;
 mod recovery;
 mod rng;
 mod storage;
+mod strangers;
 mod types;
 
 pub use self::message::{Message, MessageBody};
@@ -42,6 +44,7 @@ pub use self::rawnode::{PeerProgress, RawNode, Ready, Status};
 pub use self::recovery::{RecoveryPhase, RecoveryStart, VOTE_LOST};
 pub use self::rng::Rng;
 pub use self::storage::{MemStorage, Storage, StorageError};
+pub use self::strangers::{MAX_ASKED, MAX_TERM_JUMP, MAX_VOUCHED};
 pub use self::types::{
     ConfChange, ConfChangeKind, ConfState, DecodeError, Entry, EntryKind, HardState, NodeId,
     ReadState, Role, Snapshot, SnapshotMeta, SoftState, NO_NODE,

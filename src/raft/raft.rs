@@ -35,6 +35,7 @@ use super::read_only::{ReadIndexStatus, ReadOnly};
 use super::recovery::{Acked, Recovery, RecoveryPhase, RecoveryStart, VOTE_LOST};
 use super::rng::Rng;
 use super::storage::Storage;
+use super::strangers::{Hearing, Strangers, MAX_TERM_JUMP};
 use super::types::{
     ConfChange, ConfChangeKind, ConfState, Entry, EntryKind, HardState, NodeId, ReadState, Role,
     SoftState, NO_NODE,
@@ -69,6 +70,10 @@ pub struct Config {
     /// Set when the node lost durable state and must be repaired before
     /// it votes or counts again (`recovery.rs`).
     pub recovery: Option<RecoveryStart>,
+    /// The ids the operator named at start-up (`--peers`), less those the
+    /// application knows were removed: heard though they may be outside
+    /// the configuration (see `strangers.rs`).
+    pub listed: std::collections::BTreeSet<NodeId>,
     /// TEST ONLY, breaks safety: step every message, from members or not,
     /// at any term (the membership filter of `hears` is off). Lets the
     /// security tests show that their checks catch a node without it.
@@ -90,6 +95,7 @@ impl Config {
             pre_vote: true,
             seed: id,
             recovery: None,
+            listed: std::collections::BTreeSet::new(),
             trust_every_peer: false,
         }
     }
@@ -236,6 +242,8 @@ pub struct Raft<S: Storage> {
     ticks: u64,
     /// When each repeatable warning was last logged, in ticks.
     warned: std::collections::HashMap<&'static str, u64>,
+    /// Listed and vouched ids, and the terms voters reported (`strangers.rs`).
+    strangers: Strangers,
     /// See [`Config::trust_every_peer`].
     trust_every_peer: bool,
 }
@@ -280,6 +288,7 @@ impl<S: Storage> Raft<S> {
             recovered: false,
             ticks: 0,
             warned: std::collections::HashMap::new(),
+            strangers: Strangers::new(config.listed.clone()),
             trust_every_peer: config.trust_every_peer,
         };
         if hs != HardState::default() {
@@ -764,57 +773,226 @@ impl<S: Storage> Raft<S> {
     // ---- the entry point ------------------------------------------------
 
     /// Whether this node listens to `m` at all (defence in depth: the
-    /// transport already refuses removed nodes and strangers). The rule:
+    /// transport already refuses removed nodes and most strangers). The
+    /// rule, argued in `strangers.rs`:
     ///
     /// - a term at or above [`MAX_TERM`] is dropped from anyone: no cluster
     ///   gets there, and a term at the top of the space would stop elections
     ///   for good;
-    /// - a message from a voter or learner of this node's configuration is
-    ///   heard, and so is one from the leader this node follows in the
+    /// - a message from a voter or learner of this node's configuration, a
+    ///   listed id or a vouched id is heard, and so is one from the leader this node follows in the
     ///   message's term (a removed leader's last words: the commit of its own
-    ///   removal, and the `TimeoutNow` that hands its leadership over);
-    /// - from anyone else, only what a leader or candidate that this node
-    ///   does not know *yet* would send is heard: `Append`, `Heartbeat`,
-    ///   `Snapshot` and `RequestVote`. A joining node, or one whose
-    ///   configuration is stale, must learn of a leader added after it, and
-    ///   its vote may be needed (thesis §4.2.1). Even these are dropped while
-    ///   the node hears from a leader of its own (the leader lease), and at
-    ///   the node's own term when it already knows that term's leader, so a
-    ///   stranger can neither start an election nor append to a follower;
-    /// - a stale `Append` or `Heartbeat` (lower term) from anyone is only
-    ///   answered with this node's term (see `step`), so that a leader it
-    ///   does not know can learn that term; a `TermQuery` likewise;
-    /// - everything else from a stranger (forwarded proposals, reads and
-    ///   transfers, `TimeoutNow`, responses) is dropped.
-    fn hears(&self, m: &Message) -> bool {
+    ///   removal, and the `TimeoutNow` that hands its leadership over), as
+    ///   long as its term is within reach ([`MAX_TERM_JUMP`]);
+    /// - from anyone else nothing that could touch the term, the vote, the
+    ///   log, the leader or a snapshot is heard, whether or not this node
+    ///   has a leader. A stale `Append` or `Heartbeat` (lower term) is only
+    ///   answered with this node's term (see `step`), so that a leader this
+    ///   node does not know can learn that term; a `TermQuery` and a
+    ///   `MemberQuery` are only answered likewise. A
+    ///   stranger's `Append`, `Heartbeat`, `Snapshot` or `RequestVote` at
+    ///   this node's term or above, while it hears no leader of its own, is
+    ///   dropped as [`Hearing::Stranger`]: the members are asked about it.
+    fn hears(&self, m: &Message) -> Hearing {
         if self.trust_every_peer {
-            return true;
+            return Hearing::Heard;
         }
         if m.term >= MAX_TERM {
-            return false;
+            return Hearing::Dropped;
         }
-        if self.prs.progress.contains_key(&m.from) || (m.from == self.leader && m.term == self.term)
-        {
-            return true;
+        if self.knows(m.from) || (m.from == self.leader && m.term == self.term) {
+            if m.term > self.term.saturating_add(MAX_TERM_JUMP) && m.term > self.term_reach() {
+                return Hearing::OutOfReach;
+            }
+            return Hearing::Heard;
         }
         match m.body {
             MessageBody::Append { .. } | MessageBody::Heartbeat { .. } if m.term < self.term => {
-                true
+                Hearing::Heard
             }
             // Only answered, with this node's term: a recovering node may
             // not know yet that the asker is a member.
-            MessageBody::TermQuery => true,
+            MessageBody::TermQuery | MessageBody::MemberQuery { .. } => Hearing::Heard,
             MessageBody::Append { .. }
             | MessageBody::Heartbeat { .. }
             | MessageBody::Snapshot { .. }
             | MessageBody::RequestVote { .. } => {
                 let in_lease = self.role == Role::Leader
                     || (self.leader != NO_NODE && self.election_elapsed < self.election_timeout);
-                let new_term = m.term > self.term || self.leader == NO_NODE;
-                !in_lease && new_term
+                if in_lease || m.term < self.term {
+                    Hearing::Dropped
+                } else {
+                    Hearing::Stranger
+                }
             }
-            _ => false,
+            _ => Hearing::Dropped,
         }
+    }
+
+    /// Whether `id` is one this node listens to: a voter or learner of its
+    /// configuration, an id its operator listed, or one a member vouched
+    /// for.
+    fn knows(&self, id: NodeId) -> bool {
+        self.prs.progress.contains_key(&id)
+            || self.strangers.listed().contains(&id)
+            || self.strangers.is_vouched(id)
+    }
+
+    /// Whether `id` may vouch for others: a node of this node's own
+    /// configuration, or a listed one (never a vouched one).
+    fn may_vouch(&self, id: NodeId) -> bool {
+        self.prs.progress.contains_key(&id) || self.strangers.listed().contains(&id)
+    }
+
+    /// The voters whose terms count toward the quorum term: those of the
+    /// configuration, or the listed ids while it has none.
+    fn voters_to_ask(&self) -> std::collections::BTreeSet<NodeId> {
+        if self.prs.progress.is_empty() {
+            return self.strangers.listed().clone();
+        }
+        self.prs.voters().collect()
+    }
+
+    /// Whom to ask about strangers: the voters of the configuration and
+    /// the listed ids, but this node.
+    fn vouchers(&self) -> std::collections::BTreeSet<NodeId> {
+        let mut ids: std::collections::BTreeSet<NodeId> = self.prs.voters().collect();
+        ids.extend(self.strangers.listed().iter().copied());
+        ids.remove(&self.id);
+        ids
+    }
+
+    /// The highest term one message may bring this node to: its own term or
+    /// the term a quorum of its voters reported, whichever is higher, plus
+    /// [`MAX_TERM_JUMP`] (below [`MAX_TERM`]).
+    fn term_reach(&self) -> u64 {
+        let voters = self.voters_to_ask();
+        let quorum = self.strangers.quorum_term(self.id, self.term, &voters);
+        self.term
+            .max(quorum)
+            .saturating_add(MAX_TERM_JUMP)
+            .min(MAX_TERM - 1)
+    }
+
+    /// Sends `body` (outside the term conversation) to each of `ids`.
+    fn ask(&mut self, ids: std::collections::BTreeSet<NodeId>, body: MessageBody) {
+        for to in ids {
+            self.send(Message {
+                from: self.id,
+                to,
+                term: 0,
+                body: body.clone(),
+            });
+        }
+    }
+
+    /// A stranger would have led this node or won its vote: ask the
+    /// members, at most once per election timeout, whether it is one of
+    /// theirs.
+    fn stranger_dropped(&mut self, m: &Message) {
+        self.strangers.saw(m.from);
+        let every = self.election_timeout as u64;
+        let Some(ids) = self.strangers.due_query(self.ticks, every) else {
+            return;
+        };
+        log::info!(
+            "{} dropped a {} from {}, which is not in its configuration; asking its voters \
+             whether {ids:?} are members",
+            self.id,
+            m.body.name(),
+            m.from
+        );
+        let vouchers = self.vouchers();
+        self.ask(vouchers, MessageBody::MemberQuery { ids });
+    }
+
+    /// A heard message whose term is too far ahead: drop it and ask the
+    /// voters for their terms, which may bring it within reach.
+    fn term_out_of_reach(&mut self, m: &Message) {
+        if self.may_warn("term out of reach") {
+            log::warn!(
+                "{} dropped a {} from {} at term {}: more than {MAX_TERM_JUMP} above its term {} \
+                 and its voters' (asking them for their terms)",
+                self.id,
+                m.body.name(),
+                m.from,
+                m.term,
+                self.term
+            );
+        }
+        let every = self.election_timeout as u64;
+        if self.strangers.due_term_query(self.ticks, every) {
+            let mut voters = self.voters_to_ask();
+            voters.remove(&self.id);
+            self.ask(voters, MessageBody::TermQuery);
+        }
+    }
+
+    /// A node asks which of `ids` are members here: answer with those that
+    /// are, and the leader this node follows if it is one. Anyone may ask
+    /// (membership is no secret, and the asker may be a member this node
+    /// does not know yet); the answer touches nothing here.
+    fn member_query(&mut self, from: NodeId, ids: &[NodeId]) {
+        let mut members: Vec<NodeId> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.prs.progress.contains_key(id))
+            .collect();
+        if self.leader != NO_NODE
+            && self.prs.progress.contains_key(&self.leader)
+            && !members.contains(&self.leader)
+        {
+            members.push(self.leader);
+        }
+        if members.is_empty() {
+            return;
+        }
+        self.send(Message {
+            from: self.id,
+            to: from,
+            term: 0,
+            body: MessageBody::MemberReport { members },
+        });
+    }
+
+    /// A node of this node's configuration, or a listed one (never a
+    /// vouched one), reports members of its configuration: vouch for those
+    /// this node lacks.
+    fn member_report(&mut self, from: NodeId, members: &[NodeId]) {
+        if !self.may_vouch(from) {
+            return;
+        }
+        for &id in members {
+            if id == NO_NODE || id == self.id || self.prs.progress.contains_key(&id) {
+                continue;
+            }
+            if self.strangers.vouch(id) {
+                log::info!(
+                    "{} listens to {id} from now on: member {from} has it in its configuration",
+                    self.id
+                );
+            }
+        }
+    }
+
+    /// The configuration changed: vouched ids that became members, or were
+    /// removed, are forgotten.
+    fn strangers_reconfigured(&mut self, removed: Option<NodeId>) {
+        let members = self.prs.progress.keys().copied().collect();
+        let voters = self.prs.voters().collect();
+        self.strangers
+            .configuration_changed(&members, &voters, removed);
+    }
+
+    /// The ids heard though they are not in the configuration, because a
+    /// member vouched for them (the transport lets them in too).
+    pub fn vouched(&self) -> Vec<NodeId> {
+        self.strangers.vouched().collect()
+    }
+
+    /// Changes whenever [`Raft::vouched`] does.
+    pub fn vouched_generation(&self) -> u64 {
+        self.strangers.generation()
     }
 
     /// Processes one message from a peer. Malformed or unexpected messages
@@ -823,15 +1001,20 @@ impl<S: Storage> Raft<S> {
         if m.from == NO_NODE || m.from == self.id || m.to != self.id {
             return;
         }
-        if !self.hears(&m) {
-            log::debug!(
-                "{} drops {} from {}: not a member, or term {} out of range",
-                self.id,
-                m.body.name(),
-                m.from,
-                m.term
-            );
-            return;
+        match self.hears(&m) {
+            Hearing::Heard => {}
+            Hearing::Dropped => {
+                log::debug!(
+                    "{} drops {} from {}: not a member, or term {} out of range",
+                    self.id,
+                    m.body.name(),
+                    m.from,
+                    m.term
+                );
+                return;
+            }
+            Hearing::Stranger => return self.stranger_dropped(&m),
+            Hearing::OutOfReach => return self.term_out_of_reach(&m),
         }
         if m.body.outside_terms() {
             // Term 0: outside the term conversation.
@@ -929,6 +1112,10 @@ impl<S: Storage> Raft<S> {
             MessageBody::TermReport { term } => {
                 self.term_reported(m.from, term);
                 return;
+            }
+            MessageBody::MemberQuery { ref ids } => return self.member_query(m.from, ids),
+            MessageBody::MemberReport { ref members } => {
+                return self.member_report(m.from, members)
             }
             _ => {}
         }
@@ -1485,6 +1672,7 @@ impl<S: Storage> Raft<S> {
         let mut prs = ProgressTracker::new(self.max_inflight);
         prs.set_conf(&cs, self.log.last_index() + 1);
         self.prs = prs;
+        self.strangers_reconfigured(None);
         // A recovering node may only now know whom to ask for terms.
         self.query_terms();
         true
@@ -1630,11 +1818,15 @@ impl<S: Storage> Raft<S> {
             }
         }
         self.switch_to_config(&cs);
+        if cc.kind == ConfChangeKind::RemoveNode {
+            self.strangers_reconfigured(Some(id));
+        }
         cs
     }
 
     fn switch_to_config(&mut self, cs: &ConfState) {
         self.prs.set_conf(cs, self.log.last_index() + 1);
+        self.strangers_reconfigured(None);
         self.query_terms();
         if self.role != Role::Leader {
             return;
@@ -1699,9 +1891,15 @@ impl<S: Storage> Raft<S> {
     /// knows a term `U` at least as high as any it can have voted in: it
     /// moves there, keeping `VOTE_LOST`, and votes again only above it.
     fn term_reported(&mut self, from: NodeId, term: u64) {
+        if !self.voters_to_ask().contains(&from) || term >= MAX_TERM {
+            return;
+        }
+        self.strangers.reported(from, term);
         if !self.prs.is_voter(from) {
             return;
         }
+        // One report alone moves the term no further than a message may.
+        let term = term.min(self.term_reach());
         let Some(reports) = self.recovery.as_mut().and_then(|r| r.reports.as_mut()) else {
             return;
         };

@@ -195,6 +195,17 @@ impl<S: Storage> RawNode<S> {
         self.raft.lead_transferee
     }
 
+    /// Ids heard though they are outside the configuration, because a member
+    /// vouched for them (`strangers.rs`); the transport lets them in too.
+    pub fn vouched(&self) -> Vec<NodeId> {
+        self.raft.vouched()
+    }
+
+    /// Changes whenever [`RawNode::vouched`] does.
+    pub fn vouched_generation(&self) -> u64 {
+        self.raft.vouched_generation()
+    }
+
     /// The storage handle the core reads from.
     pub fn storage(&self) -> &S {
         &self.raft.log.storage

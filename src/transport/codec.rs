@@ -194,6 +194,9 @@ pub enum DecodeError {
     TooManyMembers(usize),
     /// A snapshot header announcing more than [`MAX_SNAPSHOT`] bytes.
     SnapshotTooLarge(u64),
+    /// A member query or report naming more ids than a node ever asks
+    /// about at once.
+    TooManyIds(usize),
     /// A verdict status this version does not know.
     UnknownVerdict(u8),
     /// A probe reply with a field its state does not carry set to other
@@ -225,6 +228,7 @@ impl std::fmt::Display for DecodeError {
                 )
             }
             DecodeError::UnknownVerdict(v) => write!(f, "unknown verdict {v}"),
+            DecodeError::TooManyIds(n) => write!(f, "a member query or report of {n} ids"),
             DecodeError::UnusedField => f.write_str("probe reply sets a field its state has not"),
         }
     }
@@ -546,6 +550,8 @@ const TAG_TERM_REPORT: u8 = 13;
 const TAG_RECOVERING: u8 = 14;
 const TAG_RECOVERY_ACK: u8 = 15;
 const TAG_RECOVERY_DONE: u8 = 16;
+const TAG_MEMBER_QUERY: u8 = 17;
+const TAG_MEMBER_REPORT: u8 = 18;
 
 fn put_entries(out: &mut Vec<u8>, entries: &[Entry]) {
     put_u32(out, entries.len() as u32);
@@ -727,6 +733,14 @@ pub fn encode_message(out: &mut Vec<u8>, m: &Message) {
             out.push(TAG_RECOVERY_DONE);
             put_u64(out, *id);
         }
+        MessageBody::MemberQuery { ids } => {
+            out.push(TAG_MEMBER_QUERY);
+            put_ids(out, ids);
+        }
+        MessageBody::MemberReport { members } => {
+            out.push(TAG_MEMBER_REPORT);
+            put_ids(out, members);
+        }
         MessageBody::Snapshot { .. } => {}
     }
     end_frame(out, start);
@@ -802,6 +816,12 @@ pub fn decode_message(body: &[u8]) -> Result<Message, DecodeError> {
             target: r.u64()?,
         },
         TAG_RECOVERY_DONE => MessageBody::RecoveryDone { id: r.u64()? },
+        TAG_MEMBER_QUERY => MessageBody::MemberQuery {
+            ids: get_ids(&mut r, crate::raft::MAX_VOUCHED)?,
+        },
+        TAG_MEMBER_REPORT => MessageBody::MemberReport {
+            members: get_ids(&mut r, crate::raft::MAX_VOUCHED)?,
+        },
         t => return Err(DecodeError::UnknownTag(t)),
     };
     r.finish()?;
@@ -811,6 +831,16 @@ pub fn decode_message(body: &[u8]) -> Result<Message, DecodeError> {
         term,
         body,
     })
+}
+
+/// A count of node ids, then the ids; more than `max` is refused before
+/// anything is allocated.
+fn get_ids(r: &mut Reader<'_>, max: usize) -> Result<Vec<NodeId>, DecodeError> {
+    let n = r.u32()? as usize;
+    if n > max {
+        return Err(DecodeError::TooManyIds(n));
+    }
+    (0..n).map(|_| r.u64()).collect()
 }
 
 /// A snapshot header: who sends it, what it covers, how much data follows.
@@ -959,6 +989,8 @@ mod tests {
             },
             MessageBody::RecoveryAck { id: 11, target: 9 },
             MessageBody::RecoveryDone { id: 11 },
+            MessageBody::MemberQuery { ids: vec![4, 99] },
+            MessageBody::MemberReport { members: vec![4] },
         ];
         bodies
             .into_iter()

@@ -108,6 +108,9 @@ pub struct Stats {
     pub partitions: u64,
     pub liveness_ticks: u64,
     pub max_liveness_ticks: u64,
+    /// Ids a node began to hear because a member vouched for them
+    /// (`raft/strangers.rs`): a stale node catching up to a newer member.
+    pub vouched: u64,
 }
 
 impl Stats {
@@ -123,6 +126,7 @@ impl Stats {
         self.reads += o.reads;
         self.partitions += o.partitions;
         self.liveness_ticks += o.liveness_ticks;
+        self.vouched += o.vouched;
         self.max_liveness_ticks = self.max_liveness_ticks.max(o.liveness_ticks);
     }
 }
@@ -445,8 +449,13 @@ impl Sim {
         let conf = carries_conf_change(&p.msg);
         if let Some(n) = self.nodes.get_mut(&to) {
             if let Some(raw) = n.raw.as_mut() {
+                let before = raw.vouched().len();
+                let generation = raw.vouched_generation();
                 raw.step(p.msg);
                 n.conf_unstable |= conf;
+                if raw.vouched_generation() != generation && raw.vouched().len() > before {
+                    self.stats.vouched += 1;
+                }
             }
         }
         self.touched.push(to);
@@ -1000,9 +1009,29 @@ impl Sim {
         self.start(id)
     }
 
+    /// The `--peers` an operator would give node `id` when starting it: the
+    /// members of the most advanced membership any node has applied, and
+    /// the node itself.
+    fn operator_peers(&self, id: NodeId) -> std::collections::BTreeSet<NodeId> {
+        let newest = self.nodes.values().max_by_key(|n| n.sm.applied);
+        let mut ids: std::collections::BTreeSet<NodeId> = newest
+            .map(|n| {
+                n.conf
+                    .voters
+                    .iter()
+                    .chain(&n.conf.learners)
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.insert(id);
+        ids
+    }
+
     /// Starts (or restarts) a node from its durable storage: the state
     /// machine from the snapshot, the core with `applied` at its index.
     fn start(&mut self, id: NodeId) -> Result<(), String> {
+        let listed = self.operator_peers(id);
         let n = self.nodes.get_mut(&id).expect("node exists");
         n.recover_state_machine()
             .map_err(|e| format!("node {id}: {e}"))?;
@@ -1016,6 +1045,7 @@ impl Sim {
         config.heartbeat_ticks = self.cfg.heartbeat_ticks;
         config.pre_vote = self.cfg.pre_vote;
         config.check_quorum = self.cfg.check_quorum;
+        config.listed = listed;
         config.recovery = n.damaged.map(|hard_state_lost| RecoveryStart {
             id: mix(self.cfg.seed ^ mix(id ^ mix(n.incarnation ^ 0x4ec0))).max(1),
             hard_state_lost,

@@ -43,6 +43,7 @@ const PINNED: &[(u64, &str)] = &[
     (64118, STALE_REPAIR),
     (27260, CONF_CHANGE_WHILE_DAMAGED),
     (1451, MATCHED_ANOTHER_LEADER),
+    (121, STALE_NEEDS_VOUCHING),
 ];
 
 const BOOTSTRAP_MEMBERSHIP: &str =
@@ -55,6 +56,8 @@ const CONF_CHANGE_WHILE_DAMAGED: &str =
      committed while a node was damaged (harness: no losses then)";
 const MATCHED_ANOTHER_LEADER: &str = "a recovering node counted what matched an earlier \
      leader's log toward the new leader's target";
+const STALE_NEEDS_VOUCHING: &str = "with strangers no longer heard, a node that missed a \
+     member's addition never heard that member lead (it must ask its own members about it)";
 const UNKNOWN_LEADER: &str =
     "a far-behind voter ignored the stale heartbeats of a leader it did not know";
 
@@ -140,8 +143,8 @@ fn simulated_clusters_stay_safe_and_live() {
     println!(
         "{seeds} seeds ({from}..{}) in {:.1} s: {} steps, {} leader terms, {} entries committed, \
          {} snapshots delivered, {} crashes, {} losses of state ({} recovered), {} partitions, \
-         {} conf changes proposed, {} reads answered, {:.1} ticks to liveness on average \
-         ({} at most)",
+         {} conf changes proposed, {} reads answered, {} ids vouched for, {:.1} ticks to \
+         liveness on average ({} at most)",
         from + seeds,
         start.elapsed().as_secs_f64(),
         total.steps,
@@ -154,6 +157,7 @@ fn simulated_clusters_stay_safe_and_live() {
         total.partitions,
         total.conf_changes,
         total.reads,
+        total.vouched,
         total.liveness_ticks as f64 / seeds.max(1) as f64,
         total.max_liveness_ticks,
     );

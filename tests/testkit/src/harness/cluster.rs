@@ -33,6 +33,10 @@ pub struct Options {
     pub heartbeat_ticks: usize,
     pub max_size_per_msg: u64,
     pub max_inflight_msgs: usize,
+    /// The ids an operator would list in `--peers`: heard while a node's
+    /// log holds no configuration. A node added to a cluster lists every
+    /// node that exists when it is added.
+    pub listed: BTreeSet<NodeId>,
 }
 
 impl Default for Options {
@@ -45,6 +49,7 @@ impl Default for Options {
             heartbeat_ticks: c.heartbeat_ticks,
             max_size_per_msg: c.max_size_per_msg,
             max_inflight_msgs: c.max_inflight_msgs,
+            listed: BTreeSet::new(),
         }
     }
 }
@@ -59,6 +64,7 @@ impl Options {
         c.heartbeat_ticks = self.heartbeat_ticks;
         c.max_size_per_msg = self.max_size_per_msg;
         c.max_inflight_msgs = self.max_inflight_msgs;
+        c.listed = self.listed.clone();
         c.applied = applied;
         c
     }
@@ -224,6 +230,7 @@ impl Cluster {
     /// Nodes `1..=n`, all voters, with empty logs.
     pub fn new(n: u64, opts: Options) -> Cluster {
         let mut c = Cluster::empty(opts);
+        c.opts.listed.extend(1..=n);
         let cs = ConfState::with_voters((1..=n).collect());
         for id in 1..=n {
             c.add_node(id, cs.clone());
@@ -240,7 +247,8 @@ impl Cluster {
 
     /// Adds node `id` over prepared storage (a recovered node).
     pub fn add_node_with_storage(&mut self, id: NodeId, storage: MemStorage) {
-        let opts = self.opts.clone();
+        let mut opts = self.opts.clone();
+        opts.listed.extend(self.nodes.keys().copied().chain([id]));
         let raw = match RawNode::new(&opts.config(id, 0), storage.clone()) {
             Ok(raw) => raw,
             Err(e) => panic!("test setup: node {id} does not start: {e}"),

@@ -38,6 +38,12 @@ pub fn conf_change(cc: &ConfChange) -> String {
     format!("{kind} {}", cc.node_id)
 }
 
+/// `4,9`, as `inject` parses an id list back.
+fn id_list(ids: &[NodeId]) -> String {
+    let parts: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    parts.join(",")
+}
+
 pub fn ids(ids: &[NodeId]) -> String {
     let parts: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
     format!("[{}]", parts.join(","))
@@ -155,6 +161,10 @@ pub fn message(m: &Message) -> String {
         } => s.push_str(&format!(" id={id} last={last_index}/{last_term}")),
         MessageBody::RecoveryAck { id, target } => s.push_str(&format!(" id={id} target={target}")),
         MessageBody::RecoveryDone { id } => s.push_str(&format!(" id={id}")),
+        MessageBody::MemberQuery { ids } => s.push_str(&format!(" ids={}", id_list(ids))),
+        MessageBody::MemberReport { members } => {
+            s.push_str(&format!(" members={}", id_list(members)))
+        }
     }
     s
 }

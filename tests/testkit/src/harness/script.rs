@@ -57,8 +57,9 @@
 //! `inject` builds `heartbeat [commit=C] [ctx=X]`, `heartbeat_response
 //! [ctx=X]`, `vote`/`prevote [last=I/T] [transfer]`,
 //! `vote_response`/`prevote_response granted|rejected`, `append_response
-//! index=I [rejected hint=I/T]` and `timeout_now`; FROM need not be a node
-//! of the cluster, for messages from strangers.
+//! index=I [rejected hint=I/T]`, `timeout_now`, `term_report reported=T`,
+//! `member_query ids=..` and `member_report members=..`; FROM need not be a
+//! node of the cluster, for messages from strangers.
 //!
 //! Traces are described in the harness module docs (`harness/mod.rs`); a
 //! message that may leave only after its Ready is persisted ends in
@@ -623,6 +624,15 @@ fn message(a: &Args) -> Result<Message, String> {
                 commit: a.num_opt("commit")?.unwrap_or(0),
             }
         }
+        "term_report" => MessageBody::TermReport {
+            term: a.num_opt("reported")?.unwrap_or(0),
+        },
+        "member_query" => MessageBody::MemberQuery {
+            ids: a.ids_opt("ids")?.unwrap_or_default(),
+        },
+        "member_report" => MessageBody::MemberReport {
+            members: a.ids_opt("members")?.unwrap_or_default(),
+        },
         // `propose`: one entry `put x=injected`, as a follower forwards it.
         "propose" => MessageBody::Propose {
             entries: vec![raftnode::raft::Entry::normal(b"put x=injected".to_vec())],
