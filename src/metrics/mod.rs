@@ -328,13 +328,22 @@ pub struct NetworkMetrics {
 }
 
 impl NetworkMetrics {
-    /// The counters of peer `id`, made on first use.
+    /// The counters of peer `id`, made on first use. Only for members and
+    /// `--peers` ids (the transport's `known`): a series is never removed
+    /// but by [`NetworkMetrics::remove`].
     pub fn peer(&self, id: NodeId) -> Arc<PeerMetrics> {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         peers
             .entry(id)
             .or_insert_with(|| Arc::new(PeerMetrics::new()))
             .clone()
+    }
+
+    /// Drops the series of peer `id` (a removed member): the series are
+    /// bounded by the configuration, not by every id ever seen.
+    pub fn remove(&self, id: NodeId) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.remove(&id);
     }
 
     fn render(&self, out: &mut String) {

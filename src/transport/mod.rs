@@ -33,6 +33,7 @@
 //! chunks to a file of the snapshot [`Inbox`], checks the CRC, and hands the
 //! core a snapshot message whose data is the inbox ticket for that file.
 
+pub mod admission;
 pub mod codec;
 mod listener;
 mod probe;
@@ -135,7 +136,8 @@ pub struct Transport {
     reports: Waking<Report>,
     /// Where the current snapshot file and the cluster ID are published.
     shared: Arc<Shared>,
-    /// Nodes we were asked to message but have no address for (warned once).
+    /// Nodes we were asked to message but have no address for (warned
+    /// once each, for the first [`MAX_UNKNOWN`]).
     unknown: Mutex<std::collections::HashSet<NodeId>>,
     metrics: Arc<NetworkMetrics>,
 }
@@ -180,12 +182,12 @@ impl Transport {
             inbound,
             inbox,
             shared,
-            open: Default::default(),
             metrics: cfg.metrics,
+            seats: Default::default(),
         });
         thread::Builder::new()
             .name("peer-listener".into())
-            .spawn(move || listener::accept_loop(listener, ctx))?;
+            .spawn(move || listener::admission_loop(listener, ctx))?;
         Ok(t)
     }
 
@@ -232,9 +234,11 @@ impl Transport {
         }
     }
 
-    /// Stops sending to `id` (its thread ends when its queue is dropped).
+    /// Stops sending to `id` (its thread ends when its queue is dropped)
+    /// and drops its metrics series.
     pub fn remove_peer(&self, id: NodeId) {
         lock(&self.peers).remove(&id);
+        self.metrics.remove(id);
     }
 
     pub fn has_peer(&self, id: NodeId) -> bool {
@@ -251,7 +255,7 @@ impl Transport {
         let peers = lock(&self.peers);
         for (to, group) in by_peer(msgs) {
             let Some(p) = peers.get(&to) else {
-                if lock(&self.unknown).insert(to) {
+                if remember_unknown(&mut lock(&self.unknown), to) {
                     warn!(
                         "no address for node {to}: cannot answer it; give its address in --peers \
                          (a joining node needs every member's address)"
@@ -342,6 +346,23 @@ impl Transport {
             let _ = self.reports.try_send(report);
         }
     }
+}
+
+/// Ids without an address remembered at most: the core answers strangers'
+/// term queries, so these ids are chosen by whoever dials.
+const MAX_UNKNOWN: usize = 64;
+
+/// Whether to warn about `id`, which has no address: once per id, and
+/// once a second for any id past the first [`MAX_UNKNOWN`].
+fn remember_unknown(unknown: &mut std::collections::HashSet<NodeId>, id: NodeId) -> bool {
+    if unknown.contains(&id) {
+        return false;
+    }
+    if unknown.len() < MAX_UNKNOWN {
+        unknown.insert(id);
+        return true;
+    }
+    crate::ratelimit::allow("no-address").is_some()
 }
 
 /// Groups messages by destination, keeping each peer's order.
