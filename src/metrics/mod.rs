@@ -712,6 +712,20 @@ mod tests {
     use crate::protocol::parse;
 
     #[test]
+    fn a_removed_peer_leaves_no_series_behind() {
+        let m = Metrics::new();
+        m.network.peer(2).sent(10);
+        m.network.peer(3).received(20);
+        m.network.remove(3);
+        let text = m.render(&Scraped::default());
+        assert!(text.contains("raftnode_network_peer_sent_bytes_total{to=\"2\"} 10"));
+        assert!(
+            !text.contains("\"3\""),
+            "node 3's series outlived its removal"
+        );
+    }
+
+    #[test]
     fn every_command_maps_to_its_label() {
         for (line, label) in [
             ("PUT k v", "PUT"),

@@ -1,16 +1,18 @@
-//! Peer-to-peer transport: one listener, a reader thread per inbound
-//! connection, and a sender thread per peer, all plain OS threads.
+//! Peer-to-peer transport: one admission thread for every inbound
+//! connection not yet admitted, a reader thread per admitted one, and a
+//! sender thread per peer, all plain OS threads.
 //!
 //! ```text
 //!            ready thread ──send()──┬──────────── direct write ───────────► TCP ─► peer
 //!                                   └► [bounded queue] ─► sender thread ─► TCP/TLS ─► peer
-//!  peer ─► TCP/TLS ─► reader thread ─► inbound channel ─► node thread
+//!  peer ─► TCP/TLS ─► admission thread ─(welcome)─► reader thread ─► inbound channel ─► node thread
 //! ```
 //!
 //! Each connection carries messages one way, from dialer to listener. It
 //! opens with a handshake naming both ids and the dialer's cluster ID,
 //! which the listener answers with a verdict (`codec.rs` has the frames,
-//! `listener.rs` the rules for who is let in). With peer TLS on, the
+//! `listener.rs` who is let in, `admission.rs` the seats and deadlines that
+//! keep slow dialers from crowding out the rest). With peer TLS on, the
 //! handshake runs inside mutual TLS and the dialer's certificate must name
 //! the id it claims (`tls.rs`). Identity is never the address.
 //!
@@ -64,7 +66,8 @@ use codec::{FrameError, Verdict};
 const QUEUE: usize = 4096;
 /// Longest wait for a TCP connect or a blocked write.
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
-/// Longest a connection may take to authenticate (TLS, handshake, verdict).
+/// Longest a dialer waits for its TLS handshake and its verdict (the
+/// listener gives it [`admission::DEADLINE`]).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -652,4 +655,20 @@ fn stream_snapshot(stream: &mut PeerStream, m: &Message, shared: &Shared) -> io:
     stream.write_all(&end)?;
     stream.flush()?;
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_without_an_address_are_remembered_up_to_a_bound() {
+        let mut unknown = std::collections::HashSet::new();
+        assert!(remember_unknown(&mut unknown, 1000), "the first time warns");
+        assert!(!remember_unknown(&mut unknown, 1000), "the second does not");
+        for id in 1001..5000 {
+            remember_unknown(&mut unknown, id);
+        }
+        assert_eq!(unknown.len(), MAX_UNKNOWN, "strangers' ids fill no table");
+    }
 }
