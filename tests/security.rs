@@ -958,7 +958,7 @@ fn many_strangers(c: &Cluster, b: &mut Baseline, cluster_id: u64, metrics: &str)
     let w = b.watch(c);
     let dial = |i: u64| {
         let id = 1000 + i;
-        let welcomed = i % 2 == 0;
+        let welcomed = i.is_multiple_of(2);
         let cluster = if welcomed { cluster_id } else { 0 };
         let (mut p, v) = RawPeer::dial(addr, &Wire::Plain, id, to, cluster)
             .unwrap_or_else(|e| panic!("stranger {id}: {e}"));
