@@ -20,6 +20,12 @@
 //! entry a follower took from the attacker at that index would hide it),
 //! and every node reports the same term, leader and members as before. No
 //! node's RSS may grow by more than 64 MiB at any moment of the attack.
+//!
+//! Issue 21 (admission that slow or idle dialers cannot starve) has a test
+//! per attack at the end, each on a cluster of its own: slow handshakes
+//! holding the authenticating seats (21.1), idle newcomers holding theirs
+//! (21.2), 3,000 strangers leaving state behind (21.3), connections that
+//! never finish their handshake costing threads (21.4).
 
 use std::io::Write;
 use std::net::TcpStream;

@@ -58,6 +58,10 @@ const DISK_RESERVE: u64 = 64 << 20;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// A reader thread's wait to finish writing the welcome verdict.
 const VERDICT_WRITE: Duration = Duration::from_secs(1);
+/// After a failed accept (out of file descriptors, say), how soon the
+/// admission thread tries again: the listener's readiness is reported
+/// once per new connection, not while some are waiting.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 const LISTENER: Token = Token(0);
 
 /// What the admission thread and the readers share.
@@ -237,6 +241,8 @@ struct Doorway {
     listener: mio::net::TcpListener,
     doors: HashMap<ConnId, Door>,
     ctx: Arc<Context>,
+    /// An accept failed: connections may be waiting without a new event.
+    accept_again: bool,
 }
 
 impl Doorway {
@@ -251,6 +257,7 @@ impl Doorway {
             listener,
             doors: HashMap::new(),
             ctx,
+            accept_again: false,
         })
     }
 
@@ -258,15 +265,21 @@ impl Doorway {
         let mut events = Events::with_capacity(256);
         loop {
             let now = Instant::now();
-            let wait = match self.ctx.seats().next_deadline() {
+            let mut wait = match self.ctx.seats().next_deadline() {
                 Some(d) => d.saturating_duration_since(now).min(SWEEP_EVERY),
                 None => SWEEP_EVERY,
             };
+            if self.accept_again {
+                wait = wait.min(ACCEPT_RETRY);
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
+            }
+            if std::mem::take(&mut self.accept_again) {
+                self.accept();
             }
             for ev in events.iter() {
                 match ev.token() {
@@ -287,8 +300,8 @@ impl Doorway {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     crate::warn_every!("peer-accept", "accepting a peer connection failed: {e}");
-                    // Out of file descriptors, say: let some close first.
-                    thread::sleep(Duration::from_millis(10));
+                    // Out of file descriptors, say: try again shortly.
+                    self.accept_again = true;
                     return;
                 }
             };
