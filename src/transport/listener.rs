@@ -958,6 +958,61 @@ fn read_loop(stream: PeerStream, from: NodeId, ctx: &Context) -> Result<(), Refu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bell::Bell;
+    use crate::raft::SnapshotMeta;
+
+    #[test]
+    fn a_snapshot_comes_only_from_the_followed_leader_and_only_from_a_known_one() {
+        let dir = std::env::temp_dir().join(format!("raftnode-admit-snap-{}", std::process::id()));
+        let shared = Arc::new(Shared::default());
+        shared.publish_membership(Membership {
+            cluster_id: 7,
+            members: [1, 2, 3].into(),
+            removed: BTreeSet::new(),
+        });
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let ctx = Context {
+            me: 2,
+            tls: None,
+            listed: [1, 2, 3, 9].into(),
+            inbound: Arc::new(Bell::default()).waking(tx),
+            inbox: Arc::new(Inbox::new(dir.clone())),
+            shared: shared.clone(),
+            metrics: Arc::default(),
+            seats: Mutex::default(),
+        };
+        let header = |from| SnapshotHeader {
+            from,
+            to: 2,
+            term: 5,
+            meta: SnapshotMeta::default(),
+            total: 0,
+        };
+        shared.set_leader(3);
+        assert!(
+            admit_snapshot(&header(3), 3, &ctx).is_ok(),
+            "the leader, a member"
+        );
+        let r = admit_snapshot(&header(1), 1, &ctx);
+        assert!(
+            matches!(
+                r,
+                Err(Refusal::SnapshotNotFromLeader { from: 1, leader: 3 })
+            ),
+            "{r:?}"
+        );
+        shared.set_leader(9);
+        assert!(
+            admit_snapshot(&header(9), 9, &ctx).is_ok(),
+            "the leader, in --peers"
+        );
+        // A newcomer this node follows as leader (it let it in for the
+        // cluster ID, and the core heard it) still sends no snapshot.
+        shared.set_leader(99);
+        let r = admit_snapshot(&header(99), 99, &ctx);
+        assert!(matches!(r, Err(Refusal::SnapshotFromStranger(99))), "{r:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn judge_lets_in_members_and_vouched_newcomers_only() {
