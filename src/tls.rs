@@ -154,6 +154,12 @@ pub struct PeerTls {
 }
 
 impl PeerTls {
+    /// The TLS session of one accepted connection, to be driven by the
+    /// listener's admission thread on a non-blocking socket.
+    pub(crate) fn accepting(&self) -> Result<ServerConnection, rustls::Error> {
+        ServerConnection::new(self.listener.clone())
+    }
+
     pub fn load(files: &TlsFiles) -> Result<PeerTls, TlsError> {
         let Some(ca) = &files.ca else {
             return Err(TlsError::Verifier("peer TLS needs a trusted CA".into()));
@@ -219,28 +225,6 @@ impl PeerStream {
             PeerStream::Dialled(s) => &s.sock,
         }
     }
-
-    /// Reads like [`Read::read`], but fails with `TimedOut` at `deadline`:
-    /// every read of the socket waits only for the time left, so a peer
-    /// that trickles bytes (or TLS records) cannot stretch the wait.
-    pub fn read_before(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<usize> {
-        match self {
-            PeerStream::Plain(s) => {
-                s.set_read_timeout(Some(time_left(deadline)?))?;
-                s.read(buf).map_err(|e| expired(e, timed_out))
-            }
-            PeerStream::Accepted(s) => read_tls_before(&mut s.conn, &mut s.sock, buf, deadline),
-            PeerStream::Dialled(s) => read_tls_before(&mut s.conn, &mut s.sock, buf, deadline),
-        }
-    }
-
-    /// The TLS session of an accepted connection, for [`verify_node_id`].
-    pub fn accepted_tls(&self) -> Option<&ServerConnection> {
-        match self {
-            PeerStream::Accepted(s) => Some(&s.conn),
-            _ => None,
-        }
-    }
 }
 
 impl Read for PeerStream {
@@ -269,35 +253,6 @@ impl Write for PeerStream {
             PeerStream::Dialled(s) => s.flush(),
         }
     }
-}
-
-/// Wraps a freshly accepted peer socket in TLS, within `timeout` for the
-/// whole handshake. A first byte that cannot start a TLS handshake is
-/// reported as a plaintext peer, in one line.
-pub fn accept_peer(sock: TcpStream, tls: &PeerTls, timeout: Duration) -> io::Result<PeerStream> {
-    let deadline = Instant::now() + timeout;
-    sock.set_read_timeout(Some(timeout))?;
-    let mut first = [0u8; 1];
-    if sock.peek(&mut first)? == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "closed before the TLS handshake",
-        ));
-    }
-    if first[0] != 0x16 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "not TLS (first byte {:#04x}): a plaintext peer on a TLS port?",
-                first[0]
-            ),
-        ));
-    }
-    let conn = ServerConnection::new(tls.listener.clone()).map_err(io::Error::other)?;
-    let mut s = StreamOwned::new(conn, sock);
-    // The wait for the first byte counts against the same deadline.
-    handshake(&mut s.conn, &mut s.sock, time_left(deadline)?)?;
-    Ok(PeerStream::Accepted(Box::new(s)))
 }
 
 /// Wraps a dialled socket in TLS, checking that the listener is node `to`.
@@ -342,40 +297,6 @@ pub(crate) fn handshake<D>(
                 "closed during the TLS handshake",
             ));
         }
-        if let Err(e) = conn.process_new_packets() {
-            let _ = conn.write_tls(sock); // best effort: the alert
-            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-        }
-    }
-}
-
-fn timed_out() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "timed out")
-}
-
-/// The time until `deadline`, or `TimedOut` if it has passed.
-fn time_left(deadline: Instant) -> io::Result<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(timed_out());
-    }
-    Ok(left)
-}
-
-/// [`PeerStream::read_before`] over TLS: one socket read at a time.
-fn read_tls_before<D>(
-    conn: &mut rustls::ConnectionCommon<D>,
-    sock: &mut TcpStream,
-    buf: &mut [u8],
-    deadline: Instant,
-) -> io::Result<usize> {
-    loop {
-        match conn.reader().read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            done => return done,
-        }
-        sock.set_read_timeout(Some(time_left(deadline)?))?;
-        conn.read_tls(sock).map_err(|e| expired(e, timed_out))?;
         if let Err(e) = conn.process_new_packets() {
             let _ = conn.write_tls(sock); // best effort: the alert
             return Err(io::Error::new(io::ErrorKind::InvalidData, e));

@@ -117,6 +117,11 @@ fn peer_frame_corpus() {
 }
 
 #[test]
+fn peer_admission_corpus() {
+    replay("peer_admission");
+}
+
+#[test]
 fn client_line_corpus() {
     replay("client_line");
 }
@@ -159,6 +164,7 @@ fn every_target_has_a_test_here() {
         names,
         [
             "peer_frame",
+            "peer_admission",
             "client_line",
             "client_frames",
             "client_reply",

@@ -328,13 +328,22 @@ pub struct NetworkMetrics {
 }
 
 impl NetworkMetrics {
-    /// The counters of peer `id`, made on first use.
+    /// The counters of peer `id`, made on first use. Only for members and
+    /// `--peers` ids (the transport's `known`): a series is never removed
+    /// but by [`NetworkMetrics::remove`].
     pub fn peer(&self, id: NodeId) -> Arc<PeerMetrics> {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         peers
             .entry(id)
             .or_insert_with(|| Arc::new(PeerMetrics::new()))
             .clone()
+    }
+
+    /// Drops the series of peer `id` (a removed member): the series are
+    /// bounded by the configuration, not by every id ever seen.
+    pub fn remove(&self, id: NodeId) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.remove(&id);
     }
 
     fn render(&self, out: &mut String) {
@@ -701,6 +710,20 @@ impl ClientMetrics {
 mod tests {
     use super::*;
     use crate::protocol::parse;
+
+    #[test]
+    fn a_removed_peer_leaves_no_series_behind() {
+        let m = Metrics::new();
+        m.network.peer(2).sent(10);
+        m.network.peer(3).received(20);
+        m.network.remove(3);
+        let text = m.render(&Scraped::default());
+        assert!(text.contains("raftnode_network_peer_sent_bytes_total{to=\"2\"} 10"));
+        assert!(
+            !text.contains("\"3\""),
+            "node 3's series outlived its removal"
+        );
+    }
 
     #[test]
     fn every_command_maps_to_its_label() {

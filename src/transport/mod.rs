@@ -1,16 +1,18 @@
-//! Peer-to-peer transport: one listener, a reader thread per inbound
-//! connection, and a sender thread per peer, all plain OS threads.
+//! Peer-to-peer transport: one admission thread for every inbound
+//! connection not yet admitted, a reader thread per admitted one, and a
+//! sender thread per peer, all plain OS threads.
 //!
 //! ```text
 //!            ready thread ──send()──┬──────────── direct write ───────────► TCP ─► peer
 //!                                   └► [bounded queue] ─► sender thread ─► TCP/TLS ─► peer
-//!  peer ─► TCP/TLS ─► reader thread ─► inbound channel ─► node thread
+//!  peer ─► TCP/TLS ─► admission thread ─(welcome)─► reader thread ─► inbound channel ─► node thread
 //! ```
 //!
 //! Each connection carries messages one way, from dialer to listener. It
 //! opens with a handshake naming both ids and the dialer's cluster ID,
 //! which the listener answers with a verdict (`codec.rs` has the frames,
-//! `listener.rs` the rules for who is let in). With peer TLS on, the
+//! `listener.rs` who is let in, `admission.rs` the seats and deadlines that
+//! keep slow dialers from crowding out the rest). With peer TLS on, the
 //! handshake runs inside mutual TLS and the dialer's certificate must name
 //! the id it claims (`tls.rs`). Identity is never the address.
 //!
@@ -33,6 +35,7 @@
 //! chunks to a file of the snapshot [`Inbox`], checks the CRC, and hands the
 //! core a snapshot message whose data is the inbox ticket for that file.
 
+pub mod admission;
 pub mod codec;
 mod listener;
 mod probe;
@@ -63,7 +66,8 @@ use codec::{FrameError, Verdict};
 const QUEUE: usize = 4096;
 /// Longest wait for a TCP connect or a blocked write.
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
-/// Longest a connection may take to authenticate (TLS, handshake, verdict).
+/// Longest a dialer waits for its TLS handshake and its verdict (the
+/// listener gives it [`admission::DEADLINE`]).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -135,7 +139,8 @@ pub struct Transport {
     reports: Waking<Report>,
     /// Where the current snapshot file and the cluster ID are published.
     shared: Arc<Shared>,
-    /// Nodes we were asked to message but have no address for (warned once).
+    /// Nodes we were asked to message but have no address for (warned
+    /// once each, for the first [`MAX_UNKNOWN`]).
     unknown: Mutex<std::collections::HashSet<NodeId>>,
     metrics: Arc<NetworkMetrics>,
 }
@@ -180,12 +185,12 @@ impl Transport {
             inbound,
             inbox,
             shared,
-            open: Default::default(),
             metrics: cfg.metrics,
+            seats: Default::default(),
         });
         thread::Builder::new()
             .name("peer-listener".into())
-            .spawn(move || listener::accept_loop(listener, ctx))?;
+            .spawn(move || listener::admission_loop(listener, ctx))?;
         Ok(t)
     }
 
@@ -232,9 +237,11 @@ impl Transport {
         }
     }
 
-    /// Stops sending to `id` (its thread ends when its queue is dropped).
+    /// Stops sending to `id` (its thread ends when its queue is dropped)
+    /// and drops its metrics series.
     pub fn remove_peer(&self, id: NodeId) {
         lock(&self.peers).remove(&id);
+        self.metrics.remove(id);
     }
 
     pub fn has_peer(&self, id: NodeId) -> bool {
@@ -251,7 +258,7 @@ impl Transport {
         let peers = lock(&self.peers);
         for (to, group) in by_peer(msgs) {
             let Some(p) = peers.get(&to) else {
-                if lock(&self.unknown).insert(to) {
+                if remember_unknown(&mut lock(&self.unknown), to) {
                     warn!(
                         "no address for node {to}: cannot answer it; give its address in --peers \
                          (a joining node needs every member's address)"
@@ -342,6 +349,23 @@ impl Transport {
             let _ = self.reports.try_send(report);
         }
     }
+}
+
+/// Ids without an address remembered at most: the core answers strangers'
+/// term queries, so these ids are chosen by whoever dials.
+const MAX_UNKNOWN: usize = 64;
+
+/// Whether to warn about `id`, which has no address: once per id, and
+/// once a second for any id past the first [`MAX_UNKNOWN`].
+fn remember_unknown(unknown: &mut std::collections::HashSet<NodeId>, id: NodeId) -> bool {
+    if unknown.contains(&id) {
+        return false;
+    }
+    if unknown.len() < MAX_UNKNOWN {
+        unknown.insert(id);
+        return true;
+    }
+    crate::ratelimit::allow("no-address").is_some()
 }
 
 /// Groups messages by destination, keeping each peer's order.
@@ -631,4 +655,20 @@ fn stream_snapshot(stream: &mut PeerStream, m: &Message, shared: &Shared) -> io:
     stream.write_all(&end)?;
     stream.flush()?;
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_without_an_address_are_remembered_up_to_a_bound() {
+        let mut unknown = std::collections::HashSet::new();
+        assert!(remember_unknown(&mut unknown, 1000), "the first time warns");
+        assert!(!remember_unknown(&mut unknown, 1000), "the second does not");
+        for id in 1001..5000 {
+            remember_unknown(&mut unknown, id);
+        }
+        assert_eq!(unknown.len(), MAX_UNKNOWN, "strangers' ids fill no table");
+    }
 }

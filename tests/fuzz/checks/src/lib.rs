@@ -22,6 +22,7 @@ pub mod client_frames;
 pub mod client_line;
 pub mod client_reply;
 pub mod http_request;
+pub mod peer_admission;
 pub mod peer_frame;
 pub mod resp_frames;
 pub mod snapshot_payload;
@@ -45,6 +46,12 @@ pub const TARGETS: &[Target] = &[
         check: peer_frame::check,
         seeds: peer_frame::seeds,
         alloc_limit: peer_frame::ALLOC_LIMIT,
+    },
+    Target {
+        name: "peer_admission",
+        check: peer_admission::check,
+        seeds: peer_admission::seeds,
+        alloc_limit: peer_admission::ALLOC_LIMIT,
     },
     Target {
         name: "client_line",

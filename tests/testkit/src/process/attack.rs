@@ -11,8 +11,11 @@
 //!   certificate;
 //! - [`Certs`]: a test CA and certificates made by `bin/certs.sh`, plus a
 //!   CA-signed certificate for an id that is not a member;
+//! - [`Trickler`]: connections that each send a byte now and then and
+//!   never finish their handshake, redialled when the node closes them;
 //! - readings of a node from outside: [`rss_kib`] and [`threads`] from
-//!   `/proc/<pid>/status`, and [`cluster_id`] from its log.
+//!   `/proc/<pid>/status`, [`cluster_id`] from its log, and the size of
+//!   its `/metrics` ([`metrics_bytes`]).
 //!
 //! TLS is rustls with the ring provider and TLS 1.3 only, as in the node.
 
@@ -20,7 +23,9 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use raftnode::raft::{Message, NodeId};
@@ -471,5 +476,104 @@ pub fn cluster_id(node: &Node, timeout: Duration) -> Option<u64> {
             return id;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The size of node's `/metrics` body at `addr` (`--metrics-addr`), bytes.
+pub fn metrics_bytes(addr: &str) -> io::Result<usize> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(IO_WAIT))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "no HTTP head"));
+    };
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, head.to_string()));
+    }
+    Ok(body.len())
+}
+
+/// Connections to one raft port that each send one byte of `bytes` every
+/// `every` (cycling), so that none finishes its handshake for a long
+/// time: the slow dialer of issue 21. A connection the node closes (or
+/// answers: a verdict means it is closing) is redialled at the next round,
+/// so the node faces `n` of them all the time.
+pub struct Trickler {
+    stop: Arc<AtomicBool>,
+    open: Arc<AtomicUsize>,
+    redials: Arc<AtomicUsize>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Trickler {
+    pub fn start(addr: &str, n: usize, bytes: Vec<u8>, every: Duration) -> Trickler {
+        assert!(!bytes.is_empty());
+        let sa: SocketAddr = addr.parse().expect("a socket address");
+        let stop = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(AtomicUsize::new(0));
+        let redials = Arc::new(AtomicUsize::new(0));
+        let (s, o, r) = (stop.clone(), open.clone(), redials.clone());
+        let handle = thread::spawn(move || {
+            let mut conns: Vec<Option<(TcpStream, usize)>> = (0..n).map(|_| None).collect();
+            let mut first = true;
+            while !s.load(Ordering::Relaxed) {
+                for slot in conns.iter_mut() {
+                    if let Some((sock, sent)) = slot {
+                        let mut peek = [0u8; 1];
+                        let closed = match sock.peek(&mut peek) {
+                            Ok(_) => true, // closed, or a verdict: closing
+                            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+                        };
+                        let b = bytes[*sent % bytes.len()];
+                        if closed || (&*sock).write_all(&[b]).is_err() {
+                            *slot = None;
+                        } else {
+                            *sent += 1;
+                        }
+                    }
+                    if slot.is_none() {
+                        if !first {
+                            r.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let Ok(sock) = TcpStream::connect_timeout(&sa, IO_WAIT) {
+                            let _ = sock.set_nonblocking(true);
+                            let _ = (&sock).write_all(&bytes[..1]);
+                            *slot = Some((sock, 1));
+                        }
+                    }
+                }
+                first = false;
+                o.store(conns.iter().flatten().count(), Ordering::Relaxed);
+                thread::sleep(every);
+            }
+        });
+        Trickler {
+            stop,
+            open,
+            redials,
+            handle: Some(handle),
+        }
+    }
+
+    /// Connections open after the last round.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections redialled so far because the node closed them.
+    pub fn redials(&self) -> usize {
+        self.redials.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Trickler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
     }
 }

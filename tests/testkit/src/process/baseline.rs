@@ -18,7 +18,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::attack::{self, Certs};
-use super::{Cluster, Status};
+use super::{Cluster, Node, Status};
 
 /// The most a node's RSS may grow during an attack, KiB.
 pub const RSS_LIMIT_KIB: u64 = 64 << 10;
@@ -41,13 +41,25 @@ pub fn start_with_env(
     certs: Option<&Certs>,
     env: &[(&str, &str)],
 ) -> (Cluster, u64) {
+    start_prepared(args, certs, |n| {
+        n.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    })
+}
+
+/// [`start`], with `prepare` applied to each node before it is spawned
+/// (flags of its own, such as `--metrics-addr`).
+pub fn start_prepared(
+    args: &[&str],
+    certs: Option<&Certs>,
+    mut prepare: impl FnMut(&mut Node),
+) -> (Cluster, u64) {
     let mut c = Cluster::new(3, args);
     for n in c.nodes.values_mut() {
         if let Some(certs) = certs {
             n.args.extend(certs.peer_args(n.id));
         }
-        n.env
-            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        prepare(n);
         n.spawn();
     }
     if c.wait_leader(LONG).is_none() {
