@@ -65,6 +65,8 @@ pub struct Gate<'a> {
     pub membership: &'a Membership,
     /// The ids of `--peers`.
     pub listed: &'a BTreeSet<NodeId>,
+    /// The ids a member vouched for (the core listens to them).
+    pub vouched: &'a BTreeSet<NodeId>,
     /// The term and last index this node has persisted; `None` while it is
     /// deciding whether to bootstrap. Only probes are told.
     pub persisted: Option<(u64, u64)>,
@@ -279,7 +281,7 @@ fn decide(
             codec::encode_verdict(&mut reply, Verdict::Welcome, gate.membership.cluster_id);
             Decision::Welcome {
                 from,
-                known: known(gate.membership, gate.listed, from),
+                known: known(gate.membership, gate.listed, gate.vouched, from),
                 reply,
             }
         }
@@ -708,10 +710,12 @@ mod tests {
     }
 
     fn gate<'a>(m: &'a Membership, listed: &'a BTreeSet<NodeId>) -> Gate<'a> {
+        static NONE: BTreeSet<NodeId> = BTreeSet::new();
         Gate {
             me: 2,
             membership: m,
             listed,
+            vouched: &NONE,
             persisted: Some((5, 50)),
         }
     }

@@ -411,10 +411,11 @@ impl Doorway {
             }
         }
         let m = self.ctx.shared.membership();
+        let vouched = self.ctx.shared.vouched();
         let listed = &self.ctx.listed;
         let ended = self.ctx.seats().sweep(
             now,
-            |id| known(&m, listed, id),
+            |id| known(&m, listed, &vouched, id),
             |id| m.removed.contains(&id),
         );
         for sock in ended {
@@ -520,10 +521,12 @@ fn push(
     certificate: &dyn Fn(NodeId) -> Result<(), String>,
 ) -> Option<Decision> {
     let membership = ctx.shared.membership();
+    let vouched = ctx.shared.vouched();
     let gate = Gate {
         me: ctx.me,
         membership: &membership,
         listed: &ctx.listed,
+        vouched: &vouched,
         persisted: ctx.shared.persisted(),
     };
     let (used, decision) = admission.push(data, &gate, certificate);
@@ -715,7 +718,7 @@ fn serve(
         ctx.metrics.remove(from);
     }
     if let Err(e) = r {
-        if known(&m, &ctx.listed, from) {
+        if known(&m, &ctx.listed, &ctx.shared.vouched(), from) {
             crate::warn_every!(
                 format!("peer-closed-{from}"),
                 "closed the connection from peer {from} ({peer}): {e}"
@@ -768,10 +771,16 @@ pub fn judge(m: &Membership, listed: &BTreeSet<NodeId>, from: NodeId, cluster_id
 }
 
 /// Whether node `id` is known to this node: a voter, learner or
-/// address-book member, or named in `--peers`. A known id has seats of its
-/// own (not a newcomer's), a metrics series, and may send a snapshot.
-pub fn known(m: &Membership, listed: &BTreeSet<NodeId>, id: NodeId) -> bool {
-    m.members.contains(&id) || listed.contains(&id)
+/// address-book member, named in `--peers`, or vouched for by a member
+/// (the core listens to it: `raft/strangers.rs`). A known id has seats of
+/// its own (not a newcomer's), a metrics series, and may send a snapshot.
+pub fn known(
+    m: &Membership,
+    listed: &BTreeSet<NodeId>,
+    vouched: &BTreeSet<NodeId>,
+    id: NodeId,
+) -> bool {
+    m.members.contains(&id) || listed.contains(&id) || vouched.contains(&id)
 }
 
 /// A snapshot being received into a file of the inbox.
@@ -835,7 +844,12 @@ fn admit_snapshot(h: &SnapshotHeader, from: NodeId, ctx: &Context) -> Result<(),
     if leader != from {
         return Err(Refusal::SnapshotNotFromLeader { from, leader });
     }
-    if !known(&ctx.shared.membership(), &ctx.listed, from) {
+    if !known(
+        &ctx.shared.membership(),
+        &ctx.listed,
+        &ctx.shared.vouched(),
+        from,
+    ) {
         return Err(Refusal::SnapshotFromStranger(from));
     }
     let free = ctx.inbox.free_bytes()?;
@@ -868,7 +882,7 @@ impl Read for Counted {
 /// The metrics series of node `from`: only a known id has one, so that
 /// the series are bounded by the configuration, not by who dials.
 fn series(m: &Membership, from: NodeId, ctx: &Context) -> Option<Arc<PeerMetrics>> {
-    known(m, &ctx.listed, from).then(|| ctx.metrics.peer(from))
+    known(m, &ctx.listed, &ctx.shared.vouched(), from).then(|| ctx.metrics.peer(from))
 }
 
 fn read_loop(stream: PeerStream, from: NodeId, ctx: &Context) -> Result<(), Refusal> {

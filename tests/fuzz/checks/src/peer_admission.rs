@@ -288,10 +288,12 @@ pub fn check(data: &[u8]) {
     };
     let m = membership();
     let listed: BTreeSet<NodeId> = LISTED.into();
+    let vouched = BTreeSet::new();
     let gate = Gate {
         me: ME,
         membership: &m,
         listed: &listed,
+        vouched: &vouched,
         persisted: Some(PERSISTED),
     };
     let whole = feed(stream, &gate, false, || usize::MAX);
