@@ -232,6 +232,10 @@ fn invalid(problem: Problem, offset: u64) -> SnapshotError {
     SnapshotError::Invalid { problem, offset }
 }
 
+/// The changes above the compacted revision as read: revision, key, and
+/// offset of the record.
+type Log = Vec<(Rev, Arc<[u8]>, u64)>;
+
 /// One version as read, before it goes into the maps.
 struct Read1 {
     rev: Rev,
@@ -258,6 +262,7 @@ fn read_store<R: Read>(src: &mut Source<'_, R>) -> Result<Store, SnapshotError> 
     }
     let mut keys = 0u64;
     let mut last_key: Option<Arc<[u8]>> = None;
+    let mut log = Log::new();
     loop {
         let at = src.offset;
         match src.u8()? {
@@ -269,10 +274,16 @@ fn read_store<R: Read>(src: &mut Source<'_, R>) -> Result<Store, SnapshotError> 
         if last_key.as_ref().is_some_and(|k| *k >= key) {
             return Err(invalid(Problem::KeysOutOfOrder, at));
         }
-        read_key(src, &mut st, &key, at)?;
+        read_key(src, &mut st, &mut log, &key, at)?;
         keys += 1;
         last_key = Some(key);
     }
+    // The log is in revision order, where the records are in key order.
+    log.sort_unstable_by_key(|(rev, _, _)| *rev);
+    if let Some(w) = log.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(invalid(Problem::DuplicateRevision, w[0].2.max(w[1].2)));
+    }
+    st.log = log.into_iter().map(|(rev, key, _)| (rev, key)).collect();
     let at = src.offset;
     let (n_keys, n_versions) = (src.u64()?, src.u64()?);
     if n_keys != keys || n_versions != st.sizes.versions {
@@ -291,6 +302,7 @@ fn read_store<R: Read>(src: &mut Source<'_, R>) -> Result<Store, SnapshotError> 
 fn read_key<R: Read>(
     src: &mut Source<'_, R>,
     st: &mut State,
+    log: &mut Log,
     key: &Arc<[u8]>,
     key_offset: u64,
 ) -> Result<(), SnapshotError> {
@@ -324,7 +336,7 @@ fn read_key<R: Read>(
             None => account_newest(st, key, &this.rec),
             Some(n) => check_pair(st, n, &this)?,
         }
-        insert(st, key, &this)?;
+        insert(st, log, key, &this);
         newer = Some(this);
     }
     let Some(oldest) = newer else {
@@ -386,9 +398,9 @@ fn check_oldest(st: &State, v: &Read1) -> Result<(), SnapshotError> {
     }
 }
 
-fn insert(st: &mut State, key: &Arc<[u8]>, v: &Read1) -> Result<(), SnapshotError> {
-    if v.rev.main > st.compacted && st.log.insert(v.rev, key.clone()).is_some() {
-        return Err(invalid(Problem::DuplicateRevision, v.offset));
+fn insert(st: &mut State, log: &mut Log, key: &Arc<[u8]>, v: &Read1) {
+    if v.rev.main > st.compacted {
+        log.push((v.rev, key.clone(), v.offset));
     }
     let vlen = match &v.rec {
         Record::Put(p) => p.value.len(),
@@ -403,5 +415,4 @@ fn insert(st: &mut State, key: &Arc<[u8]>, v: &Read1) -> Result<(), SnapshotErro
         },
         v.rec.clone(),
     );
-    Ok(())
 }

@@ -7,7 +7,7 @@ use std::cmp::Ordering;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use imbl::{OrdMap, OrdSet};
+use imbl::{OrdMap, OrdSet, Vector};
 
 use super::{
     Error, Event, EventKind, EventRequest, Events, KeyValue, RangeRequest, RangeResult, Rev, Sizes,
@@ -188,7 +188,7 @@ pub(super) struct State {
     /// The key changed at each revision `> compacted`, in revision order:
     /// every version in `versions` with a main revision above `compacted`
     /// has exactly one entry here, and nothing else does.
-    pub(super) log: OrdMap<Rev, Arc<[u8]>>,
+    pub(super) log: Vector<(Rev, Arc<[u8]>)>,
     /// `(lease, key)` for every live key attached to a lease (not 0).
     pub(super) leases: OrdSet<(u64, Arc<[u8]>)>,
     /// The revision of the last committed batch (1 for an empty store).
@@ -207,7 +207,7 @@ impl State {
     pub(super) fn new() -> State {
         State {
             versions: OrdMap::new(),
-            log: OrdMap::new(),
+            log: Vector::new(),
             leases: OrdSet::new(),
             current: 1,
             compacted: 0,
@@ -360,7 +360,13 @@ impl State {
         if req.from > end {
             return Ok(out);
         }
-        for (rev, key) in self.log.range(req.from..=end) {
+        let first = self.log_index(req.from);
+        let mut log = self.log.focus();
+        for i in first..self.log.len() {
+            let Some((rev, key)) = log.get(i) else { break };
+            if *rev > end {
+                break; // an open batch's changes
+            }
             let full =
                 !out.events.is_empty() && (out.events.len() >= max_events || bytes >= max_bytes);
             if full || scanned >= max_scanned {
@@ -442,7 +448,7 @@ impl State {
             lease,
             value,
         };
-        self.log.insert(rev, key.clone());
+        self.log.push_back((rev, key.clone()));
         self.versions.insert(Slot { key, rev }, Record::Put(put));
         prev
     }
@@ -461,7 +467,7 @@ impl State {
         if prev.lease != 0 {
             self.leases.remove(&(prev.lease, prev.key.clone()));
         }
-        self.log.insert(rev, prev.key.clone());
+        self.log.push_back((rev, prev.key.clone()));
         self.versions.insert(
             Slot {
                 key: prev.key.clone(),
@@ -493,44 +499,34 @@ impl State {
                 compacted: self.compacted,
             });
         }
+        let upto = self.log_index(Rev::at(rev + 1));
         let mut dropped = 0;
-        while let Some((change, key)) = self.log.get_min().map(|(r, k)| (*r, k.clone())) {
-            if change.main > rev {
+        let mut log = self.log.focus();
+        for i in 0..upto {
+            let Some((change, key)) = log.get(i) else {
                 break;
-            }
-            self.log.remove(&change);
-            let here = Probe {
-                key: &key,
-                rev: change,
             };
+            let here = Probe { key, rev: *change };
             let mut it = seek(&self.versions, &here, true);
-            let this = it.next().filter(|(s, _)| s.rev == change && s.key == key);
+            let this = it.next().filter(|(s, _)| s.rev == *change && s.key == *key);
             let is_delete = matches!(this, Some((_, Record::Delete)));
-            let older = it.next().filter(|(s, _)| s.key == key).map(|(s, _)| s.rev);
+            let older = it.next().filter(|(s, _)| s.key == *key).map(|(s, _)| s.rev);
             if let Some(older) = older {
-                dropped += self.drop_version(&key, older);
+                dropped += drop_version(&mut self.versions, &mut self.sizes, key, older);
             }
             if is_delete {
-                dropped += self.drop_version(&key, change);
+                dropped += drop_version(&mut self.versions, &mut self.sizes, key, *change);
             }
         }
+        self.log = self.log.skip(upto);
         self.compacted = rev;
         Ok(dropped)
     }
 
-    fn drop_version(&mut self, key: &[u8], rev: Rev) -> u64 {
-        let probe = Probe { key, rev };
-        match self.versions.remove(&probe as &dyn Place) {
-            Some(rec) => {
-                let vlen = match rec {
-                    Record::Put(p) => p.value.len(),
-                    Record::Delete => 0,
-                };
-                self.sizes.versions -= 1;
-                self.sizes.history_bytes -= (key.len() + vlen) as u64;
-                1
-            }
-            None => 0,
+    /// The index of the first log entry at or after `rev`.
+    fn log_index(&self, rev: Rev) -> usize {
+        match self.log.binary_search_by(|(r, _)| r.cmp(&rev)) {
+            Ok(i) | Err(i) => i,
         }
     }
 
@@ -546,6 +542,21 @@ impl State {
         }
         keys
     }
+}
+
+/// Removes one version; returns 1 if it was there.
+fn drop_version(versions: &mut Versions, sizes: &mut Sizes, key: &[u8], rev: Rev) -> u64 {
+    let probe = Probe { key, rev };
+    let Some(rec) = versions.remove(&probe as &dyn Place) else {
+        return 0;
+    };
+    let vlen = match rec {
+        Record::Put(p) => p.value.len(),
+        Record::Delete => 0,
+    };
+    sizes.versions -= 1;
+    sizes.history_bytes -= (key.len() + vlen) as u64;
+    1
 }
 
 /// The key-value a put wrote.
