@@ -216,13 +216,13 @@ fn with_an_auth_token_nothing_but_auth_is_served_and_a_wrong_token_closes() {
     let _g = serial();
     let dir = TempDir::new("token");
     let token = dir.0.join("token");
-    std::fs::write(&token, "s3cret-t0ken\n").unwrap();
+    std::fs::write(&token, "s3cret-t0ken-0f-16-bytes\n").unwrap();
     let c = one_node_started(&["--auth-token-file", token.to_str().unwrap()]);
     wait_until("leading", || {
         let Ok(mut cl) = c.node(1).client() else {
             return false;
         };
-        cl.request("AUTH s3cret-t0ken").ok().as_deref() == Some("OK")
+        cl.request("AUTH s3cret-t0ken-0f-16-bytes").ok().as_deref() == Some("OK")
             && cl
                 .request("STATUS")
                 .is_ok_and(|s| s.contains(" role=leader "))
@@ -231,12 +231,14 @@ fn with_an_auth_token_nothing_but_auth_is_served_and_a_wrong_token_closes() {
     let mut cl = c.node(1).client().unwrap();
     let r = cl.request("PING").unwrap();
     assert!(r.starts_with("ERR NOAUTH "), "PING before AUTH: {r}");
-    let r = cl.request("AUTH s3cret-t0kem").unwrap();
+    let r = cl
+        .request("AUTH s3cret-t0ken-0f-16-bytes-0f-16-bytez")
+        .unwrap();
     assert!(r.starts_with("ERR NOAUTH "), "a wrong token: {r}");
     assert_eq!(lines_until_closed(&mut cl), Vec::<String>::new());
 
     let mut cl = c.node(1).client().unwrap();
-    assert_eq!(cl.request("AUTH s3cret-t0ken").unwrap(), "OK");
+    assert_eq!(cl.request("AUTH s3cret-t0ken-0f-16-bytes").unwrap(), "OK");
     assert_eq!(cl.request("PUT secret 42").unwrap(), "OK");
     assert_eq!(cl.request("GET secret").unwrap(), "VALUE 42");
 
