@@ -12,11 +12,13 @@
 //! - **Forwarded reads.** A follower's read-index request goes to the
 //!   leader in one message, which a link that is down loses without a
 //!   word. Until its read state comes back, the batch is sent again every
-//!   [`READ_RESEND`] (as etcd's `readIndexRetryTime`), and at once when the
-//!   transport reports the leader unreachable; a second such report while
-//!   the batch still waits means the link is down: its reads are failed at
-//!   once with `ERR UNAVAILABLE` (nothing was read; retry here or on
-//!   another node) instead of waiting out their timeout.
+//!   [`READ_RESEND`] (as etcd's `readIndexRetryTime`), and as soon as the
+//!   transport reports the leader unreachable (at most every
+//!   [`READ_RESEND_MIN`]), which covers a link that broke and came back.
+//!   When the leader is still reported unreachable [`READ_GIVE_UP`] after
+//!   the first such report, the link is down: the batch's reads are failed
+//!   with `ERR UNAVAILABLE` (nothing was read; retry here or on another
+//!   node) instead of waiting out their timeout.
 //! - **Transfers.** A `TRANSFER_LEADER` is answered when its target is seen
 //!   to lead, or left to time out.
 //! - **Learner promotion.** `ADD_NODE` adds a learner; the leader promotes
@@ -74,9 +76,13 @@ pub const CLOCK_EVERY: Duration = Duration::from_secs(1);
 /// request before it sends the request again.
 pub const READ_RESEND: Duration = Duration::from_millis(500);
 
-/// Unreachable reports for the leader, while a forwarded read waits, after
-/// which the read is failed.
-const READ_LOSSES: u32 = 2;
+/// The shortest time between two sends of one forwarded read index
+/// prompted by unreachable reports (each failed send makes one).
+pub const READ_RESEND_MIN: Duration = Duration::from_millis(100);
+
+/// How long after the first unreachable report for the leader a forwarded
+/// read that still waits, while the reports go on, is failed.
+pub const READ_GIVE_UP: Duration = Duration::from_secs(1);
 
 /// A read-index request this node forwarded to the leader, not answered yet.
 struct Forwarded {
@@ -84,8 +90,8 @@ struct Forwarded {
     sent: Instant,
     /// The latest deadline of its reads: past it, nobody waits.
     deadline: Instant,
-    /// Unreachable reports for the leader since it was first sent.
-    losses: u32,
+    /// The first unreachable report for the leader while it waited.
+    first_loss: Option<Instant>,
 }
 
 /// A client request for the node thread.
@@ -330,7 +336,7 @@ impl Policy {
                         let f = Forwarded {
                             sent,
                             deadline,
-                            losses: 0,
+                            first_loss: None,
                         };
                         self.forwarded.insert(ctx.clone(), f);
                     }
@@ -359,7 +365,8 @@ impl Policy {
 
     /// The transport could not deliver messages to `peer`. If it is the
     /// leader, forwarded read-index requests may be lost: each is sent
-    /// again, or failed once it was lost [`READ_LOSSES`] times.
+    /// again, or failed if the leader has been unreachable since
+    /// [`READ_GIVE_UP`] ago.
     pub fn peer_unreachable(&mut self, raw: &mut RawNode<MemStorage>, peer: NodeId) {
         if self.forwarded.is_empty() || raw.soft_state().leader != peer {
             return;
@@ -367,10 +374,12 @@ impl Policy {
         let now = Instant::now();
         let mut failed = Vec::new();
         for (ctx, f) in &mut self.forwarded {
-            f.losses += 1;
-            if f.losses >= READ_LOSSES {
+            let first = *f.first_loss.get_or_insert(now);
+            if now.saturating_duration_since(first) >= READ_GIVE_UP {
                 failed.push(ctx.clone());
-            } else if raw.read_index(ctx.clone()).is_ok() {
+            } else if now.saturating_duration_since(f.sent) >= READ_RESEND_MIN
+                && raw.read_index(ctx.clone()).is_ok()
+            {
                 f.sent = now;
             }
         }

@@ -604,10 +604,12 @@ mod tests {
     #[test]
     fn a_busy_answer_is_a_503_that_says_when_to_retry() {
         let out = String::from_utf8(response(Err(Refusal::Busy), String::new)).unwrap();
-        assert!(out.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{out}");
+        assert!(
+            out.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{out}"
+        );
         assert!(out.contains("\r\nRetry-After: 1\r\n"), "{out}");
         let body = out.split("\r\n\r\n").nth(1).unwrap();
         assert!(out.contains(&format!("Content-Length: {}\r\n", body.len())));
     }
-
 }
