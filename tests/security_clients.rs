@@ -457,18 +457,34 @@ fn a_token_shorter_than_16_bytes_refuses_to_start() {
     let token = dir.0.join("token");
     std::fs::write(&token, "fifteen-bytes!!\n").unwrap();
     let c = Cluster::new(1, &[]);
-    let out = c
+    let mut child = c
         .node(1)
         .command()
         .arg("--auth-token-file")
         .arg(&token)
-        .output()
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run raftnode");
-    assert!(
-        !out.status.success(),
-        "raftnode started with a 15-byte token"
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
+    let deadline = Instant::now() + LONG;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("raftnode started with a 15-byte token and kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "raftnode started with a 15-byte token");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("raftnode:")).collect();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(
