@@ -408,12 +408,28 @@ fn slow_scrapers_do_not_hold_up_another_scrape() {
 
     // More slow clients than serving threads (8): the rest are answered
     // 503 at once, never queued behind them.
-    let slow = slow_scrapers(addr, 8);
-    std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
+    let mut slow = slow_scrapers(addr, 12);
+    std::thread::sleep(Duration::from_millis(300));
+    // Well before the 2 s head timeout: only the 503s have come.
+    let mut busy = 0;
+    for s in &mut slow {
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 1024];
+        match s.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {} // being served
+            Ok(n) => {
+                let resp = String::from_utf8_lossy(&buf[..n]);
+                assert!(resp.starts_with("HTTP/1.1 503 "), "{resp}");
+                assert!(resp.contains("\r\nRetry-After: 1\r\n"), "{resp}");
+                busy += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(busy, 4, "12 slow clients, 8 served at once");
     let resp = http(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
     assert!(resp.starts_with("HTTP/1.1 503 "), "{resp}");
-    assert!(resp.contains("\r\nRetry-After: 1\r\n"), "{resp}");
     assert!(
         t.elapsed() < Duration::from_millis(1500),
         "{:?}",

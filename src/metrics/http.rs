@@ -1,7 +1,7 @@
 //! The `--metrics-addr` server: `GET /metrics` over HTTP/1.1, on threads
-//! of its own: one accepts, and up to [`MAX_SCRAPERS`] serve a connection
-//! each, so a slow client holds up no other scrape. A connection that
-//! comes while all of them are busy is answered `503` at once (one
+//! of its own: one accepts, and [`MAX_SCRAPERS`] serve a connection each,
+//! so a slow client holds up no other scrape. A connection that comes
+//! while [`MAX_SCRAPERS`] are being served is answered `503` at once (one
 //! non-blocking write) and closed: concurrency stays bounded, and a
 //! scraper never waits behind slow clients.
 //!
@@ -22,6 +22,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -300,16 +301,20 @@ pub fn serve(
         listener.local_addr()?
     );
     let scraped: Arc<dyn Fn() -> Scraped + Send + Sync> = Arc::new(scraped);
-    // A rendezvous: a connection goes to an idle server thread, or nowhere.
-    let (tx, rx) = crossbeam_channel::bounded::<TcpStream>(0);
+    // Connections handed to the serving threads and not yet done with:
+    // at most MAX_SCRAPERS, so the queue never holds one that must wait.
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = crossbeam_channel::bounded::<TcpStream>(MAX_SCRAPERS);
     for i in 0..MAX_SCRAPERS {
         let (rx, metrics, scraped) = (rx.clone(), metrics.clone(), scraped.clone());
+        let in_flight = in_flight.clone();
         thread::Builder::new()
             .name(format!("metrics-{i}"))
             .stack_size(256 << 10)
             .spawn(move || {
                 for stream in rx.iter() {
                     serve_one(stream, &metrics, &*scraped);
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
                 }
             })?;
     }
@@ -318,15 +323,21 @@ pub fn serve(
         .spawn(move || {
             for stream in listener.incoming() {
                 match stream {
+                    Ok(s) if in_flight.load(Ordering::Acquire) >= MAX_SCRAPERS => {
+                        crate::warn_every!(
+                            "metrics-busy",
+                            "{MAX_SCRAPERS} metrics clients are being served; \
+                             answering another with 503"
+                        );
+                        busy(s);
+                    }
                     Ok(s) => {
+                        in_flight.fetch_add(1, Ordering::AcqRel);
+                        // Never full: at most MAX_SCRAPERS are in flight.
                         if let Err(TrySendError::Full(s) | TrySendError::Disconnected(s)) =
                             tx.try_send(s)
                         {
-                            crate::warn_every!(
-                                "metrics-busy",
-                                "{MAX_SCRAPERS} metrics clients are being served; \
-                                 answering another with 503"
-                            );
+                            in_flight.fetch_sub(1, Ordering::AcqRel);
                             busy(s);
                         }
                     }
