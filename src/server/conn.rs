@@ -30,7 +30,7 @@ use rustls::ServerConnection;
 
 use super::resp::{write_reply, Shape};
 use crate::metrics::{ClientMetrics, Cmd};
-use crate::protocol::{Framed, LineFramer, Reply, Request};
+use crate::protocol::{ErrorCode, Framed, LineFramer, Reply, Request};
 use crate::reads::Query;
 use crate::resp::{ProtocolError, RespFramer};
 
@@ -128,9 +128,9 @@ pub struct Conn {
     pub opening_session: bool,
     /// The request in flight that `opening_session` waits for is a resume.
     pub resuming: bool,
-    /// The last session request was a resume that was refused: tagged
-    /// writes get `ERR SESSION_EXPIRED` (not "no session") until the next
-    /// session request succeeds.
+    /// The last session request was a resume refused with
+    /// `ERR SESSION_EXPIRED`: tagged writes get that too (not "no
+    /// session") until the next session request is answered.
     pub resume_refused: bool,
     /// The request being started: its command and when it was read.
     current: Option<(Cmd, Instant)>,
@@ -359,7 +359,10 @@ impl Conn {
                 Reply::Session(id) => Some(id.index),
                 _ => None,
             };
-            self.resume_refused = self.resuming && self.session.is_none();
+            // Refused, not merely unanswered (a timeout leaves no session
+            // and says nothing of this one).
+            let refused = matches!(reply, Reply::Error(ErrorCode::SessionExpired, _));
+            self.resume_refused = self.resuming && refused;
             self.resuming = false;
         }
         slot.reply = Some(reply);
