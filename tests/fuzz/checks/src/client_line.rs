@@ -111,7 +111,14 @@ fn check_tokens(line: &[u8], parsed: &Result<Request, ParseError>) {
     // As `parse` reads it: one `\r` stripped, tokens split at one space.
     let body = line.strip_suffix(b"\r").unwrap_or(line);
     let mut tokens = body.split(|&b| b == b' ');
-    let cmd = tokens.next().unwrap_or_default().to_ascii_uppercase();
+    let mut cmd = tokens.next().unwrap_or_default();
+    // `#<seq> <request>`: the request after the tag is parsed the same
+    // way (and refused as untaggable only if it parses), so a bad node id
+    // there is reported as such.
+    if cmd.starts_with(b"#") {
+        cmd = tokens.next().unwrap_or_default();
+    }
+    let cmd = cmd.to_ascii_uppercase();
     let id_token = match cmd.as_slice() {
         b"ADD_NODE" | b"REMOVE_NODE" | b"TRANSFER_LEADER" => tokens.next(),
         _ => None,
