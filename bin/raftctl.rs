@@ -33,7 +33,9 @@ Exit codes:
 /// cas, incr, append) go through a client session: one whose outcome is
 /// unknown (a node died, a leader changed, no reply in time) is sent again
 /// with the same sequence number until a definite answer comes, and is
-/// applied exactly once. Keys are 1 to 1024 bytes without whitespace;
+/// applied exactly once. The session's id carries a random secret that
+/// only this process holds (it is never printed). Keys are 1 to 1024 bytes
+/// without whitespace;
 /// values are at most 1 MiB without newlines.
 ///
 /// Examples:

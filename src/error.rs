@@ -62,6 +62,8 @@ pub enum StartError {
     },
     /// The auth token file holds no usable token.
     BadTokenFile(PathBuf),
+    /// The auth token is too short to resist guessing.
+    ShortToken { path: PathBuf, len: usize },
     /// An empty data dir, and the peers' answers forbid both bootstrapping
     /// and recovering (`discovery.rs`); the text says why and what to do.
     Discovery(String),
@@ -118,6 +120,13 @@ impl fmt::Display for StartError {
                 f,
                 "{}: the auth token is the first line, not empty, without spaces",
                 p.display()
+            ),
+            StartError::ShortToken { path, len } => write!(
+                f,
+                "{}: the auth token is {len} bytes; it must be at least {} (use a random one, \
+                 e.g. `openssl rand -hex 16`)",
+                path.display(),
+                crate::server::MIN_TOKEN_LEN
             ),
             StartError::Discovery(why) => f.write_str(why),
             StartError::DamagedSoleVoter { dir, damage } => write!(

@@ -10,15 +10,18 @@
 //! put, append: key (len u32 + bytes), then the value: the rest of the entry
 //! delete, incr: key (len u32 + bytes), nothing more
 //! cas:     key, expected (len u32 + bytes each), then the new value: the rest
-//! open:    ttl ms u64, max sessions u64   -- the registering node's settings
-//! resume:  session id u64
+//! open:    ttl ms u64, max sessions u64,  -- the registering node's settings
+//!          secret 16 bytes                -- drawn by the proposing node
+//! resume:  session id u64, secret 16 bytes
 //! clock:   the leader's wall clock, ms since the epoch, u64
 //! tagged:  session id u64, seq u64, then a put/delete/cas/incr/append
 //!          as kind u8 + its body
 //! ```
 //!
 //! A session's id is the index of the entry that opened it; sessions,
-//! their kept replies and log time are in `sessions.rs`.
+//! their kept replies and log time are in `sessions.rs`. Entries of the
+//! older format, an open or a resume without the secret (16 and 8 bytes of
+//! body), still decode: such a session has no secret and is never resumed.
 //!
 //! A conf-change entry's context is `origin node id u64, request id u64`
 //! followed by the member's raft address (empty for a removal); see
@@ -48,16 +51,18 @@
 //! Snapshots serialise the cluster record and the whole map:
 //!
 //! ```text
-//! magic "RNKV" (4 bytes), version u32 = 3
+//! magic "RNKV" (4 bytes), version u32 = 4
 //! cluster id u64
 //! members u64, then per member: id u64, address len u32 + bytes
 //! removed u64, then per removed node: id u64
 //! keys u64, then per key: key len u32 + bytes, value len u32 + bytes
-//! the session table (layout in `sessions.rs`)
+//! the session table (layout in `sessions.rs`, with the sessions' secrets)
 //! ```
 //!
-//! Version 2 (no session table) and version 1 (no cluster id, no removed
-//! list either) are still read, with no sessions.
+//! Version 3 (a session table without secrets: its sessions still
+//! deduplicate retries but can no longer be resumed), version 2 (no session
+//! table) and version 1 (no cluster id, no removed list either) are still
+//! read.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read, Write};
@@ -65,7 +70,7 @@ use std::sync::Arc;
 
 use byteorder::{ByteOrder, LittleEndian, ReadBytesExt, WriteBytesExt};
 
-use crate::protocol::{ErrorCode, Reply, MAX_VALUE};
+use crate::protocol::{ErrorCode, Reply, SessionSecret, MAX_VALUE};
 use crate::raft::NodeId;
 use crate::sessions::{read_bytes, SessionLimits, Sessions};
 
@@ -114,13 +119,17 @@ pub enum Command {
         keys: Vec<Vec<u8>>,
     },
     /// Registers a session; its id is the index of this entry. Carries the
-    /// registering node's session settings (see `sessions.rs`).
+    /// registering node's session settings (see `sessions.rs`) and the
+    /// session's secret (`None` only in an entry of the older format).
     OpenSession {
         limits: SessionLimits,
+        secret: Option<SessionSecret>,
     },
-    /// Resumes session `id` (and marks it active).
+    /// Resumes session `id` (and marks it active) if `secret` is its
+    /// secret (`None` only in an entry of the older format: refused).
     ResumeSession {
         id: u64,
+        secret: Option<SessionSecret>,
     },
     /// A leader's wall-clock stamp, in milliseconds since the epoch: the
     /// only source of log time (proposed by a leader, never by a client).
@@ -200,8 +209,9 @@ fn body_len(cmd: &Command) -> usize {
             expected,
             value,
         } => 8 + key.len() + expected.len() + value.len(),
-        Command::SetClusterId { .. } | Command::ResumeSession { .. } | Command::Clock { .. } => 8,
-        Command::OpenSession { .. } => 16,
+        Command::SetClusterId { .. } | Command::Clock { .. } => 8,
+        Command::ResumeSession { secret, .. } => 8 + secret.map_or(0, |s| s.len()),
+        Command::OpenSession { secret, .. } => 16 + secret.map_or(0, |s| s.len()),
         Command::Tagged { cmd, .. } => 17 + body_len(cmd),
         Command::PutIf { key, value, .. } => 5 + key.len() + value.len(),
         Command::PutMany { pairs } => {
@@ -235,13 +245,20 @@ fn write_body(cmd: &Command, out: &mut Vec<u8>) {
             put_bytes(out, expected);
             out.extend_from_slice(value);
         }
-        Command::SetClusterId { id } | Command::ResumeSession { id } => {
-            out.extend_from_slice(&id.to_le_bytes())
+        Command::SetClusterId { id } => out.extend_from_slice(&id.to_le_bytes()),
+        Command::ResumeSession { id, secret } => {
+            out.extend_from_slice(&id.to_le_bytes());
+            if let Some(secret) = secret {
+                out.extend_from_slice(secret);
+            }
         }
         Command::Clock { ms } => out.extend_from_slice(&ms.to_le_bytes()),
-        Command::OpenSession { limits } => {
+        Command::OpenSession { limits, secret } => {
             out.extend_from_slice(&limits.ttl_ms.to_le_bytes());
             out.extend_from_slice(&limits.max.to_le_bytes());
+            if let Some(secret) = secret {
+                out.extend_from_slice(secret);
+            }
         }
         Command::Tagged { session, seq, cmd } => {
             out.extend_from_slice(&session.to_le_bytes());
@@ -367,6 +384,15 @@ fn take_bytes<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
     Some(head)
 }
 
+/// The rest of a session entry's body: nothing (the older format, no
+/// secret) or exactly a secret; `None` (malformed) otherwise.
+fn take_secret(rest: &[u8]) -> Option<Option<SessionSecret>> {
+    match rest.len() {
+        0 => Some(None),
+        _ => Some(Some(rest.try_into().ok()?)),
+    }
+}
+
 /// Splits a u64 off the front of `buf`.
 fn take_u64(buf: &mut &[u8]) -> Option<u64> {
     let (head, tail) = buf.split_first_chunk::<8>()?;
@@ -396,16 +422,20 @@ fn decode_body(kind: u8, mut rest: &[u8]) -> Option<Command> {
     let fixed = |rest: &[u8]| Some(u64::from_le_bytes(rest.try_into().ok()?));
     let cmd = match kind {
         CLUSTER_ID => Command::SetClusterId { id: fixed(rest)? },
-        RESUME_SESSION => Command::ResumeSession { id: fixed(rest)? },
+        RESUME_SESSION => {
+            let id = take_u64(&mut rest)?;
+            Command::ResumeSession {
+                id,
+                secret: take_secret(rest)?,
+            }
+        }
         CLOCK => Command::Clock { ms: fixed(rest)? },
         OPEN_SESSION => {
             let ttl_ms = take_u64(&mut rest)?;
             let max = take_u64(&mut rest)?;
-            if !rest.is_empty() {
-                return None;
-            }
             Command::OpenSession {
                 limits: SessionLimits { ttl_ms, max },
+                secret: take_secret(rest)?,
             }
         }
         TAGGED => {
@@ -627,8 +657,8 @@ impl KvStore {
                 }
                 Reply::Ok
             }
-            Command::OpenSession { limits } => self.sessions.open(index, limits),
-            Command::ResumeSession { id } => self.sessions.resume(id),
+            Command::OpenSession { limits, secret } => self.sessions.open(index, limits, secret),
+            Command::ResumeSession { id, secret } => self.sessions.resume(id, secret.as_ref()),
             Command::Clock { ms } => {
                 self.sessions.advance_clock(ms);
                 Reply::Ok
@@ -807,7 +837,7 @@ impl KvStore {
             self.map.put(k, v);
         }
         if version >= 3 {
-            self.sessions = Sessions::read_from(r)?;
+            self.sessions = Sessions::read_from(r, version >= 4)?;
         }
         Ok(())
     }
@@ -837,8 +867,8 @@ fn parse_i64(v: &[u8]) -> Option<i64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
-/// The snapshot format written; 1 and 2 are still read.
-const SNAPSHOT_VERSION: u32 = 3;
+/// The snapshot format written; 1 to 3 are still read.
+const SNAPSHOT_VERSION: u32 = 4;
 
 fn write_snapshot(cluster: &Cluster, map: &Map, w: &mut impl Write) -> io::Result<()> {
     w.write_all(b"RNKV")?;
@@ -1180,6 +1210,29 @@ mod tests {
         }
     }
 
+    const SECRET: SessionSecret = [7; 16];
+
+    fn open() -> Command {
+        Command::OpenSession {
+            limits: LIMITS,
+            secret: Some(SECRET),
+        }
+    }
+
+    fn resume(id: u64) -> Command {
+        Command::ResumeSession {
+            id,
+            secret: Some(SECRET),
+        }
+    }
+
+    fn session(index: u64) -> Reply {
+        Reply::Session(crate::protocol::SessionId {
+            index,
+            secret: SECRET,
+        })
+    }
+
     const LIMITS: SessionLimits = SessionLimits {
         ttl_ms: 60_000,
         max: 100,
@@ -1189,10 +1242,7 @@ mod tests {
     fn a_retried_tagged_write_is_answered_from_memory_and_not_applied_again() {
         let mut kv = KvStore::new();
         kv.apply_at(1, Command::Clock { ms: 1_000 });
-        assert_eq!(
-            kv.apply_at(2, Command::OpenSession { limits: LIMITS }),
-            Reply::Session(2)
-        );
+        assert_eq!(kv.apply_at(2, open()), session(2));
         assert_eq!(kv.apply_at(3, tagged(2, 1, incr("c"))), value("1"));
         assert_eq!(kv.apply_at(4, tagged(2, 1, incr("c"))), value("1"));
         assert_eq!(kv.get(b"c"), Some(&b"1"[..]), "the retry did not apply");
@@ -1225,13 +1275,10 @@ mod tests {
         let mut kv = KvStore::new();
         let expired = |r: &Reply| matches!(r, Reply::Error(ErrorCode::SessionExpired, _));
         assert!(expired(&kv.apply_at(1, tagged(99, 1, incr("c")))));
-        assert!(expired(&kv.apply_at(2, Command::ResumeSession { id: 99 })));
+        assert!(expired(&kv.apply_at(2, resume(99))));
         kv.apply_at(3, Command::Clock { ms: 1_000 });
-        kv.apply_at(4, Command::OpenSession { limits: LIMITS });
-        assert_eq!(
-            kv.apply_at(5, Command::ResumeSession { id: 4 }),
-            Reply::Session(4)
-        );
+        kv.apply_at(4, open());
+        assert_eq!(kv.apply_at(5, resume(4)), session(4));
         kv.apply_at(6, Command::Clock { ms: 61_000 });
         assert_eq!(kv.sessions().len(), 1, "idle exactly the TTL: still open");
         kv.apply_at(7, Command::Clock { ms: 61_001 });
@@ -1249,8 +1296,17 @@ mod tests {
                 key: b"k".to_vec(),
                 value: b"x y".to_vec(),
             },
-            Command::OpenSession { limits: LIMITS },
-            Command::ResumeSession { id: 17 },
+            open(),
+            resume(17),
+            // The older format: no secret.
+            Command::OpenSession {
+                limits: LIMITS,
+                secret: None,
+            },
+            Command::ResumeSession {
+                id: 17,
+                secret: None,
+            },
             Command::Clock { ms: 1234 },
             tagged(3, 9, incr("k")),
             tagged(
@@ -1268,7 +1324,27 @@ mod tests {
             assert_eq!(decode_command(&data), Some((id, cmd.clone())));
             if !matches!(cmd, Command::Append { .. } | Command::Tagged { .. }) {
                 for cut in 0..data.len() {
-                    assert_eq!(decode_command(&data[..cut]), None, "{cmd:?} cut at {cut}");
+                    let old = match &cmd {
+                        // Cut just before its secret: the older format.
+                        Command::OpenSession { limits, secret } if secret.is_some() => {
+                            Command::OpenSession {
+                                limits: *limits,
+                                secret: None,
+                            }
+                        }
+                        Command::ResumeSession { id, secret } if secret.is_some() => {
+                            Command::ResumeSession {
+                                id: *id,
+                                secret: None,
+                            }
+                        }
+                        _ => {
+                            assert_eq!(decode_command(&data[..cut]), None, "{cmd:?} cut at {cut}");
+                            continue;
+                        }
+                    };
+                    let want = (cut == data.len() - 16).then_some((id, old));
+                    assert_eq!(decode_command(&data[..cut]), want, "{cmd:?} cut at {cut}");
                 }
             }
         }
@@ -1282,7 +1358,7 @@ mod tests {
     fn a_snapshot_keeps_the_session_table_and_a_retry_after_restore_is_not_applied() {
         let mut kv = KvStore::new();
         kv.apply_at(1, Command::Clock { ms: 5_000 });
-        kv.apply_at(2, Command::OpenSession { limits: LIMITS });
+        kv.apply_at(2, open());
         kv.apply_at(3, tagged(2, 1, incr("c")));
         kv.apply_at(4, tagged(2, 2, incr("c")));
         let bytes = kv.snapshot_bytes();
@@ -1310,17 +1386,58 @@ mod tests {
             key: b"a".to_vec(),
             value: b"1".to_vec(),
         });
-        kv.apply_at(2, Command::OpenSession { limits: LIMITS });
+        kv.apply_at(2, open());
         let mut v2 = Vec::new();
         write_snapshot(&kv.cluster, &kv.map, &mut v2).unwrap();
         v2[4..8].copy_from_slice(&2u32.to_le_bytes());
         let mut other = KvStore::new();
-        other.apply_at(9, Command::OpenSession { limits: LIMITS });
+        other.apply_at(9, open());
         other.restore(&mut &v2[..]).unwrap();
         assert_eq!(other.get(b"a"), Some(&b"1"[..]));
         assert!(other.sessions().is_empty());
-        let mut v4 = kv.snapshot_bytes();
-        v4[4..8].copy_from_slice(&4u32.to_le_bytes());
-        assert!(KvStore::new().restore(&mut &v4[..]).is_err());
+        let mut v5 = kv.snapshot_bytes();
+        v5[4..8].copy_from_slice(&5u32.to_le_bytes());
+        assert!(KvStore::new().restore(&mut &v5[..]).is_err());
+    }
+
+    #[test]
+    fn a_version_3_snapshot_loads_its_sessions_without_secrets() {
+        let mut kv = KvStore::new();
+        kv.apply_at(1, Command::Clock { ms: 5_000 });
+        kv.apply_at(2, open());
+        kv.apply_at(3, tagged(2, 1, incr("c")));
+        // Version 3: the same, but the session (id u64) has no secret field.
+        let v4 = kv.snapshot_bytes();
+        let mut sessions = Vec::new();
+        kv.sessions().write_to(&mut sessions).unwrap();
+        let table_at = v4.len() - sessions.len();
+        let mut v3 = v4[..table_at].to_vec();
+        v3[4..8].copy_from_slice(&3u32.to_le_bytes());
+        v3.extend_from_slice(&sessions[..40]); // limits, count, the session's id
+        assert_eq!(sessions[40], 1, "the secret flag");
+        v3.extend_from_slice(&sessions[40 + 17..]);
+        let mut other = KvStore::new();
+        other.restore(&mut &v3[..]).unwrap();
+        assert_eq!(other.sessions().len(), 1);
+        assert!(matches!(
+            other.apply_at(4, resume(2)),
+            Reply::Error(ErrorCode::SessionExpired, _)
+        ));
+        // Its kept replies still stop a retry.
+        assert_eq!(other.apply_at(5, tagged(2, 1, incr("c"))), value("1"));
+        assert_eq!(other.get(b"c"), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn a_resume_with_a_wrong_secret_or_none_is_refused() {
+        let mut kv = KvStore::new();
+        kv.apply_at(2, open());
+        let expired = |r: &Reply| matches!(r, Reply::Error(ErrorCode::SessionExpired, _));
+        for secret in [None, Some([0; 16]), Some([8; 16])] {
+            assert!(expired(
+                &kv.apply_at(3, Command::ResumeSession { id: 2, secret })
+            ));
+        }
+        assert_eq!(kv.apply_at(4, resume(2)), session(2));
     }
 }

@@ -129,8 +129,8 @@ fn is_loopback(addr: &str) -> bool {
     !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
 }
 
-/// Reads the client auth token: the file's first line, which must not be
-/// empty.
+/// Reads the client auth token: the file's first line, at least
+/// [`server::MIN_TOKEN_LEN`] bytes without whitespace.
 fn read_token(path: &std::path::Path) -> Result<Vec<u8>, StartError> {
     let text = std::fs::read(path).map_err(|source| StartError::DataDir {
         op: "read the auth token file",
@@ -141,6 +141,12 @@ fn read_token(path: &std::path::Path) -> Result<Vec<u8>, StartError> {
     let token = line.strip_suffix(b"\r").unwrap_or(line);
     if token.is_empty() || token.iter().any(|b| b.is_ascii_whitespace()) {
         return Err(StartError::BadTokenFile(path.to_path_buf()));
+    }
+    if token.len() < server::MIN_TOKEN_LEN {
+        return Err(StartError::ShortToken {
+            path: path.to_path_buf(),
+            len: token.len(),
+        });
     }
     Ok(token.to_vec())
 }

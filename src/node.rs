@@ -192,6 +192,7 @@ impl NodeLoop {
         loop {
             if !self.outstanding && self.raw.has_ready() {
                 let rd = self.raw.ready();
+                self.policy.read_states_out(&rd.read_states);
                 if let Some(ss) = rd.soft_state {
                     let term = self.raw.status().hard_state.term;
                     self.policy
@@ -263,7 +264,10 @@ impl NodeLoop {
         }
         for r in self.ch.reports.try_iter() {
             match r {
-                Report::Unreachable(id) => self.raw.report_unreachable(id),
+                Report::Unreachable(id) => {
+                    self.raw.report_unreachable(id);
+                    self.policy.peer_unreachable(&mut self.raw, id);
+                }
                 Report::Snapshot(id, ok) => self.raw.report_snapshot(id, ok),
             }
             worked = true;

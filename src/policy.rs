@@ -9,6 +9,16 @@
 //!   leader may be lost or may still commit; once a *different* leader is
 //!   known they are failed with `ERR LEADER_CHANGED`, as etcd does, rather
 //!   than left to time out.
+//! - **Forwarded reads.** A follower's read-index request goes to the
+//!   leader in one message, which a link that is down loses without a
+//!   word. Until its read state comes back, the batch is sent again every
+//!   [`READ_RESEND`] (as etcd's `readIndexRetryTime`), and as soon as the
+//!   transport reports the leader unreachable (at most every
+//!   [`READ_RESEND_MIN`]), which covers a link that broke and came back.
+//!   When the leader is still reported unreachable [`READ_GIVE_UP`] after
+//!   the first such report, the link is down: the batch's reads are failed
+//!   with `ERR UNAVAILABLE` (nothing was read; retry here or on another
+//!   node) instead of waiting out their timeout.
 //! - **Transfers.** A `TRANSFER_LEADER` is answered when its target is seen
 //!   to lead, or left to time out.
 //! - **Learner promotion.** `ADD_NODE` adds a learner; the leader promotes
@@ -43,7 +53,7 @@ use crate::metrics::ServerMetrics;
 use crate::protocol::{ErrorCode, Reply};
 use crate::raft::{
     ConfChange, ConfChangeKind, ConfState, DropReason, Error as RaftError, MemStorage, NodeId,
-    ProgressState, RawNode, Role, SoftState, NO_NODE,
+    ProgressState, RawNode, ReadState, Role, SoftState, NO_NODE,
 };
 use crate::reads::{Query, ReadNotice, ReadWaiter};
 use crate::reply::ReplyTx;
@@ -61,6 +71,28 @@ const PROMOTE_RETRY: Duration = Duration::from_secs(1);
 
 /// How often a leader stamps log time while client sessions exist.
 pub const CLOCK_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a follower waits for the answer to a forwarded read-index
+/// request before it sends the request again.
+pub const READ_RESEND: Duration = Duration::from_millis(500);
+
+/// The shortest time between two sends of one forwarded read index
+/// prompted by unreachable reports (each failed send makes one).
+pub const READ_RESEND_MIN: Duration = Duration::from_millis(100);
+
+/// How long after the first unreachable report for the leader a forwarded
+/// read that still waits, while the reports go on, is failed.
+pub const READ_GIVE_UP: Duration = Duration::from_secs(1);
+
+/// A read-index request this node forwarded to the leader, not answered yet.
+struct Forwarded {
+    /// When it was last sent.
+    sent: Instant,
+    /// The latest deadline of its reads: past it, nobody waits.
+    deadline: Instant,
+    /// The first unreachable report for the leader while it waited.
+    first_loss: Option<Instant>,
+}
 
 /// A client request for the node thread.
 pub enum NodeRequest {
@@ -102,6 +134,8 @@ pub struct Policy {
     shared: Arc<Shared>,
     read_notices: Sender<ReadNotice>,
     read_seq: u64,
+    /// Read-index requests forwarded to the leader, by context.
+    forwarded: HashMap<Vec<u8>, Forwarded>,
     transfers: Vec<Transfer>,
     /// The last leader known (never reset to none), and its term.
     leader: NodeId,
@@ -175,6 +209,7 @@ impl Policy {
             shared,
             read_notices,
             read_seq: 0,
+            forwarded: HashMap::new(),
             transfers: Vec::new(),
             leader: NO_NODE,
             leader_term: 0,
@@ -290,10 +325,22 @@ impl Policy {
         self.read_seq += 1;
         let mut ctx = raw.id().to_le_bytes().to_vec();
         ctx.extend_from_slice(&self.read_seq.to_le_bytes());
+        let deadline = reads.iter().map(|r| r.deadline).max();
         match raw.read_index(ctx.clone()) {
             // The batch reaches the ready thread before the Ready that
             // carries its read state.
             Ok(()) => {
+                if raw.soft_state().role != Role::Leader {
+                    if let Some(deadline) = deadline {
+                        let sent = Instant::now();
+                        let f = Forwarded {
+                            sent,
+                            deadline,
+                            first_loss: None,
+                        };
+                        self.forwarded.insert(ctx.clone(), f);
+                    }
+                }
                 let _ = self.read_notices.send(ReadNotice::Batch(ctx, reads));
             }
             Err(e) => {
@@ -301,6 +348,62 @@ impl Policy {
                 for r in reads {
                     r.reply.send(reply.clone());
                 }
+            }
+        }
+    }
+
+    /// The Ready about to go out carries these read states: their
+    /// requests need no resending.
+    pub fn read_states_out(&mut self, states: &[ReadState]) {
+        if self.forwarded.is_empty() {
+            return;
+        }
+        for rs in states {
+            self.forwarded.remove(&rs.context);
+        }
+    }
+
+    /// The transport could not deliver messages to `peer`. If it is the
+    /// leader, forwarded read-index requests may be lost: each is sent
+    /// again, or failed if the leader has been unreachable since
+    /// [`READ_GIVE_UP`] ago.
+    pub fn peer_unreachable(&mut self, raw: &mut RawNode<MemStorage>, peer: NodeId) {
+        if self.forwarded.is_empty() || raw.soft_state().leader != peer {
+            return;
+        }
+        let now = Instant::now();
+        let mut failed = Vec::new();
+        for (ctx, f) in &mut self.forwarded {
+            let first = *f.first_loss.get_or_insert(now);
+            if now.saturating_duration_since(first) >= READ_GIVE_UP {
+                failed.push(ctx.clone());
+            } else if now.saturating_duration_since(f.sent) >= READ_RESEND_MIN
+                && raw.read_index(ctx.clone()).is_ok()
+            {
+                f.sent = now;
+            }
+        }
+        for ctx in failed {
+            self.forwarded.remove(&ctx);
+            let msg = format!(
+                "the leader (node {peer}) cannot be reached from this node; the read was not \
+                 served; retry, here or on another node"
+            );
+            let reply = Reply::error(ErrorCode::Unavailable, msg);
+            let _ = self.read_notices.send(ReadNotice::Fail(ctx, reply));
+        }
+    }
+
+    /// Sends again the forwarded read-index requests unanswered for
+    /// [`READ_RESEND`]; forgets those nobody waits for.
+    fn resend_reads(&mut self, raw: &mut RawNode<MemStorage>, now: Instant) {
+        self.forwarded.retain(|_, f| f.deadline > now);
+        for (ctx, f) in &mut self.forwarded {
+            if now.saturating_duration_since(f.sent) >= READ_RESEND
+                && raw.read_index(ctx.clone()).is_ok()
+            {
+                debug!("read index unanswered for {READ_RESEND:?}; sending it again");
+                f.sent = now;
             }
         }
     }
@@ -341,6 +444,7 @@ impl Policy {
                 .answer_all(&Reply::error(ErrorCode::LeaderChanged, msg));
         }
         if had_leader {
+            self.forwarded.clear();
             let _ = self.read_notices.send(ReadNotice::LeaderChanged);
         }
     }
@@ -367,6 +471,9 @@ impl Policy {
     pub fn tick(&mut self, raw: &mut RawNode<MemStorage>) {
         let now = Instant::now();
         self.transfers.retain(|t| t.deadline > now);
+        if !self.forwarded.is_empty() {
+            self.resend_reads(raw, now);
+        }
         if raw.soft_state().role == Role::Leader {
             self.promote_learners(raw, now);
             self.propose_cluster_id(raw, now);

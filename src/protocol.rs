@@ -25,6 +25,70 @@ pub const MAX_VALUE: usize = 1 << 20;
 /// Longest request line, without its `\n`; longer lines close the connection.
 pub const MAX_LINE: usize = (1 << 20) + 2048;
 
+/// Bytes of a session's secret: 128 random bits.
+pub const SESSION_SECRET_LEN: usize = 16;
+
+/// A session's secret, drawn by the node that proposes the registration.
+pub type SessionSecret = [u8; SESSION_SECRET_LEN];
+
+/// A session id as clients hold it: the log index of the entry that
+/// registered the session, and the session's random secret. Written
+/// `<index>-<32 lowercase hex digits>` (at most 53 printable ASCII bytes);
+/// only a client that was given the whole token can resume the session.
+/// `Debug` shows the index only, so that logs never carry a secret.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SessionId {
+    /// The index of the registering entry: unique, and easy to guess.
+    pub index: u64,
+    /// What makes the id impossible to guess.
+    pub secret: SessionSecret,
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({}-<secret>)", self.index)
+    }
+}
+
+impl SessionId {
+    /// The token a client sends back: `<index>-<32 hex digits>`.
+    pub fn token(&self) -> String {
+        let mut s = format!("{}-", self.index);
+        for b in self.secret {
+            let _ = fmt::Write::write_fmt(&mut s, format_args!("{b:02x}"));
+        }
+        s
+    }
+
+    /// Reads [`token`](SessionId::token)'s form: a decimal index >= 1,
+    /// `-`, and exactly 32 hex digits (either case).
+    pub fn parse(tok: &str) -> Option<SessionId> {
+        let (index, hex) = tok.split_once('-')?;
+        let index = positive(index)?;
+        let hex = hex.as_bytes();
+        if hex.len() != 2 * SESSION_SECRET_LEN {
+            return None;
+        }
+        let mut secret = [0u8; SESSION_SECRET_LEN];
+        for (i, pair) in hex.chunks_exact(2).enumerate() {
+            let digit = |c: u8| (c as char).to_digit(16);
+            secret[i] = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+        }
+        Some(SessionId { index, secret })
+    }
+
+    /// Whether `given` is this session's secret, in time that does not
+    /// depend on where they differ.
+    pub fn secret_is(&self, given: &SessionSecret) -> bool {
+        let diff = self
+            .secret
+            .iter()
+            .zip(given)
+            .fold(0u8, |d, (a, b)| d | (a ^ b));
+        std::hint::black_box(diff) == 0
+    }
+}
+
 /// A parsed request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -51,9 +115,10 @@ pub enum Request {
     },
     /// `SESSION`: open a session.
     OpenSession,
-    /// `SESSION <id>`: make session `id` this connection's session.
+    /// `SESSION <id>`: make session `id` this connection's session, if
+    /// its secret is right.
     ResumeSession {
-        id: u64,
+        id: SessionId,
     },
     /// `#<seq> <write>`: a write tagged with a sequence number of the
     /// connection's session; `cmd` is a client write, never tagged itself.
@@ -76,7 +141,7 @@ pub enum Reply {
     Pong,
     Status(String),
     /// `SESSION <id>`: a session was opened or resumed.
-    Session(u64),
+    Session(SessionId),
     Error(ErrorCode, String),
     /// A count (keys removed, keys present, keys held): only RESP requests
     /// get one.
@@ -190,7 +255,7 @@ impl Reply {
             Reply::Pong => out.extend_from_slice(b"PONG"),
             Reply::Status(s) => out.extend_from_slice(s.as_bytes()),
             Reply::Session(id) => {
-                let _ = write!(out, "SESSION {id}");
+                let _ = write!(out, "SESSION {}", id.token());
             }
             Reply::Error(code, msg) => {
                 let _ = write!(out, "ERR {} {}", code.as_str(), msg);
@@ -347,7 +412,7 @@ pub enum ParseError {
     ValueTooLong(usize),
     BadNodeId(String),
     BadAddress(String),
-    /// `SESSION <id>` whose id is not a decimal integer >= 1.
+    /// `SESSION <id>` whose id is not `<index>-<32 hex digits>`.
     BadSessionId(String),
     /// `#<seq>` whose sequence number is not a decimal integer >= 1.
     BadSequence(String),
@@ -394,7 +459,8 @@ impl fmt::Display for ParseError {
             ParseError::BadAddress(addr) => write!(f, "{addr:?} is not a host:port address"),
             ParseError::BadSessionId(tok) => write!(
                 f,
-                "{tok:?} is not a session id (a decimal integer >= 1, digits only)"
+                "{tok:?} is not a session id (<index>-<32 hex digits>, as SESSION \
+                 returned it; an index alone names no secret and resumes nothing)"
             ),
             ParseError::BadSequence(tok) => write!(
                 f,
@@ -561,8 +627,8 @@ fn parse_str(line: &str) -> Result<Request, ParseError> {
                 let usage = "SESSION [<id>]";
                 let (id, more) = arg(rest, usage)?;
                 done(more, usage)?;
-                let id = positive(id)
-                    .ok_or_else(|| ParseError::BadSessionId(id.chars().take(32).collect()))?;
+                let id = SessionId::parse(id)
+                    .ok_or_else(|| ParseError::BadSessionId(id.chars().take(64).collect()))?;
                 Ok(Request::ResumeSession { id })
             }
         },
@@ -768,9 +834,23 @@ mod tests {
     #[test]
     fn session_requests_and_tags_parse() {
         assert_eq!(parse(b"SESSION"), Ok(Request::OpenSession));
+        let id = SessionId {
+            index: 42,
+            secret: *b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\xcd\xef\xff",
+        };
+        assert_eq!(id.token(), "42-000102030405060708090a0b0ccdefff");
         assert_eq!(
-            parse(b"session 42\r"),
-            Ok(Request::ResumeSession { id: 42 })
+            parse(b"session 42-000102030405060708090a0b0ccdefff\r"),
+            Ok(Request::ResumeSession { id })
+        );
+        assert_eq!(
+            parse(b"SESSION 42-000102030405060708090A0B0CCDEFFF"),
+            Ok(Request::ResumeSession { id }),
+            "hex digits of either case"
+        );
+        assert!(
+            !format!("{id:?}").contains("0a0b"),
+            "Debug hides the secret"
         );
         assert_eq!(
             parse(b"INCR k"),
@@ -801,18 +881,59 @@ mod tests {
             })
         );
         let mut out = Vec::new();
-        Reply::Session(9).write_line(&mut out);
+        Reply::Session(SessionId {
+            index: 9,
+            secret: [0xab; SESSION_SECRET_LEN],
+        })
+        .write_line(&mut out);
         Reply::error(ErrorCode::SessionExpired, "gone").write_line(&mut out);
-        assert_eq!(out, b"SESSION 9\nERR SESSION_EXPIRED gone\n");
+        assert_eq!(
+            out,
+            b"SESSION 9-abababababababababababababababab\nERR SESSION_EXPIRED gone\n"
+        );
     }
 
     #[test]
     fn bad_session_requests_and_tags_are_refused_with_a_reason() {
         for (line, want) in [
-            (&b"SESSION 0"[..], "not a session id"),
+            (
+                &b"SESSION 0-00000000000000000000000000000000"[..],
+                "not a session id",
+            ),
             (b"SESSION x", "not a session id"),
-            (b"SESSION +1", "not a session id"),
-            (b"SESSION 18446744073709551616", "not a session id"),
+            (b"SESSION 42", "an index alone names no secret"),
+            (
+                b"SESSION +1-00000000000000000000000000000000",
+                "not a session id",
+            ),
+            (
+                b"SESSION 1-0000000000000000000000000000000",
+                "not a session id",
+            ),
+            (
+                b"SESSION 1-000000000000000000000000000000000",
+                "not a session id",
+            ),
+            (
+                b"SESSION 1-0000000000000000000000000000000g",
+                "not a session id",
+            ),
+            (
+                b"SESSION 1-+0000000000000000000000000000000",
+                "not a session id",
+            ),
+            (
+                b"SESSION 1-000000000000000000000000000000\xc3\xa9",
+                "not a session id",
+            ),
+            (
+                b"SESSION -00000000000000000000000000000000",
+                "not a session id",
+            ),
+            (
+                b"SESSION 18446744073709551616-00000000000000000000000000000000",
+                "not a session id",
+            ),
             (b"SESSION 1 2", "too many"),
             (b"SESSION ", "missing argument"),
             (b"#0 INCR k", "not a sequence number"),

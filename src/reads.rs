@@ -23,6 +23,9 @@ pub enum ReadNotice {
     Batch(Vec<u8>, Vec<ReadWaiter>),
     /// The leader changed: read-index requests in flight may be lost.
     LeaderChanged,
+    /// The batch of context `ctx` cannot get its read index (its request
+    /// could not reach the leader): answer its reads with this reply now.
+    Fail(Vec<u8>, Reply),
     /// TEST ONLY (`RAFTNODE_DEBUG_UNSAFE_LOCAL_READS`): reads to serve from
     /// local state without a read index.
     Local(Vec<ReadWaiter>),
@@ -98,6 +101,12 @@ impl ReadQueue {
                 self.by_context.insert(ctx, waiters);
             }
             ReadNotice::Local(waiters) => self.waiting.push((0, waiters)),
+            ReadNotice::Fail(ctx, reply) => {
+                // Already answered if its read state came first.
+                for w in self.by_context.remove(&ctx).into_iter().flatten() {
+                    w.reply.send(reply.clone());
+                }
+            }
             ReadNotice::LeaderChanged => {
                 // Read states already received stay valid; requests whose
                 // answer has not come may never come.

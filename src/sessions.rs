@@ -2,7 +2,18 @@
 //! (Raft thesis §6.3, "Implementing linearizable semantics").
 //!
 //! A session is registered through Raft; its id is the log index of the
-//! entry that registered it, so every replica gives it the same id. A write
+//! entry that registered it, so every replica gives it the same id, and a
+//! random 128-bit secret that the registering entry carries (the node that
+//! proposes it draws the secret from the OS, so every replica holds the
+//! same one). Clients get both as one token, `<index>-<32 hex digits>`
+//! ([`SessionId`]); resuming a session needs the whole token, and the
+//! secret is compared in constant time. An index is easy to guess, the
+//! secret is not, so only the holder of a session can resume it, see its
+//! kept replies or use its sequence numbers. A wrong secret gets the same
+//! `ERR SESSION_EXPIRED` as an unknown session, and does not mark the
+//! session active. A session without a secret (registered by an entry of
+//! the older format, or loaded from a version 3 snapshot) cannot be
+//! resumed at all. A write
 //! tagged `#<seq>` on a session is applied through [`Sessions::check`] and
 //! [`Sessions::record`]: the first time a sequence number is applied, its
 //! reply is kept; a retry of it (on any node, after a leader change, a
@@ -39,9 +50,13 @@
 //! ```text
 //! log time u64, ttl ms u64, max sessions u64
 //! sessions u64, then per session:
-//!   id u64, last active u64, min kept u64,
+//!   id u64, [secret: has u8 (0 or 1), then 16 bytes if 1,]
+//!   last active u64, min kept u64,
 //!   replies u32, then per reply: seq u64, reply (see encode_reply)
 //! ```
+//!
+//! The bracketed secret is in snapshots of version 4 on; a version 3
+//! table is read with no secrets (`read_from`'s `with_secrets`).
 //!
 //! Decoding checks every count and length against its bound before it
 //! reads on, and allocates nothing by a count it read.
@@ -52,7 +67,7 @@ use std::sync::Arc;
 
 use byteorder::{LittleEndian, ReadBytesExt, WriteBytesExt};
 
-use crate::protocol::{ErrorCode, Reply, MAX_VALUE};
+use crate::protocol::{ErrorCode, Reply, SessionId, SessionSecret, MAX_VALUE};
 
 /// Replies kept per session, at most.
 pub const REPLY_WINDOW: usize = 64;
@@ -89,6 +104,9 @@ impl Default for SessionLimits {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Session {
+    /// What a resume must present; `None` for a session registered
+    /// without one (older format), which cannot be resumed.
+    secret: Option<SessionSecret>,
     /// Log time of the last registration, resume or tagged write.
     last_active: u64,
     /// Sequence numbers below this without a kept reply are refused.
@@ -219,9 +237,12 @@ impl Sessions {
         }
     }
 
-    /// Registers session `id` (the index of the registering entry) under
-    /// `limits`, evicting the least recently active sessions over the bound.
-    pub fn open(&mut self, id: u64, limits: SessionLimits) -> Reply {
+    /// Registers session `id` (the index of the registering entry) with
+    /// `secret` under `limits`, evicting the least recently active sessions
+    /// over the bound. Without a secret (an entry of the older format) the
+    /// session is registered alike, so tagged writes behave the same on
+    /// every replica, but it can never be resumed, and the reply says so.
+    pub fn open(&mut self, id: u64, limits: SessionLimits, secret: Option<SessionSecret>) -> Reply {
         self.limits = SessionLimits {
             ttl_ms: limits.ttl_ms.max(1),
             max: limits.max.clamp(1, MAX_SESSIONS_LIMIT),
@@ -236,23 +257,45 @@ impl Sessions {
         self.table.insert(
             id,
             Session {
+                secret,
                 last_active: self.log_time,
                 min_kept: 1,
                 ..Session::default()
             },
         );
         self.by_activity.insert((self.log_time, id));
-        Reply::Session(id)
+        match secret {
+            Some(secret) => Reply::Session(SessionId { index: id, secret }),
+            None => Reply::error(
+                ErrorCode::SessionExpired,
+                "the session was registered without a secret (an older entry format) \
+                 and cannot be used; open a new one with SESSION",
+            ),
+        }
     }
 
-    /// Resumes session `id`: `SESSION <id>` if it is open (and now active),
-    /// `ERR SESSION_EXPIRED` otherwise.
-    pub fn resume(&mut self, id: u64) -> Reply {
+    /// Resumes session `id` if `secret` is its secret: `SESSION <id>` (and
+    /// the session is now active). Otherwise `ERR SESSION_EXPIRED`, the
+    /// same for an unknown session, an expired one, a wrong secret and a
+    /// session that has none, and nothing changes.
+    pub fn resume(&mut self, id: u64, secret: Option<&SessionSecret>) -> Reply {
         if !self.live(id) {
             return expired();
         }
+        let Some(held) = self.table.get(&id).and_then(|s| s.secret) else {
+            return expired();
+        };
+        let held = SessionId {
+            index: id,
+            secret: held,
+        };
+        // A missing secret is compared too (against zeros), and refused.
+        let given = secret.copied();
+        if !held.secret_is(&given.unwrap_or_default()) || given.is_none() {
+            return expired();
+        }
         self.touch(id, self.log_time);
-        Reply::Session(id)
+        Reply::Session(held)
     }
 
     /// Before applying write `seq` of session `id`: `Ok` to apply it, or
@@ -288,7 +331,7 @@ impl Sessions {
         }
     }
 
-    /// Serialises the table (see the module docs).
+    /// Serialises the table (see the module docs), secrets included.
     pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
         w.write_u64::<LittleEndian>(self.log_time)?;
         w.write_u64::<LittleEndian>(self.limits.ttl_ms)?;
@@ -296,6 +339,13 @@ impl Sessions {
         w.write_u64::<LittleEndian>(self.table.len() as u64)?;
         for (id, s) in &self.table {
             w.write_u64::<LittleEndian>(*id)?;
+            match &s.secret {
+                Some(secret) => {
+                    w.write_u8(1)?;
+                    w.write_all(secret)?;
+                }
+                None => w.write_u8(0)?,
+            }
             w.write_u64::<LittleEndian>(s.last_active)?;
             w.write_u64::<LittleEndian>(s.min_kept)?;
             w.write_u32::<LittleEndian>(s.replies.len() as u32)?;
@@ -308,8 +358,10 @@ impl Sessions {
     }
 
     /// Reads what [`write_to`](Sessions::write_to) wrote; refuses counts
-    /// and lengths out of bounds with `InvalidData`.
-    pub fn read_from(r: &mut impl Read) -> io::Result<Sessions> {
+    /// and lengths out of bounds with `InvalidData`. Without `with_secrets`
+    /// it reads the version 3 layout, whose sessions have no secret (they
+    /// keep deduplicating tagged writes but can no longer be resumed).
+    pub fn read_from(r: &mut impl Read, with_secrets: bool) -> io::Result<Sessions> {
         let log_time = r.read_u64::<LittleEndian>()?;
         let ttl_ms = r.read_u64::<LittleEndian>()?;
         let max = r.read_u64::<LittleEndian>()?;
@@ -327,7 +379,21 @@ impl Sessions {
         };
         for _ in 0..n {
             let id = r.read_u64::<LittleEndian>()?;
+            let secret = if with_secrets {
+                match r.read_u8()? {
+                    0 => None,
+                    1 => {
+                        let mut secret = SessionSecret::default();
+                        r.read_exact(&mut secret)?;
+                        Some(secret)
+                    }
+                    _ => return Err(bad("secret flag")),
+                }
+            } else {
+                None
+            };
             let mut s = Session {
+                secret,
                 last_active: r.read_u64::<LittleEndian>()?,
                 min_kept: r.read_u64::<LittleEndian>()?,
                 ..Session::default()
@@ -374,7 +440,7 @@ const R_STATUS: u8 = 9;
 
 /// Writes a reply: kind u8, then `len u32 + bytes` for a value, a
 /// mismatch or a status line; `code u8, len u32 + message` for an error;
-/// `u64` for a session id or an index.
+/// `u64` for an index, `u64` and the 16-byte secret for a session id.
 fn encode_reply(reply: &Reply, w: &mut impl Write) -> io::Result<()> {
     let bytes = |w: &mut dyn Write, kind: u8, b: &[u8]| -> io::Result<()> {
         w.write_u8(kind)?;
@@ -395,7 +461,8 @@ fn encode_reply(reply: &Reply, w: &mut impl Write) -> io::Result<()> {
         }
         Reply::Session(id) => {
             w.write_u8(R_SESSION)?;
-            w.write_u64::<LittleEndian>(*id)
+            w.write_u64::<LittleEndian>(id.index)?;
+            w.write_all(&id.secret)
         }
         Reply::OkIndex(i) => {
             w.write_u8(R_OK_INDEX)?;
@@ -443,7 +510,12 @@ fn decode_reply(r: &mut impl Read) -> io::Result<Reply> {
             let code = ErrorCode::from_u8(r.read_u8()?).ok_or_else(|| bad("error code"))?;
             Reply::Error(code, read_text(r)?)
         }
-        R_SESSION => Reply::Session(r.read_u64::<LittleEndian>()?),
+        R_SESSION => {
+            let index = r.read_u64::<LittleEndian>()?;
+            let mut secret = SessionSecret::default();
+            r.read_exact(&mut secret)?;
+            Reply::Session(SessionId { index, secret })
+        }
         R_OK_INDEX => Reply::OkIndex(r.read_u64::<LittleEndian>()?),
         _ => return Err(bad("unknown reply kind")),
     })
@@ -458,6 +530,20 @@ mod tests {
         max: 3,
     };
 
+    /// A secret that differs per session (tests only: nodes draw theirs).
+    fn secret(id: u64) -> SessionSecret {
+        let mut s = [0x5a; 16];
+        s[..8].copy_from_slice(&id.to_le_bytes());
+        s
+    }
+
+    fn sid(id: u64) -> Reply {
+        Reply::Session(SessionId {
+            index: id,
+            secret: secret(id),
+        })
+    }
+
     fn value(n: i64) -> Reply {
         Reply::Value(Arc::from(n.to_string().into_bytes()))
     }
@@ -465,7 +551,7 @@ mod tests {
     #[test]
     fn a_retry_gets_the_kept_reply_and_an_unknown_session_is_expired() {
         let mut s = Sessions::default();
-        assert_eq!(s.open(7, LIMITS), Reply::Session(7));
+        assert_eq!(s.open(7, LIMITS, Some(secret(7))), sid(7));
         assert_eq!(s.check(7, 1), Ok(()));
         s.record(7, 1, &value(1));
         assert_eq!(s.check(7, 1), Err(value(1)));
@@ -475,16 +561,16 @@ mod tests {
             other => panic!("unknown session gave {other:?}"),
         }
         assert!(matches!(
-            s.resume(8),
+            s.resume(8, Some(&secret(8))),
             Reply::Error(ErrorCode::SessionExpired, _)
         ));
-        assert_eq!(s.resume(7), Reply::Session(7));
+        assert_eq!(s.resume(7, Some(&secret(7))), sid(7));
     }
 
     #[test]
     fn a_gap_below_the_newest_is_applied_but_a_number_below_the_window_is_refused() {
         let mut s = Sessions::default();
-        s.open(1, LIMITS);
+        s.open(1, LIMITS, Some(secret(1)));
         // #2 applied before #1 (#1's first attempt was lost): #1 still applies.
         s.record(1, 2, &Reply::Ok);
         assert_eq!(s.check(1, 1), Ok(()));
@@ -506,7 +592,7 @@ mod tests {
     #[test]
     fn kept_replies_are_bounded_in_bytes_but_the_newest_stays() {
         let mut s = Sessions::default();
-        s.open(1, LIMITS);
+        s.open(1, LIMITS, Some(secret(1)));
         let big = Reply::Mismatch(vec![b'x'; REPLY_BYTES]);
         s.record(1, 1, &Reply::Ok);
         s.record(1, 2, &big);
@@ -527,10 +613,10 @@ mod tests {
     #[test]
     fn sessions_expire_in_log_time_only() {
         let mut s = Sessions::default();
-        s.open(1, LIMITS); // before any clock: active as of the first one
+        s.open(1, LIMITS, Some(secret(1))); // before any clock: active as of the first one
         s.advance_clock(10_000);
         assert!(s.contains(1));
-        s.open(2, LIMITS);
+        s.open(2, LIMITS, Some(secret(2)));
         s.advance_clock(10_900);
         assert_eq!(s.check(2, 1), Ok(())); // session 2 active at 10_900
         s.advance_clock(11_001);
@@ -548,7 +634,7 @@ mod tests {
     fn a_session_found_expired_on_use_is_dropped() {
         let mut s = Sessions::default();
         s.advance_clock(1);
-        s.open(1, LIMITS);
+        s.open(1, LIMITS, Some(secret(1)));
         s.log_time = 5000; // as if clock entries came without a sweep
         assert!(matches!(
             s.check(1, 1),
@@ -561,14 +647,14 @@ mod tests {
     fn registering_past_the_bound_evicts_the_least_recently_active() {
         let mut s = Sessions::default();
         s.advance_clock(100);
-        s.open(1, LIMITS);
+        s.open(1, LIMITS, Some(secret(1)));
         s.advance_clock(200);
-        s.open(2, LIMITS);
+        s.open(2, LIMITS, Some(secret(2)));
         s.advance_clock(300);
-        s.open(3, LIMITS);
+        s.open(3, LIMITS, Some(secret(3)));
         s.advance_clock(400);
         assert_eq!(s.check(1, 1), Ok(())); // 1 is now the most recent
-        s.open(4, LIMITS);
+        s.open(4, LIMITS, Some(secret(4)));
         assert_eq!(s.len(), 3);
         assert!(!s.contains(2), "2 was the least recently active");
         assert!(s.contains(1) && s.contains(3) && s.contains(4));
@@ -577,8 +663,8 @@ mod tests {
     #[test]
     fn the_newest_registration_sets_the_limits() {
         let mut s = Sessions::default();
-        s.open(1, LIMITS);
-        s.open(2, SessionLimits { ttl_ms: 10, max: 1 });
+        s.open(1, LIMITS, Some(secret(1)));
+        s.open(2, SessionLimits { ttl_ms: 10, max: 1 }, Some(secret(2)));
         assert_eq!(s.len(), 1);
         assert!(s.contains(2));
     }
@@ -586,8 +672,8 @@ mod tests {
     fn sample() -> Sessions {
         let mut s = Sessions::default();
         s.advance_clock(1000);
-        s.open(5, LIMITS);
-        s.open(9, LIMITS);
+        s.open(5, LIMITS, Some(secret(5)));
+        s.open(9, LIMITS, Some(secret(9)));
         s.record(5, 1, &value(-3));
         s.record(5, 2, &Reply::Mismatch(b"cur".to_vec()));
         s.record(9, 4, &Reply::error(ErrorCode::BadRequest, "not an integer"));
@@ -601,11 +687,11 @@ mod tests {
         let s = sample();
         let mut bytes = Vec::new();
         s.write_to(&mut bytes).unwrap();
-        let back = Sessions::read_from(&mut &bytes[..]).unwrap();
+        let back = Sessions::read_from(&mut &bytes[..], true).unwrap();
         assert_eq!(back, s);
         for cut in 0..bytes.len() {
             assert!(
-                Sessions::read_from(&mut &bytes[..cut]).is_err(),
+                Sessions::read_from(&mut &bytes[..cut], true).is_err(),
                 "cut {cut}"
             );
         }
@@ -618,7 +704,7 @@ mod tests {
         let with = |at: usize, b: &[u8]| {
             let mut d = bytes.clone();
             d[at..at + b.len()].copy_from_slice(b);
-            Sessions::read_from(&mut &d[..])
+            Sessions::read_from(&mut &d[..], true)
         };
         // ttl 0; max 0; max over the limit; a count over the bound.
         assert!(with(8, &0u64.to_le_bytes()).is_err());
@@ -626,17 +712,19 @@ mod tests {
         assert!(with(16, &(MAX_SESSIONS_LIMIT + 1).to_le_bytes()).is_err());
         assert!(with(24, &u64::MAX.to_le_bytes()).is_err());
         // The first session's reply count over the window.
-        assert!(with(32 + 24, &(REPLY_WINDOW as u32 + 1).to_le_bytes()).is_err());
+        assert!(with(32 + 41, &(REPLY_WINDOW as u32 + 1).to_le_bytes()).is_err());
         // Its first reply's kind.
-        assert!(with(32 + 28 + 8, &[200]).is_err());
+        assert!(with(32 + 45 + 8, &[200]).is_err());
+        // Its secret flag.
+        assert!(with(32 + 8, &[2]).is_err());
         // Its first reply's value length over the value limit.
-        assert!(with(32 + 28 + 9, &u32::MAX.to_le_bytes()).is_err());
+        assert!(with(32 + 45 + 9, &u32::MAX.to_le_bytes()).is_err());
         // Session 9's id made 5: a duplicate.
-        let second = bytes.len() - (8 + 8 + 8 + 4 + (8 + 1 + 1 + 4 + 14) + (8 + 1) + (8 + 1));
+        let second = bytes.len() - (8 + 17 + 8 + 8 + 4 + (8 + 1 + 1 + 4 + 14) + (8 + 1) + (8 + 1));
         assert_eq!(bytes[second], 9, "layout of the sample changed");
         assert!(with(second, &[5]).is_err());
         // An unknown error code.
-        assert!(with(second + 28 + 9, &[250]).is_err());
+        assert!(with(second + 45 + 9, &[250]).is_err());
     }
 
     #[test]
@@ -650,12 +738,107 @@ mod tests {
             Reply::Mismatch(vec![]),
             Reply::Status("STATUS id=1".into()),
             Reply::error(ErrorCode::SessionExpired, "gone"),
-            Reply::Session(77),
+            sid(77),
             Reply::OkIndex(3),
         ] {
             let mut b = Vec::new();
             encode_reply(&r, &mut b).unwrap();
             assert_eq!(decode_reply(&mut &b[..]).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn only_the_holder_of_the_secret_resumes_a_session() {
+        let mut s = Sessions::default();
+        s.advance_clock(1000);
+        s.open(5, LIMITS, Some(secret(5)));
+        s.record(5, 1, &value(1));
+        s.advance_clock(1500);
+        // The index alone, a wrong secret, a secret one bit off: all refused
+        // like an unknown session, and none of them marks it active.
+        let mut off = secret(5);
+        off[15] ^= 1;
+        for guess in [None, Some([0u8; 16]), Some(secret(6)), Some(off)] {
+            assert!(
+                matches!(
+                    s.resume(5, guess.as_ref()),
+                    Reply::Error(ErrorCode::SessionExpired, _)
+                ),
+                "{guess:?}"
+            );
+        }
+        s.advance_clock(2001);
+        assert!(
+            !s.contains(5),
+            "the guesses kept it alive: idle since 1000, TTL 1000"
+        );
+        s.open(7, LIMITS, Some(secret(7)));
+        assert_eq!(s.resume(7, Some(&secret(7))), sid(7));
+    }
+
+    #[test]
+    fn a_session_without_a_secret_dedupes_but_cannot_be_resumed() {
+        let mut s = Sessions::default();
+        assert!(matches!(
+            s.open(3, LIMITS, None),
+            Reply::Error(ErrorCode::SessionExpired, _)
+        ));
+        assert!(s.contains(3));
+        assert_eq!(s.check(3, 1), Ok(()));
+        s.record(3, 1, &Reply::Ok);
+        assert_eq!(
+            s.check(3, 1),
+            Err(Reply::Ok),
+            "a retry is still not applied"
+        );
+        for guess in [None, Some([0u8; 16])] {
+            assert!(matches!(
+                s.resume(3, guess.as_ref()),
+                Reply::Error(ErrorCode::SessionExpired, _)
+            ));
+        }
+    }
+
+    #[test]
+    fn secrets_round_trip_and_a_version_3_table_loads_without_them() {
+        let mut s = sample();
+        s.open(11, LIMITS, None);
+        let mut bytes = Vec::new();
+        s.write_to(&mut bytes).unwrap();
+        let mut back = Sessions::read_from(&mut &bytes[..], true).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.resume(9, Some(&secret(9))), sid(9));
+        // The version 3 layout: the same table without the secret fields.
+        let mut v3 = Vec::new();
+        v3.extend_from_slice(&bytes[..32]);
+        let mut at = 32;
+        for _ in 0..s.len() {
+            v3.extend_from_slice(&bytes[at..at + 8]);
+            at += 8;
+            at += if bytes[at] == 1 { 17 } else { 1 };
+            // last active, min kept, replies: copied through to the next id.
+            let start = at;
+            at += 16;
+            let replies = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+            at += 4;
+            for _ in 0..replies {
+                at += 8;
+                let mut r = &bytes[at..];
+                let before = r.len();
+                decode_reply(&mut r).unwrap();
+                at += before - r.len();
+            }
+            v3.extend_from_slice(&bytes[start..at]);
+        }
+        assert_eq!(at, bytes.len());
+        let mut old = Sessions::read_from(&mut &v3[..], false).unwrap();
+        assert_eq!(old.len(), 3);
+        assert_eq!(old.check(5, 2), Err(Reply::Mismatch(b"cur".to_vec())));
+        for id in [5, 9, 11] {
+            assert!(matches!(
+                old.resume(id, Some(&secret(id))),
+                Reply::Error(ErrorCode::SessionExpired, _)
+            ));
         }
     }
 }

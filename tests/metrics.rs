@@ -362,3 +362,91 @@ fn the_endpoint_refuses_what_is_not_a_scrape_and_keeps_serving() {
     assert_eq!(c.node(1).client().unwrap().request("PING").unwrap(), "PONG");
     assert!(c.node(1).child.is_some());
 }
+
+/// Connections that send half a request and wait, held open.
+fn slow_scrapers(addr: &str, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn slow_scrapers_do_not_hold_up_another_scrape() {
+    // Issue 21: one thread served one connection at a time, so 5 clients
+    // that each sent half a request delayed a scrape to 9.9 s.
+    let _g = serial();
+    let (c, addrs) = cluster();
+    let leader = c.expect_leader(Duration::from_secs(10), "a leader");
+    let mut cl = c.node(leader).client().unwrap();
+    assert_eq!(cl.request("PUT k v").unwrap(), "OK");
+    let addr = &addrs[&1];
+    let slow = slow_scrapers(addr, 5);
+    std::thread::sleep(Duration::from_millis(200)); // all of them accepted
+    let t = Instant::now();
+    let s = scrape(addr);
+    let took = t.elapsed();
+    println!("a scrape with 5 slow clients connected took {took:?}");
+    assert_eq!(s.v("raftnode_server_has_leader"), 1.0);
+    // The head timeout is 2 s: a scrape served after a slow client's
+    // timeout would take at least that.
+    assert!(
+        took < Duration::from_millis(1500),
+        "the scrape took {took:?}"
+    );
+    // Each slow client is cut off by its own timeout, at about the same time.
+    for mut s in slow {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        assert!(resp.starts_with("HTTP/1.1 408 "), "{resp}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+
+    // More slow clients than serving threads (8): the rest are answered
+    // 503 at once, never queued behind them.
+    let t = Instant::now();
+    let mut slow = slow_scrapers(addr, 12);
+    std::thread::sleep(Duration::from_millis(300));
+    // Well before the 2 s head timeout: only the 503s have come.
+    let mut busy = 0;
+    for s in &mut slow {
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 1024];
+        match s.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {} // being served
+            Ok(n) => {
+                let resp = String::from_utf8_lossy(&buf[..n]);
+                assert!(resp.starts_with("HTTP/1.1 503 "), "{resp}");
+                assert!(resp.contains("\r\nRetry-After: 1\r\n"), "{resp}");
+                busy += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(busy, 4, "12 slow clients, 8 served at once");
+    let resp = http(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+    assert!(resp.starts_with("HTTP/1.1 503 "), "{resp}");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    drop(slow);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http(addr, b"GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 503 ") {
+        assert!(
+            Instant::now() < deadline,
+            "still busy after the slow clients left"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(scrape(addr).v("raftnode_server_has_leader"), 1.0);
+    // The data is as it was, and a write succeeds.
+    assert_eq!(cl.request("GET k").unwrap(), "VALUE v");
+    assert_eq!(cl.request("PUT k w").unwrap(), "OK");
+    assert_eq!(cl.request("GET k").unwrap(), "VALUE w");
+}

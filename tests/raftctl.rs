@@ -323,7 +323,7 @@ fn tls_and_an_auth_token_end_to_end() {
     let dir = TempDir::new("raftctl-tls");
     let certs = make_certs(&dir.0, 1);
     let token = dir.0.join("token");
-    std::fs::write(&token, "s3cret\n").unwrap();
+    std::fs::write(&token, "s3cret-t0ken-0f-16-bytes\n").unwrap();
     let wrong = dir.0.join("wrong");
     std::fs::write(&wrong, "guess\n").unwrap();
     let f = |n: &str| certs.join(n).display().to_string();

@@ -477,7 +477,7 @@ fn redis_cli_authenticates_with_the_token_over_tls() {
         return; // no openssl: Certs::make says so (.ci/run installs it)
     };
     let token = dir.0.join("token");
-    std::fs::write(&token, "s3cret\n").unwrap();
+    std::fs::write(&token, "s3cret-t0ken-0f-16-bytes\n").unwrap();
     let s = |p: std::path::PathBuf| p.display().to_string();
     let (cert, key, ca, tok) = (
         s(certs.node_cert(1)),
@@ -510,12 +510,19 @@ fn redis_cli_authenticates_with_the_token_over_tls() {
         String::from_utf8_lossy(&out.stdout).trim_end().to_string()
     };
     let deadline = Instant::now() + LONG;
-    while with(&["-a", "s3cret", "--no-auth-warning"], &["SET", "k", "v"]) != "OK" {
+    while with(
+        &["-a", "s3cret-t0ken-0f-16-bytes", "--no-auth-warning"],
+        &["SET", "k", "v"],
+    ) != "OK"
+    {
         assert!(Instant::now() < deadline, "never writable: {}", c.logs());
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
-        with(&["-a", "s3cret", "--no-auth-warning"], &["GET", "k"]),
+        with(
+            &["-a", "s3cret-t0ken-0f-16-bytes", "--no-auth-warning"],
+            &["GET", "k"]
+        ),
         "\"v\""
     );
     assert_eq!(

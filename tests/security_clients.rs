@@ -3,14 +3,22 @@
 //! answered at once, the exact line limit, `--max-clients`, the shared
 //! token, and client TLS with and without client certificates. The raft
 //! port's attacks are in `tests/security.rs`.
+//!
+//! Issue 21, second pass, at the end: session takeover by a guessed id,
+//! token guessing, connections that never authenticate holding every slot,
+//! and a follower's read whose link to the leader is down. (Slow metrics
+//! scrapers are in `tests/metrics.rs`.)
 
-use std::io;
-use std::net::Shutdown;
+use std::io::{self, Read};
+use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raftnode_testkit::process::attack::{Certs, TlsClient};
 use raftnode_testkit::process::baseline::{Watch, RSS_LIMIT_KIB};
+use raftnode_testkit::process::proxy::{Mode, Net};
 use raftnode_testkit::process::{serial, Client, Cluster, TempDir};
 
 const FAST: &[&str] = &["--tick-ms", "20"];
@@ -216,13 +224,13 @@ fn with_an_auth_token_nothing_but_auth_is_served_and_a_wrong_token_closes() {
     let _g = serial();
     let dir = TempDir::new("token");
     let token = dir.0.join("token");
-    std::fs::write(&token, "s3cret-t0ken\n").unwrap();
+    std::fs::write(&token, "s3cret-t0ken-0f-16-bytes\n").unwrap();
     let c = one_node_started(&["--auth-token-file", token.to_str().unwrap()]);
     wait_until("leading", || {
         let Ok(mut cl) = c.node(1).client() else {
             return false;
         };
-        cl.request("AUTH s3cret-t0ken").ok().as_deref() == Some("OK")
+        cl.request("AUTH s3cret-t0ken-0f-16-bytes").ok().as_deref() == Some("OK")
             && cl
                 .request("STATUS")
                 .is_ok_and(|s| s.contains(" role=leader "))
@@ -231,12 +239,14 @@ fn with_an_auth_token_nothing_but_auth_is_served_and_a_wrong_token_closes() {
     let mut cl = c.node(1).client().unwrap();
     let r = cl.request("PING").unwrap();
     assert!(r.starts_with("ERR NOAUTH "), "PING before AUTH: {r}");
-    let r = cl.request("AUTH s3cret-t0kem").unwrap();
+    let r = cl
+        .request("AUTH s3cret-t0ken-0f-16-bytes-0f-16-bytez")
+        .unwrap();
     assert!(r.starts_with("ERR NOAUTH "), "a wrong token: {r}");
     assert_eq!(lines_until_closed(&mut cl), Vec::<String>::new());
 
     let mut cl = c.node(1).client().unwrap();
-    assert_eq!(cl.request("AUTH s3cret-t0ken").unwrap(), "OK");
+    assert_eq!(cl.request("AUTH s3cret-t0ken-0f-16-bytes").unwrap(), "OK");
     assert_eq!(cl.request("PUT secret 42").unwrap(), "OK");
     assert_eq!(cl.request("GET secret").unwrap(), "VALUE 42");
 
@@ -369,4 +379,499 @@ fn remove_node_and_transfer_leader_refuse_what_is_certain_at_once() {
             c.logs()
         );
     }
+}
+
+// ---- Issue 21, second pass ----
+
+/// A token long enough for the node to start with.
+const TOKEN: &str = "s3cret-t0ken-0f-16-bytes";
+
+/// The node's `AUTH` deadline (`server::AUTH_DEADLINE`).
+const AUTH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Writes [`TOKEN`] to a file in `dir`; returns its path as text.
+fn token_file(dir: &TempDir) -> String {
+    let path = dir.0.join("token");
+    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    path.display().to_string()
+}
+
+/// The id in a `SESSION <id>` reply.
+fn session_id(reply: &str) -> String {
+    reply
+        .strip_prefix("SESSION ")
+        .unwrap_or_else(|| panic!("SESSION answered {reply:?}"))
+        .to_string()
+}
+
+#[test]
+fn a_session_cannot_be_resumed_by_a_guessed_id_and_its_owner_writes_on() {
+    let _g = serial();
+    let c = one_node(&[]);
+    let mut a = c.node(1).client().unwrap();
+    assert_eq!(a.request("PUT k start").unwrap(), "OK");
+    let id = session_id(&a.request("SESSION").unwrap());
+    assert_eq!(a.request("#1 PUT k a1").unwrap(), "OK");
+    // B knows what the issue's prober knew: ids count up from log indexes.
+    let index: u64 = id.split('-').next().unwrap().parse().expect("an index");
+    let mut b = c.node(1).client().unwrap();
+    let mut guesses = vec![index.to_string()];
+    for i in index.saturating_sub(5).max(1)..=index + 5 {
+        guesses.push(format!("{i}-00000000000000000000000000000000"));
+        guesses.push(format!("{i}-ffffffffffffffffffffffffffffffff"));
+    }
+    let mut flipped = id.clone();
+    let last = flipped.pop().unwrap();
+    flipped.push(if last == '0' { '1' } else { '0' });
+    guesses.push(flipped);
+    for guess in &guesses {
+        let r = b.request(&format!("SESSION {guess}")).unwrap();
+        assert!(
+            r.starts_with("ERR SESSION_EXPIRED ") || r.starts_with("ERR BAD_REQUEST "),
+            "B resumed A's session by guessing {guess:?}: {r}"
+        );
+        // Neither A's kept reply nor A's next number is B's to use.
+        let r = b.request("#1 PUT k stolen").unwrap();
+        assert!(r.starts_with("ERR "), "after {guess:?}, #1 gave B {r}");
+        let r = b.request("#2 PUT k stolen").unwrap();
+        assert!(r.starts_with("ERR "), "after {guess:?}, #2 gave B {r}");
+    }
+    assert_eq!(b.request("GET k").unwrap(), "VALUE a1", "B changed nothing");
+    // A's next write applies, and A resumes with its whole id elsewhere.
+    assert_eq!(a.request("#2 PUT k a2").unwrap(), "OK");
+    assert_eq!(a.request("GET k").unwrap(), "VALUE a2");
+    let mut a2 = c.node(1).client().unwrap();
+    assert_eq!(
+        a2.request(&format!("SESSION {id}")).unwrap(),
+        format!("SESSION {id}")
+    );
+    assert_eq!(a2.request("#2 PUT k a2").unwrap(), "OK", "the kept reply");
+    assert_eq!(a2.request("#3 PUT k a3").unwrap(), "OK");
+    assert_eq!(b.request("GET k").unwrap(), "VALUE a3");
+}
+
+#[test]
+fn a_token_shorter_than_16_bytes_refuses_to_start() {
+    let _g = serial();
+    let dir = TempDir::new("short-token");
+    let token = dir.0.join("token");
+    std::fs::write(&token, "fifteen-bytes!!\n").unwrap();
+    let c = Cluster::new(1, &[]);
+    let mut child = c
+        .node(1)
+        .command()
+        .arg("--auth-token-file")
+        .arg(&token)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run raftnode");
+    let deadline = Instant::now() + LONG;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("raftnode started with a 15-byte token and kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "raftnode started with a 15-byte token");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("raftnode:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("15 bytes") && lines[0].contains("at least 16"),
+        "{err}"
+    );
+    // 16 bytes start.
+    std::fs::write(&token, "sixteen-bytes!!!\n").unwrap();
+    let c = one_node_started(&["--auth-token-file", token.to_str().unwrap()]);
+    wait_until("serving", || {
+        c.node(1)
+            .client()
+            .is_ok_and(|mut cl| cl.request("AUTH sixteen-bytes!!!").ok().as_deref() == Some("OK"))
+    });
+}
+
+/// One attacker: `threads` connections at a time from 127.0.0.1, each
+/// `connect` then `AUTH <wrong>`, for `for_`. Returns (attempts answered,
+/// answers saying the token was checked and wrong).
+fn guess_tokens(
+    threads: usize,
+    for_: Duration,
+    attempt: impl Fn(&str) -> io::Result<String> + Send + Sync + 'static,
+) -> (u64, u64) {
+    let attempt = Arc::new(attempt);
+    let (answered, checked) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (attempt, answered, checked, stop) = (
+                attempt.clone(),
+                answered.clone(),
+                checked.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let guess = format!("guess-{t}-{n}-0123456789abcdef");
+                    if let Ok(r) = attempt(&guess) {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                        if r.contains("wrong token;") || r.contains("WRONGPASS invalid") {
+                            checked.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(for_);
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    (
+        answered.load(Ordering::Relaxed),
+        checked.load(Ordering::Relaxed),
+    )
+}
+
+#[test]
+fn token_guesses_from_one_address_are_slowed_down_over_tls_and_plain() {
+    let _g = serial();
+    let dir = TempDir::new("guessing");
+    let Some(certs) = Certs::make(&dir.0, 1) else {
+        return;
+    };
+    let token = token_file(&dir);
+    let s = |p: PathBuf| p.display().to_string();
+    let (cert, key, ca) = (s(certs.node_cert(1)), s(certs.node_key(1)), certs.ca());
+    let c = one_node_started(&[
+        "--cert-file",
+        &cert,
+        "--key-file",
+        &key,
+        "--auth-token-file",
+        &token,
+    ]);
+    let addr = c.node(1).client_addr.clone();
+    let authed = |addr: &str| {
+        let mut cl = TlsClient::connect(addr, &ca, None)?;
+        cl.set_timeout(LONG);
+        let r = cl.request(&format!("AUTH {TOKEN}"))?;
+        Ok::<_, io::Error>((cl, r))
+    };
+    wait_until("leading", || {
+        authed(&addr).is_ok_and(|(mut cl, r)| {
+            r == "OK"
+                && cl
+                    .request("STATUS")
+                    .is_ok_and(|s| s.contains(" role=leader "))
+        })
+    });
+    let (mut cl, _) = authed(&addr).unwrap();
+    assert_eq!(cl.request("PUT k before").unwrap(), "OK");
+
+    // The issue's prober: as fast as it can, from one address, over TLS.
+    let window = Duration::from_secs(4);
+    let (a, ca2) = (addr.clone(), ca.clone());
+    let (answered, checked) = guess_tokens(8, window, move |guess| {
+        let mut cl = TlsClient::connect(&a, &ca2, None)?;
+        cl.set_timeout(LONG);
+        cl.request(&format!("AUTH {guess}"))
+    });
+    let per_s = checked as f64 / window.as_secs_f64();
+    println!(
+        "TLS: {answered} AUTH attempts answered in {window:?}, {checked} of them checked \
+         ({per_s:.1} checked guesses/s; the issue measured ~1,460/s)"
+    );
+    assert!(answered > 0, "no attempt was answered");
+    // server/guard.rs: 0, .1, .3, .7, 1.5, 3.1 s: six checks in 4 s.
+    assert!(checked <= 8, "{checked} guesses checked in {window:?}");
+    // While the address waits, even the right token is refused, unchecked;
+    // then it gets in.
+    let deadline = Instant::now() + LONG;
+    let mut cl = loop {
+        let (cl, r) = authed(&addr).unwrap();
+        if r == "OK" {
+            break cl;
+        }
+        assert!(
+            r.starts_with("ERR NOAUTH too many wrong tokens"),
+            "the right token: {r}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the right token never got in: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(cl.request("GET k").unwrap(), "VALUE before");
+    assert_eq!(cl.request("PUT k tls").unwrap(), "OK");
+
+    // The same on the plain line port (a node without TLS).
+    drop(c);
+    let c = one_node_started(&["--auth-token-file", &token]);
+    let addr = c.node(1).client_addr.clone();
+    wait_until("leading", || {
+        c.node(1).client().is_ok_and(|mut cl| {
+            cl.request(&format!("AUTH {TOKEN}")).ok().as_deref() == Some("OK")
+                && cl
+                    .request("STATUS")
+                    .is_ok_and(|s| s.contains(" role=leader "))
+        })
+    });
+    let a = addr.clone();
+    let (answered, checked) = guess_tokens(8, window, move |guess| {
+        let mut cl = Client::connect(&a)?;
+        cl.set_timeout(LONG);
+        cl.request(&format!("AUTH {guess}"))
+    });
+    println!(
+        "plain: {answered} AUTH attempts answered in {window:?}, {checked} of them checked \
+         ({:.1} checked guesses/s)",
+        checked as f64 / window.as_secs_f64()
+    );
+    assert!(
+        answered > 0 && checked <= 8,
+        "{checked} guesses checked in {window:?}"
+    );
+    // Once the wait is over, the right token gets in; the data is as it was.
+    let deadline = Instant::now() + LONG;
+    let mut cl = loop {
+        let mut cl = Client::connect(&addr).unwrap();
+        let r = cl.request(&format!("AUTH {TOKEN}")).unwrap();
+        if r == "OK" {
+            break cl;
+        }
+        assert!(
+            r.starts_with("ERR NOAUTH too many wrong tokens"),
+            "the right token: {r}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the right token never got in: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(cl.request("PUT k after").unwrap(), "OK");
+    assert_eq!(cl.request("GET k").unwrap(), "VALUE after");
+}
+
+/// Opens `n` TCP connections to `addr` that send nothing.
+fn bare_connections(addr: &str, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| TcpStream::connect(addr).expect("a bare connection"))
+        .collect()
+}
+
+/// Waits until every one of `conns` is closed by the node: a read gives
+/// the end of the stream or an error, never a timeout.
+fn all_closed_within(conns: Vec<TcpStream>, within: Duration) {
+    let deadline = Instant::now() + within;
+    for (i, mut s) in conns.into_iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        s.set_read_timeout(Some(left.max(Duration::from_millis(10))))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue, // an error line before the close
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!("bare connection {i} is still open after {within:?}")
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+#[test]
+fn connections_that_never_start_tls_cannot_keep_an_authenticated_client_out() {
+    let _g = serial();
+    let dir = TempDir::new("slots-tls");
+    let Some(certs) = Certs::make(&dir.0, 1) else {
+        return;
+    };
+    let token = token_file(&dir);
+    let s = |p: PathBuf| p.display().to_string();
+    let (cert, key, ca) = (s(certs.node_cert(1)), s(certs.node_key(1)), certs.ca());
+    let c = one_node_started(&[
+        "--cert-file",
+        &cert,
+        "--key-file",
+        &key,
+        "--auth-token-file",
+        &token,
+        "--max-clients",
+        "64",
+    ]);
+    let addr = c.node(1).client_addr.clone();
+    let authed = || {
+        let mut cl = TlsClient::connect(&addr, &ca, None)?;
+        cl.set_timeout(LONG);
+        let r = cl.request(&format!("AUTH {TOKEN}"))?;
+        Ok::<_, io::Error>((cl, r))
+    };
+    wait_until("leading", || {
+        authed().is_ok_and(|(mut cl, r)| {
+            r == "OK"
+                && cl
+                    .request("STATUS")
+                    .is_ok_and(|s| s.contains(" role=leader "))
+        })
+    });
+    let (mut first, _) = authed().unwrap();
+    assert_eq!(first.request("PUT k v").unwrap(), "OK");
+    let t0 = Instant::now();
+    let bare = bare_connections(&addr, 70);
+    std::thread::sleep(Duration::from_millis(300)); // all accepted
+                                                    // The issue: such a client was refused; now it evicts a bare one.
+    let (mut cl, r) = authed().unwrap_or_else(|e| panic!("a TLS client was refused: {e}"));
+    assert_eq!(r, "OK");
+    assert_eq!(cl.request("GET k").unwrap(), "VALUE v");
+    assert_eq!(
+        first.request("PING").unwrap(),
+        "PONG",
+        "an authenticated client stays"
+    );
+    all_closed_within(bare, AUTH_DEADLINE + Duration::from_secs(5));
+    println!(
+        "70 bare connections all closed {:?} after they opened",
+        t0.elapsed()
+    );
+    assert_eq!(cl.request("PUT k w").unwrap(), "OK");
+    assert_eq!(first.request("GET k").unwrap(), "VALUE w");
+}
+
+#[test]
+fn connections_that_never_auth_on_the_line_and_resp_ports_cannot_keep_a_client_out() {
+    let _g = serial();
+    let dir = TempDir::new("slots-plain");
+    let token = token_file(&dir);
+    let resp_addr = format!("127.0.0.1:{}", raftnode_testkit::process::free_port());
+    let c = one_node_started(&[
+        "--auth-token-file",
+        &token,
+        "--max-clients",
+        "64",
+        "--resp-addr",
+        &resp_addr,
+    ]);
+    let addr = c.node(1).client_addr.clone();
+    let authed = || -> io::Result<Client> {
+        let mut cl = Client::connect(&addr)?;
+        cl.set_timeout(LONG);
+        match cl.request(&format!("AUTH {TOKEN}"))?.as_str() {
+            "OK" => Ok(cl),
+            r => Err(io::Error::other(r.to_string())),
+        }
+    };
+    wait_until("leading", || {
+        authed().is_ok_and(|mut cl| {
+            cl.request("STATUS")
+                .is_ok_and(|s| s.contains(" role=leader "))
+        })
+    });
+    let mut first = authed().unwrap();
+    assert_eq!(first.request("PUT k v").unwrap(), "OK");
+    // 35 on each port: 70 together, over the 64 slots.
+    let mut bare = bare_connections(&addr, 35);
+    bare.extend(bare_connections(&resp_addr, 35));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut cl = authed().unwrap_or_else(|e| panic!("a client with the token was refused: {e}"));
+    assert_eq!(cl.request("GET k").unwrap(), "VALUE v");
+    // A Redis client with the token gets in too.
+    let mut redis = Client::connect(&resp_addr).unwrap();
+    redis.set_timeout(LONG);
+    redis
+        .send_raw(format!("AUTH {TOKEN}\r\nGET k\r\n").as_bytes())
+        .unwrap();
+    let lines: Vec<String> = (0..3).map(|_| redis.read_line().unwrap()).collect();
+    assert_eq!(lines, ["+OK\r", "$1\r", "v\r"], "the Redis client");
+    all_closed_within(bare, AUTH_DEADLINE + Duration::from_secs(5));
+    assert_eq!(first.request("PING").unwrap(), "PONG");
+    assert_eq!(cl.request("PUT k w").unwrap(), "OK");
+    assert_eq!(first.request("GET k").unwrap(), "VALUE w");
+}
+
+/// Three nodes wired through link proxies, with a long request timeout so
+/// that waiting it out cannot pass for an answer.
+fn three_behind_proxies() -> (Cluster, Net) {
+    let args = ["--tick-ms", "20", "--request-timeout-ms", "10000"];
+    let mut c = Cluster::new(3, &args);
+    let addrs = c
+        .nodes
+        .iter()
+        .map(|(id, n)| (*id, n.peer_addr.clone()))
+        .collect();
+    let net = Net::start(&addrs);
+    for (id, node) in c.nodes.iter_mut() {
+        node.peers = net.peers_for(*id, &node.peer_addr);
+        node.spawn();
+    }
+    (c, net)
+}
+
+#[test]
+fn a_followers_get_while_its_link_to_the_leader_is_down_is_answered_or_failed_at_once() {
+    let _g = serial();
+    let (c, mut net) = three_behind_proxies();
+    let leader = c.expect_leader(LONG, "a leader");
+    let f = if leader == 1 { 2 } else { 1 };
+    let r = c.request_until(leader, "PUT k v", |r| r == "OK", LONG);
+    assert_eq!(r.as_deref(), Some("OK"));
+    let mut cl = c.node(f).client().unwrap();
+    cl.set_timeout(Duration::from_secs(30));
+    wait_until("the follower serves the write", || {
+        cl.request("GET k").is_ok_and(|r| r == "VALUE v")
+    });
+
+    // 1. The link drops what it carries, then comes back: the lost read
+    //    index is sent again and the GET answered, not left to time out.
+    net.links[&(f, leader)].set(Mode::Blackhole);
+    std::thread::sleep(Duration::from_millis(500)); // redialled into the hole
+    cl.send_raw(b"GET k\n").unwrap();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(700));
+    net.links[&(f, leader)].set(Mode::Pass);
+    let r = cl.read_line().unwrap();
+    let took = t0.elapsed();
+    println!("GET over a link down for 700 ms: {r:?} after {took:?}");
+    assert_eq!(r, "VALUE v");
+    assert!(took < Duration::from_secs(4), "answered after {took:?}");
+
+    // 2. The link is gone (connections refused): the GET fails at once.
+    net.links.remove(&(f, leader));
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let r = cl.request("GET k").unwrap();
+    let took = t0.elapsed();
+    println!("GET with the link gone: {r:?} after {took:?}");
+    assert!(
+        r == "VALUE v" || r.starts_with("ERR UNAVAILABLE "),
+        "{r} after {took:?}"
+    );
+    assert!(took < Duration::from_secs(3), "{r} after {took:?}");
+    // The data is as it was, and the leader takes a write.
+    let mut l = c.node(leader).client().unwrap();
+    assert_eq!(l.request("GET k").unwrap(), "VALUE v");
+    assert_eq!(l.request("PUT k w").unwrap(), "OK");
+    assert_eq!(l.request("GET k").unwrap(), "VALUE w");
 }

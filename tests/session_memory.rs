@@ -60,7 +60,15 @@ fn per_session(writes: u64) -> (f64, f64) {
     for s in 0..SESSIONS {
         index += 1;
         let id = index;
-        kv.apply_at(id, Command::OpenSession { limits });
+        let mut secret = [0x5a; 16];
+        secret[..8].copy_from_slice(&u64::to_le_bytes(id));
+        kv.apply_at(
+            id,
+            Command::OpenSession {
+                limits,
+                secret: Some(secret),
+            },
+        );
         for seq in 1..=writes {
             index += 1;
             let cmd = Command::Incr {

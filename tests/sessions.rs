@@ -14,7 +14,7 @@ const FAST: &[&str] = &["--tick-ms", "20"];
 /// the outcome open (`TIMEOUT`, `NO_LEADER`, `LEADER_CHANGED`,
 /// `UNAVAILABLE`, a dropped connection), first resuming `session` on the
 /// connection if given. This is how a session client retries.
-fn until_definite(c: &Cluster, id: u64, session: Option<u64>, line: &str) -> String {
+fn until_definite(c: &Cluster, id: u64, session: Option<&str>, line: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if let Ok(mut cl) = c.node(id).client() {
@@ -41,11 +41,21 @@ fn until_definite(c: &Cluster, id: u64, session: Option<u64>, line: &str) -> Str
     panic!("no definite answer to {line:?} on node {id}\n{}", c.logs());
 }
 
-fn open_session(cl: &mut Client) -> u64 {
+/// Opens a session; returns its id, `<index>-<32 hex digits>`.
+fn open_session(cl: &mut Client) -> String {
     let r = cl.request("SESSION").unwrap();
-    r.strip_prefix("SESSION ")
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("SESSION answered {r:?}"))
+    let id = r
+        .strip_prefix("SESSION ")
+        .unwrap_or_else(|| panic!("SESSION answered {r:?}"));
+    let (index, secret) = id
+        .split_once('-')
+        .unwrap_or_else(|| panic!("session id {id:?}"));
+    assert!(index.parse::<u64>().is_ok_and(|i| i >= 1), "{id}");
+    assert!(
+        secret.len() == 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    id.to_string()
 }
 
 #[test]
@@ -60,8 +70,8 @@ fn a_retry_gets_the_original_reply_on_any_node_after_a_leader_kill_a_snapshot_an
     assert_eq!(cl.request("#2 APPEND log a").unwrap(), "OK");
     // The same numbers again, on every node: the original replies.
     for id in 1..=3 {
-        assert_eq!(until_definite(&c, id, Some(s), "#1 INCR c"), "VALUE 1");
-        assert_eq!(until_definite(&c, id, Some(s), "#2 APPEND log a"), "OK");
+        assert_eq!(until_definite(&c, id, Some(&s), "#1 INCR c"), "VALUE 1");
+        assert_eq!(until_definite(&c, id, Some(&s), "#2 APPEND log a"), "OK");
     }
     assert_eq!(until_definite(&c, leader, None, "GET c"), "VALUE 1");
     assert_eq!(until_definite(&c, leader, None, "GET log"), "VALUE a");
@@ -69,10 +79,10 @@ fn a_retry_gets_the_original_reply_on_any_node_after_a_leader_kill_a_snapshot_an
     // After the leader dies, on the new leader and the others.
     c.node_mut(leader).kill();
     for id in (1..=3).filter(|&i| i != leader) {
-        assert_eq!(until_definite(&c, id, Some(s), "#1 INCR c"), "VALUE 1");
+        assert_eq!(until_definite(&c, id, Some(&s), "#1 INCR c"), "VALUE 1");
     }
     c.node_mut(leader).spawn();
-    assert_eq!(until_definite(&c, leader, Some(s), "#3 INCR c"), "VALUE 2");
+    assert_eq!(until_definite(&c, leader, Some(&s), "#3 INCR c"), "VALUE 2");
 
     // After a snapshot on every node (the table is in it) and a restart of
     // all of them, which loads the table from the snapshot.
@@ -88,10 +98,10 @@ fn a_retry_gets_the_original_reply_on_any_node_after_a_leader_kill_a_snapshot_an
     }
     c.expect_leader(Duration::from_secs(10), "a leader after the restart");
     for id in 1..=3 {
-        assert_eq!(until_definite(&c, id, Some(s), "#1 INCR c"), "VALUE 1");
-        assert_eq!(until_definite(&c, id, Some(s), "#3 INCR c"), "VALUE 2");
+        assert_eq!(until_definite(&c, id, Some(&s), "#1 INCR c"), "VALUE 1");
+        assert_eq!(until_definite(&c, id, Some(&s), "#3 INCR c"), "VALUE 2");
     }
-    assert_eq!(until_definite(&c, 1, Some(s), "#4 INCR c"), "VALUE 3");
+    assert_eq!(until_definite(&c, 1, Some(&s), "#4 INCR c"), "VALUE 3");
     assert_eq!(until_definite(&c, 2, None, "GET c"), "VALUE 3");
     assert_eq!(until_definite(&c, 3, None, "GET log"), "VALUE a");
 }
@@ -114,7 +124,9 @@ fn connection_rules_pipelining_and_unknown_sessions() {
     assert!(replies[3].starts_with("ERR BAD_REQUEST"), "{replies:?}");
     assert_eq!(replies[4..], ["VALUE 2", "VALUE 3"], "{replies:?}");
     // An unknown session, as a resume and for a tagged write after it.
-    let r = cl.request("SESSION 999999").unwrap();
+    let r = cl
+        .request("SESSION 999999-000102030405060708090a0b0c0d0e0f")
+        .unwrap();
     assert!(r.starts_with("ERR SESSION_EXPIRED "), "{r}");
     let r = cl.request("#3 INCR x").unwrap();
     assert!(r.starts_with("ERR SESSION_EXPIRED "), "{r}");

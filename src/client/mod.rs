@@ -63,7 +63,11 @@
 //!
 //! A [`Client`] has at most one request in flight (it takes `&mut self`);
 //! use one client per thread. Its session is its own: two clients never
-//! share sequence numbers.
+//! share sequence numbers. A session id is `<index>-<32 hex digits>`: the
+//! hex digits are a random secret, and only a client that holds the whole
+//! id can resume the session, so the id is a credential. [`Session`]'s
+//! `Debug` shows the index only; [`Client::open_session`] hands the whole
+//! id to its caller, to keep as safely as the auth token.
 //!
 //! # Refused before sending
 //!
@@ -204,11 +208,23 @@ impl Builder {
     }
 }
 
-/// The client's session: its id and the number its next new write gets.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The client's session: its id (secret included, as the node gave it)
+/// and the number its next new write gets.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Session {
     pub id: String,
     pub next_seq: u64,
+}
+
+impl std::fmt::Debug for Session {
+    /// The id up to its secret: logs and panics never show the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self.id.split('-').next().unwrap_or_default();
+        f.debug_struct("Session")
+            .field("id", &format_args!("{shown}-<secret>"))
+            .field("next_seq", &self.next_seq)
+            .finish()
+    }
 }
 
 /// The answer to `CAS`.
@@ -257,7 +273,10 @@ impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conn")
             .field("endpoint", &self.endpoint)
-            .field("session", &self.session)
+            .field(
+                "session",
+                &self.session.as_ref().map(|id| id.split('-').next()),
+            )
             .finish_non_exhaustive()
     }
 }

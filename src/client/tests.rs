@@ -425,3 +425,17 @@ fn a_membership_change_refused_by_a_removed_node_goes_to_the_next_one() {
     assert_eq!(removed.sent(), ["ADD_NODE 4 127.0.0.1:7004"]);
     assert_eq!(good.sent(), ["ADD_NODE 4 127.0.0.1:7004"]);
 }
+
+#[test]
+fn a_sessions_debug_form_never_shows_its_secret() {
+    let s = Session {
+        id: "42-000102030405060708090a0b0c0d0e0f".into(),
+        next_seq: 3,
+    };
+    let shown = format!("{s:?}");
+    assert!(
+        shown.contains("42-<secret>") && shown.contains("next_seq: 3"),
+        "{shown}"
+    );
+    assert!(!shown.contains("0a0b"), "{shown}");
+}

@@ -1,5 +1,9 @@
-//! The `--metrics-addr` server: `GET /metrics` over HTTP/1.1, on one
-//! thread of its own, one connection at a time.
+//! The `--metrics-addr` server: `GET /metrics` over HTTP/1.1, on threads
+//! of its own: one accepts, and [`MAX_SCRAPERS`] serve a connection each,
+//! so a slow client holds up no other scrape. A connection that comes
+//! while [`MAX_SCRAPERS`] are being served is answered `503` at once (one
+//! non-blocking write) and closed: concurrency stays bounded, and a
+//! scraper never waits behind slow clients.
 //!
 //! Each connection gets one response and is closed (`Connection: close`;
 //! Prometheus opens a new one per scrape). Whatever a client sends, the
@@ -7,8 +11,8 @@
 //! - the request head (request line and headers) is at most [`MAX_HEAD`]
 //!   bytes, else `431`; a body is never read;
 //! - the whole head must arrive within [`REQUEST_TIMEOUT`], else `408`; the
-//!   response must be taken within [`WRITE_TIMEOUT`], else the connection
-//!   is dropped;
+//!   whole response must be taken within [`WRITE_TIMEOUT`] (a deadline for
+//!   all of it, not for each write), else the connection is dropped;
 //! - a malformed head gets `400`, an HTTP version other than 1.0 and 1.1
 //!   `505`, a path other than `/metrics` `404`, a method other than `GET`
 //!   or `HEAD` `405`.
@@ -18,10 +22,12 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::TrySendError;
 use log::{debug, info};
 
 use super::text::CONTENT_TYPE;
@@ -33,6 +39,8 @@ pub const MAX_HEAD: usize = 8 << 10;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a client has to take the response.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once, at most.
+pub const MAX_SCRAPERS: usize = 8;
 
 /// Why a request is not answered with the metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +57,8 @@ pub enum Refusal {
     TooLarge,
     /// The head did not arrive in time: `408`.
     Timeout,
+    /// Every serving thread is busy: `503`, with `Retry-After: 1`.
+    Busy,
 }
 
 impl Refusal {
@@ -61,6 +71,7 @@ impl Refusal {
             Refusal::Method => (405, "Method Not Allowed"),
             Refusal::TooLarge => (431, "Request Header Fields Too Large"),
             Refusal::Timeout => (408, "Request Timeout"),
+            Refusal::Busy => (503, "Service Unavailable"),
         }
     }
 
@@ -72,6 +83,7 @@ impl Refusal {
             Refusal::Method => "only GET and HEAD are allowed",
             Refusal::TooLarge => "the request head is over 8 KiB",
             Refusal::Timeout => "the request head did not arrive in time",
+            Refusal::Busy => "every metrics thread is busy with other clients; try again",
         }
     }
 }
@@ -247,6 +259,9 @@ pub fn response(outcome: Result<Scrape, Refusal>, body: impl FnOnce() -> String)
     if allow {
         out.push_str("Allow: GET, HEAD\r\n");
     }
+    if status == 503 {
+        out.push_str("Retry-After: 1\r\n");
+    }
     out.push_str("\r\n");
     let mut out = out.into_bytes();
     if !head_only {
@@ -279,18 +294,53 @@ impl Read for Before<'_> {
 pub fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    scraped: impl Fn() -> Scraped + Send + 'static,
+    scraped: impl Fn() -> Scraped + Send + Sync + 'static,
 ) -> io::Result<()> {
     info!(
         "serving metrics on http://{}/metrics",
         listener.local_addr()?
     );
+    let scraped: Arc<dyn Fn() -> Scraped + Send + Sync> = Arc::new(scraped);
+    // Connections handed to the serving threads and not yet done with:
+    // at most MAX_SCRAPERS, so the queue never holds one that must wait.
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = crossbeam_channel::bounded::<TcpStream>(MAX_SCRAPERS);
+    for i in 0..MAX_SCRAPERS {
+        let (rx, metrics, scraped) = (rx.clone(), metrics.clone(), scraped.clone());
+        let in_flight = in_flight.clone();
+        thread::Builder::new()
+            .name(format!("metrics-{i}"))
+            .stack_size(256 << 10)
+            .spawn(move || {
+                for stream in rx.iter() {
+                    serve_one(stream, &metrics, &*scraped);
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
+                }
+            })?;
+    }
     thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 match stream {
-                    Ok(s) => serve_one(s, &metrics, &scraped),
+                    Ok(s) if in_flight.load(Ordering::Acquire) >= MAX_SCRAPERS => {
+                        crate::warn_every!(
+                            "metrics-busy",
+                            "{MAX_SCRAPERS} metrics clients are being served; \
+                             answering another with 503"
+                        );
+                        busy(s);
+                    }
+                    Ok(s) => {
+                        in_flight.fetch_add(1, Ordering::AcqRel);
+                        // Never full: at most MAX_SCRAPERS are in flight.
+                        if let Err(TrySendError::Full(s) | TrySendError::Disconnected(s)) =
+                            tx.try_send(s)
+                        {
+                            in_flight.fetch_sub(1, Ordering::AcqRel);
+                            busy(s);
+                        }
+                    }
                     Err(e) => {
                         crate::warn_every!(
                             "metrics-accept",
@@ -301,6 +351,36 @@ pub fn serve(
                 }
             }
         })?;
+    Ok(())
+}
+
+/// Answers `503` with one non-blocking write (the whole response fits in
+/// any socket buffer) and closes: the accepting thread never waits.
+fn busy(stream: TcpStream) {
+    let out = response(Err(Refusal::Busy), String::new);
+    if stream.set_nonblocking(true).is_ok() {
+        let _ = (&stream).write(&out);
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// Writes all of `bytes` before `deadline` (for the whole write, not for
+/// each call); gives up at the deadline.
+fn write_before(stream: &TcpStream, bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_write_timeout(Some(left))?;
+        match (&*stream).write(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 
@@ -317,8 +397,9 @@ fn serve_one(stream: TcpStream, metrics: &Metrics, scraped: &dyn Fn() -> Scraped
         debug!("metrics request refused: {r:?}");
     }
     let out = response(outcome, || metrics.render(&scraped()));
-    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let _ = (&stream).write_all(&out);
+    if let Err(e) = write_before(&stream, &out, Instant::now() + WRITE_TIMEOUT) {
+        debug!("metrics response not taken: {e}");
+    }
     let _ = stream.shutdown(Shutdown::Write);
 }
 
@@ -529,5 +610,17 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_busy_answer_is_a_503_that_says_when_to_retry() {
+        let out = String::from_utf8(response(Err(Refusal::Busy), String::new)).unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("\r\nRetry-After: 1\r\n"), "{out}");
+        let body = out.split("\r\n\r\n").nth(1).unwrap();
+        assert!(out.contains(&format!("Content-Length: {}\r\n", body.len())));
     }
 }

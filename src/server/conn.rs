@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -29,7 +30,7 @@ use rustls::ServerConnection;
 
 use super::resp::{write_reply, Shape};
 use crate::metrics::{ClientMetrics, Cmd};
-use crate::protocol::{Framed, LineFramer, Reply, Request};
+use crate::protocol::{ErrorCode, Framed, LineFramer, Reply, Request};
 use crate::reads::Query;
 use crate::resp::{ProtocolError, RespFramer};
 
@@ -49,7 +50,8 @@ pub struct Slot {
     pub pending_id: Option<u64>,
     /// A write: a later `GET` on this connection waits for it.
     pub write: bool,
-    /// A `SESSION` open: its reply sets the connection's session.
+    /// A `SESSION` open or resume: its reply sets the connection's session
+    /// (none, unless it is `SESSION <id>`).
     pub opens_session: bool,
     /// The request's command and when it was read, for the metrics; set
     /// by [`Conn::open_slot`] from [`Conn::begin`].
@@ -93,6 +95,8 @@ pub struct Conn {
     pub sock: TcpStream,
     pub tls: Option<Box<ServerConnection>>,
     pub peer: String,
+    /// The client's address, which failed `AUTH` attempts count against.
+    pub ip: IpAddr,
     /// Whether `AUTH` succeeded (or no token is configured).
     pub authed: bool,
     /// Bytes read and not yet cut into requests.
@@ -116,10 +120,18 @@ pub struct Conn {
     pub read_closed: bool,
     /// Close once everything owed is written (a refused or broken client).
     pub close_when_flushed: bool,
-    /// The connection's current session, if any.
+    /// The connection's current session (its index), if any: set only by
+    /// a `SESSION` reply, so only after the secret was checked.
     pub session: Option<u64>,
-    /// A `SESSION` open is in flight: session requests wait for it.
+    /// A `SESSION` open or resume is in flight: session requests wait
+    /// for it.
     pub opening_session: bool,
+    /// The request in flight that `opening_session` waits for is a resume.
+    pub resuming: bool,
+    /// The last session request was a resume refused with
+    /// `ERR SESSION_EXPIRED`: tagged writes get that too (not "no
+    /// session") until the next session request is answered.
+    pub resume_refused: bool,
     /// The request being started: its command and when it was read.
     current: Option<(Cmd, Instant)>,
 }
@@ -139,14 +151,15 @@ impl Conn {
     pub fn new(
         sock: TcpStream,
         tls: Option<Box<ServerConnection>>,
-        peer: String,
+        peer: SocketAddr,
         authed: bool,
         resp: bool,
     ) -> Conn {
         Conn {
             sock,
             tls,
-            peer,
+            peer: peer.to_string(),
+            ip: peer.ip(),
             authed,
             input: if resp {
                 Input::Resp(RespFramer::new())
@@ -166,8 +179,16 @@ impl Conn {
             close_when_flushed: false,
             session: None,
             opening_session: false,
+            resuming: false,
+            resume_refused: false,
             current: None,
         }
+    }
+
+    /// Whether the connection has finished TLS (if any) and `AUTH` (if a
+    /// token is configured).
+    pub fn authenticated(&self) -> bool {
+        self.authed && !self.tls.as_ref().is_some_and(|t| t.is_handshaking())
     }
 
     /// Whether the deferred request may start now.
@@ -335,9 +356,14 @@ impl Conn {
         if slot.opens_session {
             self.opening_session = false;
             self.session = match reply {
-                Reply::Session(id) => Some(id),
+                Reply::Session(id) => Some(id.index),
                 _ => None,
             };
+            // Refused, not merely unanswered (a timeout leaves no session
+            // and says nothing of this one).
+            let refused = matches!(reply, Reply::Error(ErrorCode::SessionExpired, _));
+            self.resume_refused = self.resuming && refused;
+            self.resuming = false;
         }
         slot.reply = Some(reply);
         if slot.write {

@@ -26,8 +26,22 @@
 //!
 //! Before a connection may do anything else, it completes TLS (with
 //! `--cert-file`) and, with `--auth-token-file`, sends `AUTH <token>`: any
-//! other first request gets `ERR NOAUTH`, a wrong token closes the
-//! connection. The token is compared in constant time.
+//! other first request gets `ERR NOAUTH`. The token is compared in constant
+//! time. A wrong token is answered [`AUTH_FAIL_DELAY`] later (a timer of
+//! this thread's poll loop, which never sleeps) and closes the connection,
+//! and it sets its address back: `guard.rs` refuses that address's next
+//! attempts, unchecked, for a time that doubles with each failure.
+//!
+//! **Connections that do not authenticate lose their slot.** Until it has
+//! finished the TLS handshake and `AUTH` (what of the two is configured),
+//! a connection is *unauthenticated*: it is counted apart, and closed if it
+//! is not done within [`AUTH_DEADLINE`] of its accept. When `--max-clients`
+//! connections are open, a new one evicts the oldest unauthenticated
+//! connection; only when every open connection is authenticated is it
+//! refused with `ERR BUSY`. So connections that never authenticate cannot
+//! keep an authenticated client out. Line and RESP connections count
+//! alike. With neither TLS nor a token, every connection is authenticated
+//! from its accept.
 //!
 //! A connection reads its own writes: a `GET` waits, with everything read
 //! after it, until the connection's earlier writes are answered.
@@ -42,10 +56,11 @@
 //! for them too.
 
 mod conn;
+mod guard;
 mod resp;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::io::{self, Write};
 use std::net::TcpListener as StdListener;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -61,7 +76,7 @@ use crate::bell::Waking;
 use crate::kv::{encode_command, encode_conf_context, Command, RequestId};
 use crate::metrics::{ClientMetrics, Cmd};
 use crate::policy::NodeRequest;
-use crate::protocol::{self, ErrorCode, Framed, Reply, Request, MAX_LINE};
+use crate::protocol::{self, ErrorCode, Framed, Reply, Request, SessionSecret, MAX_LINE};
 use crate::raft::{ConfChange, ConfChangeKind, NodeId};
 use crate::reads::Query;
 use crate::reply::{Addressee, Outbox, ReplyTx};
@@ -69,6 +84,7 @@ use crate::sessions::SessionLimits;
 use crate::shared::Shared;
 use crate::tls::ClientTls;
 use conn::{Conn, Deferred, Incoming, Slot, Waiting};
+use guard::{Admission, AuthGuard};
 use resp::Shape;
 
 pub use conn::{MAX_IN_FLIGHT, OUTPUT_LIMIT};
@@ -78,6 +94,54 @@ const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const RESP_LISTENER: Token = Token(2);
 const FIRST_CONN: usize = 3;
+
+/// How long a connection may take, from its accept, to finish the TLS
+/// handshake and `AUTH` (where configured) before it is closed.
+pub const AUTH_DEADLINE: Duration = Duration::from_secs(10);
+/// How long after a refused `AUTH` its answer is written and the
+/// connection closed.
+pub const AUTH_FAIL_DELAY: Duration = Duration::from_millis(500);
+/// The shortest `--auth-token-file` token a node starts with.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Why an `AUTH` was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AuthRefusal {
+    /// No `--auth-token-file`.
+    NoToken,
+    /// The token was checked and is wrong.
+    Wrong,
+    /// The address failed too recently: refused without a check, for this
+    /// much longer.
+    TooSoon(Duration),
+}
+
+impl std::fmt::Display for AuthRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthRefusal::NoToken => f.write_str("no auth token is configured"),
+            AuthRefusal::Wrong => f.write_str("wrong token; closing the connection"),
+            AuthRefusal::TooSoon(w) => write!(
+                f,
+                "too many wrong tokens from this address: AUTH is refused unchecked for \
+                 another {} ms; closing the connection",
+                w.as_millis().max(1)
+            ),
+        }
+    }
+}
+
+/// Something the I/O thread must do at a set time.
+enum Timer {
+    /// Fill slot `seq` of connection `token` (a refused `AUTH`'s answer).
+    Answer {
+        token: usize,
+        seq: u64,
+        reply: Reply,
+    },
+    /// Close connection `token` if it is still unauthenticated.
+    AuthDeadline { token: usize },
+}
 
 /// How the client server is set up.
 pub struct Config {
@@ -189,6 +253,10 @@ pub fn serve(listener: StdListener, mut cfg: Config) -> io::Result<Server> {
         closing: None,
         delivered: Vec::new(),
         to_pump: Vec::new(),
+        timers: BTreeMap::new(),
+        timer_seq: 0,
+        unauthenticated: BTreeSet::new(),
+        guard: AuthGuard::default(),
     }));
     // A thread that answers a few requests while the I/O thread sleeps
     // writes them itself (`IoState::deliver`).
@@ -227,6 +295,17 @@ fn same_token(given: &[u8], expected: &[u8]) -> bool {
     diff == 0
 }
 
+/// A fresh session secret from the OS's secure random source (through
+/// ring, which rustls already links); `None` if the OS gave none.
+fn draw_secret() -> Option<SessionSecret> {
+    let mut secret = SessionSecret::default();
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut secret)
+        .ok()?;
+    Some(secret)
+}
+
 /// The client I/O thread: it sleeps in `poll` and does everything else
 /// under the state's lock, which it holds for a whole round.
 struct IoThread {
@@ -257,6 +336,14 @@ struct IoState {
     delivered: Vec<(Addressee, Reply)>,
     /// Connections a direct delivery left for the I/O thread to move on.
     to_pump: Vec<usize>,
+    /// What is due when, in order; the `u64` tells apart timers due at once.
+    timers: BTreeMap<(Instant, u64), Timer>,
+    timer_seq: u64,
+    /// Connections that have not finished TLS and `AUTH` yet, by token:
+    /// tokens grow, so the first is the oldest.
+    unauthenticated: BTreeSet<usize>,
+    /// Failed `AUTH` attempts per address.
+    guard: AuthGuard,
 }
 
 fn lock(m: &Mutex<IoState>) -> MutexGuard<'_, IoState> {
@@ -283,11 +370,97 @@ impl IoThread {
 }
 
 impl IoState {
-    /// How long the poll may sleep: until the next request deadline.
+    /// How long the poll may sleep: until the next request deadline or
+    /// timer.
     fn next_deadline(&self) -> Option<Duration> {
-        self.deadlines
-            .peek()
-            .map(|Reverse((t, _, _))| t.saturating_duration_since(Instant::now()))
+        let request = self.deadlines.peek().map(|Reverse((t, _, _))| *t);
+        let timer = self.timers.keys().next().map(|(t, _)| *t);
+        let next = match (request, timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        next.map(|t| t.saturating_duration_since(Instant::now()))
+    }
+
+    fn add_timer(&mut self, at: Instant, timer: Timer) {
+        self.timer_seq += 1;
+        self.timers.insert((at, self.timer_seq), timer);
+    }
+
+    /// Runs the timers that are due.
+    fn fire_timers(&mut self, answered: &mut Vec<usize>) {
+        let now = Instant::now();
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            match entry.remove() {
+                Timer::Answer { token, seq, reply } => {
+                    if let Some(c) = self.conns.get_mut(&token) {
+                        c.fill(seq, reply);
+                        answered.push(token);
+                    }
+                }
+                Timer::AuthDeadline { token } => {
+                    if self.unauthenticated.contains(&token) {
+                        self.drop_conn(token, "did not authenticate in time");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes connection `token` at once, whatever it still owes (only
+    /// unauthenticated connections, which owe nothing the node holds).
+    fn drop_conn(&mut self, token: usize, why: &str) {
+        self.unauthenticated.remove(&token);
+        if let Some(mut c) = self.conns.remove(&token) {
+            let _ = self.registry.deregister(&mut c.sock);
+            let _ = c.sock.shutdown(std::net::Shutdown::Both);
+            debug!("client {} closed: {why}", c.peer);
+        }
+    }
+
+    /// Checks `given` against the token for connection `c`, if its
+    /// address may try now; on success the connection is authenticated.
+    fn check_token(&mut self, c: &mut Conn, given: &[u8]) -> Result<(), AuthRefusal> {
+        let Some(expected) = &self.cfg.auth_token else {
+            return Err(AuthRefusal::NoToken);
+        };
+        let now = Instant::now();
+        match self.guard.admit(c.ip, now) {
+            Admission::Wait(w) => {
+                crate::warn_every!(
+                    "client-auth-throttled",
+                    "client {} tried AUTH again too soon after wrong tokens; refused unchecked",
+                    c.peer
+                );
+                Err(AuthRefusal::TooSoon(w))
+            }
+            Admission::Check if same_token(given, expected) => {
+                self.guard.succeeded(c.ip);
+                c.authed = true;
+                Ok(())
+            }
+            Admission::Check => {
+                self.guard.failed(c.ip, now);
+                crate::warn_every!("client-auth", "client {} sent a wrong token", c.peer);
+                Err(AuthRefusal::Wrong)
+            }
+        }
+    }
+
+    /// Opens a slot for a refused `AUTH` and answers it with `slot`'s
+    /// reply [`AUTH_FAIL_DELAY`] from now; the connection reads nothing
+    /// more and closes once that is written.
+    fn refuse_later(&mut self, c: &mut Conn, token: usize, mut slot: Slot) {
+        let reply = slot.reply.take().unwrap_or(Reply::Ok);
+        let seq = c.open_slot(slot);
+        c.close_when_flushed = true;
+        self.add_timer(
+            Instant::now() + AUTH_FAIL_DELAY,
+            Timer::Answer { token, seq, reply },
+        );
     }
 
     /// Puts the replies waiting in the outbox into their connections'
@@ -366,6 +539,7 @@ impl IoState {
         let mut answered = std::mem::take(&mut self.to_pump);
         self.take_replies(&mut answered);
         self.expire(&mut answered);
+        self.fire_timers(&mut answered);
         answered.sort_unstable();
         answered.dedup();
         for t in answered {
@@ -411,6 +585,16 @@ impl IoState {
                 continue;
             }
             if self.conns.len() >= self.cfg.max_clients {
+                if let Some(&oldest) = self.unauthenticated.first() {
+                    crate::warn_every!(
+                        "client-evict",
+                        "--max-clients reached: closing the oldest connection that has not \
+                         authenticated yet to take client {addr}"
+                    );
+                    self.drop_conn(oldest, "evicted for a new connection");
+                }
+            }
+            if self.conns.len() >= self.cfg.max_clients {
                 crate::warn_every!(
                     "client-busy",
                     "refused client {addr}: {} clients are connected (--max-clients)",
@@ -446,8 +630,15 @@ impl IoState {
             }
             debug!("client {addr} connected");
             let authed = self.cfg.auth_token.is_none();
+            if self.cfg.tls.is_some() || !authed {
+                self.unauthenticated.insert(token);
+                self.add_timer(
+                    Instant::now() + AUTH_DEADLINE,
+                    Timer::AuthDeadline { token },
+                );
+            }
             self.conns
-                .insert(token, Conn::new(sock, tls, addr.to_string(), authed, resp));
+                .insert(token, Conn::new(sock, tls, addr, authed, resp));
         }
     }
 
@@ -525,7 +716,11 @@ impl IoState {
             }
         }
         let done = c.drained() && (c.read_closed || c.close_when_flushed);
+        if c.authenticated() {
+            self.unauthenticated.remove(&token);
+        }
         if broken || done {
+            self.unauthenticated.remove(&token);
             if !broken {
                 c.close_tls();
             }
@@ -640,19 +835,20 @@ impl IoState {
             }
         };
         if let Request::Auth { token: given } = &req {
-            let reply = match &self.cfg.auth_token {
-                None => Reply::error(ErrorCode::BadRequest, "no auth token is configured"),
-                Some(expected) if same_token(given, expected) => {
-                    c.authed = true;
-                    Reply::Ok
+            if self.cfg.auth_token.is_none() {
+                let msg = "no auth token is configured";
+                c.open_slot(answered(Reply::error(ErrorCode::BadRequest, msg)));
+                return;
+            }
+            match self.check_token(c, given) {
+                Ok(()) => {
+                    c.open_slot(answered(Reply::Ok));
                 }
-                Some(_) => {
-                    crate::warn_every!("client-auth", "client {} sent a wrong token", c.peer);
-                    c.close_when_flushed = true;
-                    Reply::error(ErrorCode::NoAuth, "wrong token; closing the connection")
+                Err(why) => {
+                    let reply = Reply::error(ErrorCode::NoAuth, why.to_string());
+                    self.refuse_later(c, token, answered(reply));
                 }
-            };
-            c.open_slot(answered(reply));
+            }
             return;
         }
         if !c.authed {
@@ -759,27 +955,38 @@ impl IoState {
     fn session_request(&mut self, c: &mut Conn, token: usize, req: Request, deadline: Instant) {
         match req {
             Request::OpenSession => {
-                let limits = self.cfg.session_limits;
-                let seq = self.propose(
-                    c,
-                    token,
-                    &Command::OpenSession { limits },
-                    Shape::Line,
-                    deadline,
-                );
+                let Some(secret) = draw_secret() else {
+                    let msg = "the OS gave no random bytes for a session secret; try again";
+                    c.open_slot(answered(Reply::error(ErrorCode::Internal, msg)));
+                    return;
+                };
+                let cmd = Command::OpenSession {
+                    limits: self.cfg.session_limits,
+                    secret: Some(secret),
+                };
+                let seq = self.propose(c, token, &cmd, Shape::Line, deadline);
                 c.mark_session_open(seq);
                 c.session = None;
                 c.opening_session = true;
             }
             Request::ResumeSession { id } => {
-                c.session = Some(id);
-                self.propose(
-                    c,
-                    token,
-                    &Command::ResumeSession { id },
-                    Shape::Line,
-                    deadline,
-                );
+                // The connection takes the session only if the resume
+                // succeeds (the secret was right): until then, and after a
+                // refusal, it has none.
+                let cmd = Command::ResumeSession {
+                    id: id.index,
+                    secret: Some(id.secret),
+                };
+                let seq = self.propose(c, token, &cmd, Shape::Line, deadline);
+                c.mark_session_open(seq);
+                c.session = None;
+                c.opening_session = true;
+                c.resuming = true;
+            }
+            Request::Tagged { .. } if c.session.is_none() && c.resume_refused => {
+                let msg = "this connection's SESSION <id> was refused: the session is unknown \
+                           or expired, or the id is wrong; nothing was applied";
+                c.open_slot(answered(Reply::error(ErrorCode::SessionExpired, msg)));
             }
             Request::Tagged { seq, cmd } => {
                 let Some(session) = c.session else {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::conn::{Conn, Deferred, Slot, Waiting};
-use super::{same_token, shutting_down, IoState};
+use super::{shutting_down, AuthRefusal, IoState};
 use crate::kv::Command;
 use crate::protocol::{ErrorCode, Reply, MAX_KEY, MAX_VALUE};
 use crate::raft::NodeId;
@@ -238,6 +238,9 @@ enum Action {
     Answer(Slot),
     /// Answered at once; then the connection closes.
     AnswerAndClose(Slot),
+    /// A refused `AUTH`: answered a little later, then the connection
+    /// closes (`IoState::refuse_later`).
+    RefuseLater(Slot),
     Write(Command, Shape),
     Read(Query, Shape),
     Info(Box<InfoCtx>),
@@ -262,7 +265,10 @@ impl IoState {
         };
         let local = matches!(
             action,
-            Action::Answer(_) | Action::AnswerAndClose(_) | Action::Info(_)
+            Action::Answer(_)
+                | Action::AnswerAndClose(_)
+                | Action::RefuseLater(_)
+                | Action::Info(_)
         );
         let action = if !self.cfg.shared.started() {
             match action {
@@ -272,7 +278,7 @@ impl IoState {
                     c.fill(seq, Reply::Status(self.starting_status()));
                     return;
                 }
-                a @ (Action::Answer(_) | Action::AnswerAndClose(_)) => a,
+                a @ (Action::Answer(_) | Action::AnswerAndClose(_) | Action::RefuseLater(_)) => a,
                 _ => Action::Answer(slot_for(Reply::error(ErrorCode::NoLeader, super::STARTING))),
             }
         } else if !local && self.cfg.shared.stopping() {
@@ -292,6 +298,7 @@ impl IoState {
                 c.open_slot(slot);
                 c.close_when_flushed = true;
             }
+            Action::RefuseLater(slot) => self.refuse_later(c, token, slot),
             Action::Write(cmd, shape) => {
                 self.propose(c, token, &cmd, shape, deadline);
             }
@@ -365,29 +372,25 @@ impl IoState {
             [token] => token,
             [user, token] if user.as_slice() == b"default" => token,
             [_, _] => {
-                return self.wrong_token(c);
+                crate::warn_every!("client-auth", "client {} sent AUTH for a user", c.peer);
+                return wrong_pass();
             }
             _ => return Action::Answer(wrong_arity("AUTH")),
         };
-        let Some(expected) = &self.cfg.auth_token else {
+        if self.cfg.auth_token.is_none() {
             return Action::Answer(error(
                 "ERR AUTH <password> called without any password configured for the default \
                  user. Are you sure your configuration is correct?",
             ));
-        };
-        if same_token(given, expected) {
-            c.authed = true;
-            Action::Answer(simple("OK"))
-        } else {
-            self.wrong_token(c)
         }
-    }
-
-    fn wrong_token(&self, c: &Conn) -> Action {
-        crate::warn_every!("client-auth", "client {} sent a wrong token", c.peer);
-        Action::AnswerAndClose(error(
-            "WRONGPASS invalid username-password pair or user is disabled.",
-        ))
+        match self.check_token(c, given) {
+            Ok(()) => Action::Answer(simple("OK")),
+            // Throttled: the token was not checked.
+            Err(why @ AuthRefusal::TooSoon(_)) => {
+                Action::RefuseLater(error(&format!("WRONGPASS {why}")))
+            }
+            Err(_) => wrong_pass(),
+        }
     }
 
     /// `HELLO [2 [AUTH user token] [SETNAME name]]`; `HELLO 3` is refused
@@ -525,6 +528,13 @@ pub(super) fn protocol_error(e: &crate::resp::ProtocolError) -> Slot {
 }
 
 /// A node reply answered at once, as RESP.
+/// A refused `AUTH`, answered later; then the connection closes.
+fn wrong_pass() -> Action {
+    Action::RefuseLater(error(
+        "WRONGPASS invalid username-password pair or user is disabled.",
+    ))
+}
+
 fn slot_for(reply: Reply) -> Slot {
     let mut out = Vec::new();
     write_reply(&Shape::Ok, &reply, &mut out);

@@ -34,7 +34,9 @@
 use std::cell::RefCell;
 
 use raftnode::kv::{self, Command, KvStore, RequestId};
-use raftnode::protocol::{self, ErrorCode, ParseError, Reply, Request, MAX_KEY, MAX_VALUE};
+use raftnode::protocol::{
+    self, ErrorCode, ParseError, Reply, Request, SessionId, SessionSecret, MAX_KEY, MAX_VALUE,
+};
 use raftnode::sessions::SessionLimits;
 
 /// A line is at most [`protocol::MAX_LINE`] bytes, and a request copies it
@@ -42,6 +44,8 @@ use raftnode::sessions::SessionLimits;
 pub const ALLOC_LIMIT: usize = 4 * protocol::MAX_LINE;
 
 const ID: RequestId = RequestId { node: 7, seq: 42 };
+/// The secret of the session every tagged line is applied in.
+const SECRET: SessionSecret = [0x5a; 16];
 
 thread_local! {
     /// Keys `k` (value `v`), `e` (empty value) and `n` (`41`), so that
@@ -107,7 +111,14 @@ fn check_tokens(line: &[u8], parsed: &Result<Request, ParseError>) {
     // As `parse` reads it: one `\r` stripped, tokens split at one space.
     let body = line.strip_suffix(b"\r").unwrap_or(line);
     let mut tokens = body.split(|&b| b == b' ');
-    let cmd = tokens.next().unwrap_or_default().to_ascii_uppercase();
+    let mut cmd = tokens.next().unwrap_or_default();
+    // `#<seq> <request>`: the request after the tag is parsed the same
+    // way (and refused as untaggable only if it parses), so a bad node id
+    // there is reported as such.
+    if cmd.starts_with(b"#") {
+        cmd = tokens.next().unwrap_or_default();
+    }
+    let cmd = cmd.to_ascii_uppercase();
     let id_token = match cmd.as_slice() {
         b"ADD_NODE" | b"REMOVE_NODE" | b"TRANSFER_LEADER" => tokens.next(),
         _ => None,
@@ -166,7 +177,12 @@ fn check_request(req: &Request) {
             check_write(cmd);
         }
         Request::Get { key } => check_key(key),
-        Request::ResumeSession { id } => assert!(*id >= 1, "session id 0 parsed"),
+        Request::ResumeSession { id } => {
+            assert!(id.index >= 1, "session id 0 parsed");
+            let token = id.token();
+            assert!(token.len() <= 128 && token.bytes().all(|b| b.is_ascii_graphic()));
+            assert_eq!(SessionId::parse(&token), Some(*id), "{token} round trip");
+        }
         Request::OpenSession => {}
         Request::AddNode { id, addr } => {
             assert!(*id >= 1);
@@ -243,8 +259,17 @@ fn answer(req: Request) -> Reply {
             // always meets the same table.
             let limits = SessionLimits::default();
             assert_eq!(
-                kv.apply_at(1, Command::OpenSession { limits }),
-                Reply::Session(1)
+                kv.apply_at(
+                    1,
+                    Command::OpenSession {
+                        limits,
+                        secret: Some(SECRET)
+                    }
+                ),
+                Reply::Session(SessionId {
+                    index: 1,
+                    secret: SECRET
+                })
             );
             let key = key_of(&cmd);
             let before = kv.get(&key).map(<[u8]>::to_vec);
@@ -266,7 +291,10 @@ fn answer(req: Request) -> Reply {
             });
             reply
         }),
-        Request::OpenSession => Reply::Session(1),
+        Request::OpenSession => Reply::Session(SessionId {
+            index: 1,
+            secret: SECRET,
+        }),
         Request::ResumeSession { id } => Reply::Session(id),
         Request::Get { key } => STORE.with(|s| match s.borrow().get(&key) {
             Some(v) => Reply::Value(v.to_vec().into()),
@@ -349,7 +377,11 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         ("append", b"APPEND k more text".to_vec()),
         ("append_empty", b"APPEND e ".to_vec()),
         ("session_open", b"SESSION".to_vec()),
-        ("session_resume", b"SESSION 17".to_vec()),
+        ("session_resume", b"SESSION 17-000102030405060708090a0b0c0d0e0f".to_vec()),
+        ("session_resume_upper", b"SESSION 17-ABCDEF0123456789ABCDEF0123456789".to_vec()),
+        ("session_index_only", b"SESSION 17".to_vec()),
+        ("session_short_secret", b"SESSION 17-0001020304".to_vec()),
+        ("session_bad_hex", b"SESSION 17-0001020304050607080g0a0b0c0d0e0f".to_vec()),
         ("session_zero", b"SESSION 0".to_vec()),
         ("session_two_ids", b"SESSION 1 2".to_vec()),
         ("tagged_incr", b"#1 INCR n".to_vec()),
@@ -361,7 +393,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         ("tag_alone", b"#5".to_vec()),
         (
             "session_pipelined",
-            b"SESSION\n#1 INCR n\n#1 INCR n\n#2 APPEND k x\nSESSION 9\n".to_vec(),
+            b"SESSION\n#1 INCR n\n#1 INCR n\n#2 APPEND k x\nSESSION 9-5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a\n".to_vec(),
         ),
         (
             "pipelined",

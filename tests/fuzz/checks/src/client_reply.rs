@@ -119,6 +119,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         ("mismatch", b"MISMATCH current value"),
         ("pong", b"PONG"),
         ("session", b"SESSION 42"),
+        ("session_secret", b"SESSION 42-000102030405060708090a0b0c0d0e0f"),
         ("session_bad", b"SESSION 4 2"),
         ("err", b"ERR NO_LEADER no leader is known"),
         ("err_expired", b"ERR SESSION_EXPIRED session 7 is unknown or expired"),

@@ -4,7 +4,8 @@
 //!
 //! The input is the payload itself (what follows the WAL's snapshot
 //! header): `RNKV`, the format version, the cluster record, the keys, and
-//! from version 3 on the session table (`src/kv.rs`, `src/sessions.rs`).
+//! from version 3 on the session table (`src/kv.rs`, `src/sessions.rs`),
+//! with each session's secret from version 4 on.
 //!
 //! Promises checked:
 //! - nothing panics, allocates beyond [`ALLOC_LIMIT`], or hangs, whatever
@@ -67,8 +68,28 @@ fn sample() -> KvStore {
         ttl_ms: 60_000,
         max: 100,
     };
-    kv.apply_at(3, Command::OpenSession { limits });
-    kv.apply_at(4, Command::OpenSession { limits });
+    kv.apply_at(
+        3,
+        Command::OpenSession {
+            limits,
+            secret: Some([0x33; 16]),
+        },
+    );
+    kv.apply_at(
+        4,
+        Command::OpenSession {
+            limits,
+            secret: Some([0x44; 16]),
+        },
+    );
+    // An entry of the older format: a session without a secret.
+    kv.apply_at(
+        8,
+        Command::OpenSession {
+            limits,
+            secret: None,
+        },
+    );
     let incr = || Command::Incr { key: b"n".to_vec() };
     kv.apply_at(5, tagged(3, 1, incr()));
     kv.apply_at(6, tagged(3, 2, incr()));
@@ -143,20 +164,36 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         7,
         Command::OpenSession {
             limits: SessionLimits::default(),
+            secret: Some([0x77; 16]),
         },
     );
-    let mut huge_count = one.snapshot_bytes();
+    let one_bytes = one.snapshot_bytes();
+    let mut huge_count = one_bytes.clone();
     let len = huge_count.len();
     huge_count[len - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+    // The session's secret flag (after its id) made 2.
+    let flag_at = len - (4 + 8 + 8 + 16 + 1);
+    assert_eq!(
+        one_bytes[flag_at], 1,
+        "layout of the one-session seed changed"
+    );
+    let mut bad_flag = one_bytes.clone();
+    bad_flag[flag_at] = 2;
+    // The same store in version 3: no secret fields.
+    let mut v3_one = one_bytes.clone();
+    v3_one.drain(flag_at..flag_at + 17);
+    v3_one[4..8].copy_from_slice(&3u32.to_le_bytes());
     let mut bad_version = full.clone();
     bad_version[4..8].copy_from_slice(&9u32.to_le_bytes());
     vec![
-        ("v3_sessions".into(), full.clone()),
-        ("v3_empty".into(), empty),
+        ("v4_sessions".into(), full.clone()),
+        ("v4_empty".into(), empty),
+        ("v4_bad_secret_flag".into(), bad_flag),
+        ("v3_one_session".into(), v3_one),
         ("v2".into(), old_format(2)),
         ("v1".into(), old_format(1)),
-        ("v3_cut".into(), full[..full.len() - 5].to_vec()),
-        ("v3_reply_count_huge".into(), huge_count),
+        ("v4_cut".into(), full[..full.len() - 5].to_vec()),
+        ("v4_reply_count_huge".into(), huge_count),
         ("unknown_version".into(), bad_version),
     ]
 }

@@ -298,8 +298,9 @@ impl Ctx {
     }
 
     /// A connection whose current session is `session` (a new session if
-    /// `None`), and the session's id; `None` once out of time.
-    fn with_session(&mut self, session: Option<u64>) -> Option<(Client, u64)> {
+    /// `None`), and the session's id (`<index>-<secret>`, as the node gave
+    /// it); `None` once out of time.
+    fn with_session(&mut self, session: Option<&str>) -> Option<(Client, String)> {
         loop {
             let mut c = self.connect()?;
             let line = match session {
@@ -307,8 +308,9 @@ impl Ctx {
                 Some(id) => format!("SESSION {id}"),
             };
             if let Ok(r) = c.request(&line) {
-                match r.strip_prefix("SESSION ").map(str::parse::<u64>) {
-                    Some(Ok(id)) if session.is_none_or(|s| s == id) => {
+                match r.strip_prefix("SESSION ") {
+                    Some(id) if session.is_none_or(|s| s == id) && id.contains('-') => {
+                        let id = id.to_string();
                         if session.is_none() {
                             self.report.sessions_opened += 1;
                         }
@@ -356,7 +358,7 @@ impl Ctx {
                         self.note_unknown(&why);
                         self.report.retries += 1;
                         thread::sleep(Duration::from_millis(self.rng.range(10, 50)));
-                        match self.with_session(Some(session)) {
+                        match self.with_session(Some(&session)) {
                             Some((c, _)) => client = c,
                             None => {
                                 self.report.unresolved.push(key);
