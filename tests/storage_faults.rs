@@ -84,6 +84,21 @@ fn log_since(n: &Node, from: u64) -> String {
     String::from_utf8_lossy(&text[(from as usize).min(text.len())..]).into_owned()
 }
 
+/// The log text of node `id` since byte `from`, once it says the damage
+/// marker is cleared. STATUS drops `recovering=1` as soon as the core ends
+/// the recovery; the ready thread removes `wal/DAMAGE` and logs it once the
+/// Ready that says so is persisted, a moment later.
+fn log_once_recovered(n: &Node, from: u64) -> String {
+    let start = Instant::now();
+    loop {
+        let log = log_since(n, from);
+        if log.contains("recovery done") || start.elapsed() > LONG {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn log_len(n: &Node) -> u64 {
     std::fs::metadata(&n.log).map(|m| m.len()).unwrap_or(0)
 }
@@ -133,7 +148,7 @@ fn a_wiped_follower_recovers_instead_of_bootstrapping() {
     let from = log_len(c.node(f));
     c.node_mut(f).spawn();
     let took = wait_serving_voter(&c, f, commit);
-    let log = log_since(c.node(f), from);
+    let log = log_once_recovered(c.node(f), from);
     assert!(
         log.contains("recovering from its peers instead of bootstrapping"),
         "{log}"
@@ -162,7 +177,7 @@ fn a_flipped_bit_mid_log_is_set_aside_and_repaired_from_the_leader() {
     let from = log_len(c.node(f));
     c.node_mut(f).spawn();
     let took = wait_serving_voter(&c, f, commit);
-    let log = log_since(c.node(f), from);
+    let log = log_once_recovered(c.node(f), from);
     assert!(log.contains("damaged data in"), "{log}");
     assert!(log.contains("recovery done"), "{log}");
     println!(
